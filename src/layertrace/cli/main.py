@@ -1,0 +1,91 @@
+"""``layertrace`` command line: one subcommand per pipeline stage, plus ``demo``.
+
+Each subcommand lives in its own module ``layertrace.cli.<module>`` exposing
+
+    HELP: str                                  one line for the overview
+    add_arguments(parser) -> None              its options (usually config.add_config_args)
+    run(args) -> int                           the work; returns the exit code
+
+Only the chosen subcommand's module is imported, so ``layertrace env`` stays fast. A
+:class:`~layertrace.errors.LayertraceError` is printed as one line without a traceback, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from ..errors import LayertraceError, did_you_mean
+
+# subcommand -> (module, one-line help). Order is the pipeline order shown in --help.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "train, analyze and early-exit the paper's comparisons on the embedded data; write the report"),
+    "train": ("train", "train a model: standard, aligned, aligned-alternating, multi-head or cos-reg"),
+    "analyze": ("analyze", "one pass over data: COS/CKA similarity, layer-wise readout, saturation, theory checks"),
+    "exit": ("exit_cmd", "early-exit sweep (simulated and measured) with a shared classifier or per-layer heads"),
+    "report": ("report", "build report.html + summary.md from run folders"),
+    "export": ("export", "export the first k blocks plus the shared head as a standalone HF model"),
+    "params": ("params", "parameter counts: one shared head vs one head per layer (the paper's Table 1)"),
+    "env": ("env", "versions, device, threads, and which embedded datasets / models are installed"),
+}
+
+
+def _overview() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [
+        "usage: layertrace <command> [--config FILE.yaml] [--key value ...] [--out DIR]",
+        "",
+        "Trace how a transformer's representation progresses layer by layer, train aligned models,",
+        "and serve them with single-classifier early exit.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "Run 'layertrace <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    """The argparse parser of subcommand ``name`` and its module."""
+    module_name, text = SUBCOMMANDS[name]
+    module = importlib.import_module(f"layertrace.cli.{module_name}")
+    parser = argparse.ArgumentParser(prog=f"layertrace {name}", description=getattr(module, "HELP", text))
+    module.add_arguments(parser)
+    return parser, module
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI in-process; returns the exit code (0 ok, 2 user error, 1 failure)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_overview())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from .. import __version__
+
+        print(f"layertrace {__version__}")
+        return 0
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        print(f"layertrace: error: unknown command {name!r}{did_you_mean(name, SUBCOMMANDS)}; "
+              f"commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        parser, module = build_parser(name)
+        try:
+            args = parser.parse_args(argv[1:])
+        except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+            return int(exc.code or 0)
+        return int(module.run(args) or 0)
+    except LayertraceError as exc:
+        print(f"layertrace {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"layertrace {name}: interrupted; finished work is saved and a re-run resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Typed configs: dataclasses that load from YAML, take dotted overrides and generate ``--help``.
+
+Every CLI subcommand has one config dataclass (nested dataclasses allowed). The same class
+
+* builds the argparse options (one ``--a.b`` flag per leaf field, help text from
+  ``field(metadata={"help": ...})``),
+* loads a YAML file whose keys mirror the dataclass (unknown keys raise a one-line error with a
+  suggestion),
+* applies dotted overrides on top (``--train.lr 3e-4``), converting values to the field's type,
+* is written back as the resolved ``config.yaml`` of every output folder.
+
+Example::
+
+    @dataclass
+    class TrainConfig:
+        lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+
+    cfg = load_config(TrainConfig, "run.yaml", {"lr": "3e-4"})
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from .errors import LayertraceError, did_you_mean
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+def _leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """All leaf fields of a (nested) config dataclass as ``(dotted_name, field, type)``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        ftype = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(ftype):
+            out.extend(_leaf_fields(ftype, name + "."))
+        else:
+            out.append((name, f, ftype))
+    return out
+
+
+def _parse_bool(text: str, key: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise LayertraceError(f"config key {key!r}: {text!r} is not a boolean; use true or false")
+
+
+def convert_value(value: Any, ftype: Any, key: str) -> Any:
+    """Convert ``value`` (a YAML value or a command-line string) to the annotated ``ftype``."""
+    origin = typing.get_origin(ftype)
+    args = typing.get_args(ftype)
+    if ftype is Any:
+        return _yaml_scalar(value) if isinstance(value, str) else value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return convert_value(value, non_none[0], key)
+        # Union of several types (e.g. int | str | list[int]): trust YAML's reading of a string.
+        parsed = _yaml_scalar(value) if isinstance(value, str) else value
+        for a in non_none:
+            try:
+                if a in (int, float, str, bool) and not isinstance(parsed, a):
+                    continue
+                return convert_value(parsed, a, key)
+            except (LayertraceError, TypeError, ValueError):
+                continue
+        raise LayertraceError(f"config key {key!r}: {value!r} does not fit type {ftype}")
+    if origin in (list, tuple, typing.Sequence) or ftype in (list, tuple):
+        parsed = _yaml_scalar(value) if isinstance(value, str) else value
+        if isinstance(parsed, (int, float, str)) and not isinstance(value, (list, tuple)):
+            parsed = [parsed] if not isinstance(parsed, str) else [p for p in parsed.split(",") if p.strip()]
+        if not isinstance(parsed, (list, tuple)):
+            raise LayertraceError(f"config key {key!r}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return [convert_value(v, item, key) for v in parsed]
+    if origin is dict or ftype is dict:
+        parsed = _yaml_scalar(value) if isinstance(value, str) else value
+        if not isinstance(parsed, dict):
+            raise LayertraceError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(parsed)
+    if origin is typing.Literal:
+        if value not in args and str(value) not in [str(a) for a in args]:
+            raise LayertraceError(
+                f"config key {key!r}: {value!r} is not one of {list(args)}{did_you_mean(str(value), map(str, args))}"
+            )
+        return next(a for a in args if a == value or str(a) == str(value))
+    if ftype is bool:
+        return value if isinstance(value, bool) else _parse_bool(str(value), key)
+    if ftype in (int, float):
+        if isinstance(value, bool):
+            raise LayertraceError(f"config key {key!r}: expected a number, got {value!r}")
+        try:
+            number = float(value) if ftype is float else int(str(value), 0) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError):
+            raise LayertraceError(f"config key {key!r}: {value!r} is not a valid {ftype.__name__}") from None
+        if ftype is int and isinstance(value, float) and value != int(value):
+            raise LayertraceError(f"config key {key!r}: {value!r} is not an integer")
+        return number
+    if ftype is str:
+        return str(value)
+    return value
+
+
+def _yaml_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A config dataclass (nested) as a plain dict."""
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(cfg: Any, key: str, value: Any) -> None:
+    parts = key.split(".")
+    obj = cfg
+    for p in parts[:-1]:
+        obj = getattr(obj, p)
+    setattr(obj, parts[-1], value)
+
+
+def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v and not key.endswith(("kwargs", "overrides")):
+            nested = _flatten(v, key + ".")
+            flat.update(nested)
+        else:
+            flat[key] = v
+    return flat
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; missing file / bad YAML / non-mapping raise one-line errors."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise LayertraceError(f"config file {p} not found; check the path (examples are in configs/)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise LayertraceError(f"config file {p} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise LayertraceError(f"config file {p} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> T:
+    """Build a ``cls`` instance from defaults, then a YAML file, then dotted overrides.
+
+    Args:
+        cls: the config dataclass.
+        path: optional YAML file whose (nested) keys mirror the dataclass fields.
+        overrides: ``{"dotted.key": value}``; string values are converted to the field's type.
+
+    Raises:
+        LayertraceError: unknown key (with a suggestion), wrong type, missing/bad YAML.
+    """
+    cfg = cls()
+    leaves = {name: ftype for name, _, ftype in _leaf_fields(cls)}
+    layers = [(read_yaml(path), f"config file {path}")] if path else []
+    layers.append((dict(overrides or {}), "override"))
+    for data, origin in layers:
+        flat = _flatten(data) if origin != "override" else dict(data)
+        for key, value in flat.items():
+            if key not in leaves:
+                # A dict-valued leaf given as nested YAML keys.
+                parent = next((n for n in leaves if key.startswith(n + ".")), None)
+                if parent is None:
+                    raise LayertraceError(
+                        f"unknown config key {key!r} in {origin}{did_you_mean(key, leaves)}; "
+                        f"see --help for the valid keys"
+                    )
+                continue
+            _set_dotted(cfg, key, convert_value(value, leaves[key], key))
+    return cfg
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add ``--config FILE`` and one ``--dotted.key`` option per leaf field of ``cls``.
+
+    Options default to ``argparse.SUPPRESS`` so :func:`overrides_from_args` sees only what the user
+    typed; the help shows the dataclass default.
+    """
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML config; command-line options override it")
+    for name, f, ftype in _leaf_fields(cls):
+        default = f.default if f.default is not _MISSING else (
+            f.default_factory() if f.default_factory is not _MISSING else None  # type: ignore[misc]
+        )
+        help_text = f.metadata.get("help", "")
+        tname = getattr(ftype, "__name__", str(ftype).replace("typing.", ""))
+        opts = [f"--{name}"]
+        if "_" in name:
+            opts.append(f"--{name.replace('_', '-')}")
+        parser.add_argument(
+            *opts,
+            dest=f"cfg::{name}",
+            default=argparse.SUPPRESS,
+            metavar=f.metadata.get("metavar", tname.upper() if tname in ("int", "float", "str") else "VALUE"),
+            help=f"{help_text} (default: {default!r})",
+        )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``{dotted.key: string}`` overrides the user typed (see :func:`add_config_args`)."""
+    return {k[len("cfg::"):]: v for k, v in vars(args).items() if k.startswith("cfg::")}
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Resolve the config of a parsed command line: defaults < ``--config`` YAML < options."""
+    return load_config(cls, getattr(args, "config", None), overrides_from_args(args))
+
+
+def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config as YAML into ``out_dir`` atomically; returns the path."""
+    import yaml
+
+    from .io import atomic_path, to_jsonable
+
+    path = Path(out_dir) / name
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(to_jsonable(config_to_dict(cfg)), sort_keys=False))
+    return path

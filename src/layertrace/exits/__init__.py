@@ -1,0 +1,1 @@
+"""layertrace.exits"""

@@ -1,0 +1,228 @@
+"""The model adapter: the one abstraction every stage uses (DESIGN.md section 2).
+
+An :class:`Adapter` wraps an unmodified model and exposes it as
+
+    embed(batch) -> State                 layer 0
+    block(l, state) -> State              layer l-1 -> layer l, for l in 1..L
+    features(state) -> h                  the prediction token(s) the head reads
+    readout(h) -> logits                  the model's own head path (final norm -> pooler -> head)
+    pool(h) -> vector                     the per-sample feature used by similarity metrics
+    trace(batch) -> Trace                 all of the above for layers 0..L in one forward pass
+
+Shapes, with B samples, T tokens, d = hidden size, K = classes (or V = vocabulary):
+
+==============  ==============================  =========================================
+kind            h = features(state)              readout(h)          pool(h)
+==============  ==============================  =========================================
+classifier      (B, d) ([CLS]); DeiT (B, 2, d)   (B, K)              (B, d)
+causal_lm       (B, T, d) (every position)       (B, T, V)           (B, T, d)
+==============  ==============================  =========================================
+
+Nothing outside ``layertrace.models`` touches a model's internals; everything else goes through
+this interface. The readout is one module (:attr:`Adapter.head`) that shares its parameters with
+the model, so the lens, the aligned loss and early exit can never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import LayertraceError
+from ..layers import LayerSpec, resolve_layers
+
+Kind = Literal["classifier", "causal_lm"]
+
+
+@dataclass
+class State:
+    """The running state between blocks for a batch of B samples.
+
+    Attributes:
+        hidden: (B, T, d) hidden states of every token (T = 1 allowed for token-free models).
+        per_sample: tensors whose first dim is B (attention masks (B, T), extended masks
+            (B, 1, 1, T), position ids (B, T), ...): sliced together with ``hidden``.
+        shared: anything not indexed by sample (rotary tables, flags); never sliced.
+    """
+
+    hidden: Tensor
+    per_sample: dict[str, Tensor] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.hidden.shape[0])
+
+    def select(self, index: Tensor | Sequence[int]) -> "State":
+        """The state of a subset of samples (early exit drops finished ones).
+
+        Args:
+            index: (b,) long tensor of sample positions, or a (B,) bool mask.
+        Returns:
+            A new State with ``hidden`` (b, T, d) and every ``per_sample`` tensor sliced alike.
+        """
+        if not isinstance(index, Tensor):
+            index = torch.as_tensor(list(index), dtype=torch.long)
+        index = index.to(self.hidden.device)
+        return State(
+            hidden=self.hidden[index],
+            per_sample={k: v[index] for k, v in self.per_sample.items()},
+            shared=dict(self.shared),
+        )
+
+    def replace(self, hidden: Tensor) -> "State":
+        """Same masks and extras, new hidden states (what a block returns)."""
+        return State(hidden=hidden, per_sample=self.per_sample, shared=self.shared)
+
+
+@dataclass
+class Trace:
+    """Per-layer features and readout logits from one forward pass.
+
+    Attributes:
+        layers: the traced layer indices (``0..L`` by default), length S.
+        features: classifiers (S, B, d); causal LMs (S, B, T, d): ``pool(features(state))`` per layer.
+        logits: classifiers (S, B, K); causal LMs (S, B, T, V); ``None`` when not requested.
+        mask: (B, T) attention mask for token-level outputs (causal LMs), else ``None``.
+    """
+
+    layers: list[int]
+    features: Tensor
+    logits: Tensor | None
+    mask: Tensor | None = None
+
+
+class Adapter(nn.Module):
+    """Base class of all adapters. Subclasses implement embed / block / features and set ``head``.
+
+    Subclasses must set in ``__init__``: ``model``, ``n_layers``, ``hidden_size``, ``num_outputs``,
+    ``kind``, ``final_norm`` and ``head`` (an ``nn.Module`` mapping h -> logits that reuses the
+    model's own modules).
+
+    An adapter is an ``nn.Module`` so that ``adapter.parameters()`` / ``.to()`` / ``.train()`` act on
+    the wrapped model; it adds no parameters of its own.
+    """
+
+    model: nn.Module
+    n_layers: int
+    hidden_size: int
+    num_outputs: int
+    kind: Kind
+    final_norm: bool
+    head: nn.Module
+    family: str = "custom"
+
+    # ----------------------------------------------------------------- the interface
+    def embed(self, batch: Mapping[str, Any]) -> State:
+        """Layer 0: the embedding output for ``batch`` (the dict the model itself takes)."""
+        raise NotImplementedError
+
+    def block(self, layer: int, state: State) -> State:
+        """Apply block ``layer`` (1-based, 1..L): the state at layer ``layer-1`` -> ``layer``."""
+        raise NotImplementedError
+
+    def features(self, state: State) -> Tensor:
+        """The prediction token(s) read by the head: (B, d), DeiT (B, 2, d), causal LM (B, T, d)."""
+        raise NotImplementedError
+
+    def readout(self, h: Tensor) -> Tensor:
+        """The model's own head path applied to ``h`` -> logits (B, K) or (B, T, V)."""
+        return self.head(h)
+
+    def pool(self, h: Tensor) -> Tensor:
+        """Per-sample feature for similarity metrics: (B, d) (classifiers) or (B, T, d) (LMs)."""
+        return h
+
+    def model_logits(self, batch: Mapping[str, Any]) -> Tensor:
+        """The unmodified model's own logits for ``batch`` (parity reference)."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.model(**inputs).logits
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def num_classes(self) -> int:
+        """Alias of ``num_outputs`` (classes for classifiers, vocabulary for LMs)."""
+        return self.num_outputs
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """``batch`` without ``labels``, tensors moved to the model's device."""
+        device = self.device
+        return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items() if k != "labels"}
+
+    def forward(self, batch: Mapping[str, Any], upto: int | None = None) -> Tensor:
+        """Logits of the shared readout at layer ``upto`` (default L), running only blocks 1..upto."""
+        upto = self.n_layers if upto is None else resolve_layers(self.n_layers, upto)[0]
+        state = self.embed(batch)
+        for layer in range(1, upto + 1):
+            state = self.block(layer, state)
+        return self.readout(self.features(state))
+
+    def token_mask(self, state: State) -> Tensor | None:
+        """(B, T) mask of real tokens for token-level outputs (causal LMs), else ``None``."""
+        return state.per_sample.get("attention_mask") if self.kind == "causal_lm" else None
+
+    def trace(self, batch: Mapping[str, Any], layers: LayerSpec = None, with_logits: bool = True) -> Trace:
+        """Run the model once, block by block, and collect every selected layer.
+
+        Args:
+            batch: the dict the model takes (``pixel_values`` or ``input_ids`` + ``attention_mask``);
+                ``labels`` is ignored.
+            layers: a :func:`~layertrace.layers.resolve_layers` spec (default all 0..L); blocks past
+                the deepest selected layer are not run.
+            with_logits: also apply the shared readout at each selected layer.
+
+        Returns:
+            :class:`Trace` with ``features`` (S, B, d) / (S, B, T, d) and ``logits`` (S, B, K) /
+            (S, B, T, V). Gradients flow (wrap in ``torch.no_grad()`` for analysis).
+        """
+        selected = resolve_layers(self.n_layers, layers)
+        wanted = set(selected)
+        feats: list[Tensor] = []
+        logits: list[Tensor] = []
+        state = self.embed(batch)
+        mask = self.token_mask(state)
+
+        def take(s: State) -> None:
+            h = self.features(s)
+            feats.append(self.pool(h))
+            if with_logits:
+                logits.append(self.readout(h))
+
+        if 0 in wanted:
+            take(state)
+        for layer in range(1, selected[-1] + 1):
+            state = self.block(layer, state)
+            if layer in wanted:
+                take(state)
+        return Trace(
+            layers=selected,
+            features=torch.stack(feats),
+            logits=torch.stack(logits) if with_logits else None,
+            mask=mask,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"family={self.family}, kind={self.kind}, n_layers={self.n_layers}, "
+                f"hidden_size={self.hidden_size}, num_outputs={self.num_outputs}, final_norm={self.final_norm}")
+
+
+def check_batch_keys(batch: Mapping[str, Any], required: Sequence[str], family: str) -> None:
+    """Raise a one-line error when ``batch`` lacks an input the model family needs."""
+    if not isinstance(batch, Mapping):
+        raise LayertraceError(f"a {family} batch must be a dict of tensors, got {type(batch).__name__}")
+    missing = [k for k in required if k not in batch]
+    if missing:
+        raise LayertraceError(
+            f"{family} batch is missing {missing}; it has {sorted(batch)}; pass the dict the model itself takes"
+        )
