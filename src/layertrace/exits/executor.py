@@ -1,0 +1,179 @@
+"""The runtime early-exit executor: batched, per-sample exit that really skips computation.
+
+At every layer the executor reads out only the samples still running, asks the policy which of
+them may stop, stores their logits, and drops them from the batch with ``State.select`` (hidden
+states, attention masks and positions are sliced together), so the next block runs on fewer
+samples. No per-sample Python loop runs on the hot path: all bookkeeping is tensor indexing.
+
+A *readout* is any callable ``readout(layer, h) -> logits`` with ``h = adapter.features(state)``:
+:func:`shared_readout` (the model's own head at every layer, the paper's single classifier) and a
+``PerLayerHeads`` module (``forward(layer, h)``, one head per layer) go through the same code.
+The simulation (:mod:`.simulate`) over logits from :func:`layer_logits` with the same readout and
+policy gives the same exit layers and predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from ..errors import LayertraceError
+from ..models.base import Adapter
+from .policies import ExitPolicy, FixedLayerPolicy, get_policy
+
+Readout = Callable[[int, Tensor], Tensor]
+
+
+def shared_readout(adapter: Adapter) -> Readout:
+    """``readout(layer, h)`` applying the model's own head path at every layer (one shared classifier)."""
+    head = adapter.readout
+
+    def readout(layer: int, h: Tensor) -> Tensor:
+        return head(h)
+
+    readout.kind = "shared"  # type: ignore[attr-defined]
+    return readout
+
+
+def resolve_readout(adapter: Adapter, readout: Readout | None) -> Readout:
+    """``readout`` itself, or the shared head when ``None``."""
+    return shared_readout(adapter) if readout is None else readout
+
+
+@dataclass
+class ExitResult:
+    """What the executor returns for B samples.
+
+    Attributes:
+        logits: (B, K) readout logits at each sample's exit layer.
+        predictions: (B,) argmax of ``logits``.
+        exit_layers: (B,) long, 1-based exit layer of each sample.
+    """
+
+    logits: Tensor
+    predictions: Tensor
+    exit_layers: Tensor
+
+    @staticmethod
+    def cat(results: list["ExitResult"]) -> "ExitResult":
+        return ExitResult(torch.cat([r.logits for r in results]), torch.cat([r.predictions for r in results]),
+                          torch.cat([r.exit_layers for r in results]))
+
+
+def _check_classifier(adapter: Adapter) -> None:
+    if adapter.kind != "classifier":
+        raise LayertraceError(f"the early-exit executor serves classifiers; this adapter is {adapter.kind!r} "
+                              f"(causal-LM early exit lives in layertrace.lm)")
+
+
+@torch.no_grad()
+def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | ExitPolicy = "confidence",
+                   threshold: float = 0.9, readout: Readout | None = None) -> ExitResult:
+    """Run one batch with per-sample early exit.
+
+    Args:
+        adapter: a classifier adapter (ViT / DeiT / BERT-family / toy / generic).
+        batch: the dict the model takes (``labels`` ignored).
+        policy: a causal policy name or instance (not the oracle).
+        threshold: the policy's threshold (see :mod:`.policies`).
+        readout: ``readout(layer, h) -> logits``; default the shared head.
+    Returns:
+        :class:`ExitResult` with (B, K) logits, (B,) predictions and (B,) 1-based exit layers.
+    """
+    _check_classifier(adapter)
+    policy = get_policy(policy)
+    if not policy.causal:
+        raise LayertraceError(f"policy {policy.name!r} is not causal (it needs later layers or labels); "
+                              f"simulate it with layertrace.exits.sweep instead")
+    read = resolve_readout(adapter, readout)
+    n_layers = adapter.n_layers
+    state = adapter.embed(batch)
+    n_samples = state.batch_size
+    device = state.hidden.device
+
+    if isinstance(policy, FixedLayerPolicy):  # elastic depth: nothing to decide, no readout before k
+        k = int(policy.check_thresholds([threshold], n_layers)[0])
+        for layer in range(1, k + 1):
+            state = adapter.block(layer, state)
+        logits = read(k, adapter.features(state))
+        return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), k, dtype=torch.long, device=device))
+
+    thresholds = torch.tensor([float(threshold)], dtype=torch.float32, device=device)
+    carry = policy.start(n_samples, device)
+    active: Tensor | None = None   # positions of running samples in the batch; None = all of them
+    out_logits: Tensor | None = None
+    exit_layers = torch.full((n_samples,), n_layers, dtype=torch.long, device=device)
+    for layer in range(1, n_layers + 1):
+        state = adapter.block(layer, state)
+        logits = read(layer, adapter.features(state))
+        if out_logits is None:
+            out_logits = logits.new_empty((n_samples, logits.shape[-1]))
+        if layer == n_layers:  # everyone still running exits at the last layer
+            out_logits[slice(None) if active is None else active] = logits
+            break
+        exit_now, carry = policy.decide(layer, logits, thresholds, carry)
+        exit_now = exit_now[0]
+        n_exit = int(exit_now.sum())
+        if n_exit == 0:
+            continue
+        if n_exit == exit_now.shape[0]:  # all remaining samples stop here
+            where = slice(None) if active is None else active
+            out_logits[where] = logits
+            exit_layers[where] = layer
+            break
+        keep = (~exit_now).nonzero().squeeze(1)
+        leaving = exit_now.nonzero().squeeze(1)
+        positions = leaving if active is None else active[leaving]
+        out_logits[positions] = logits[leaving]
+        exit_layers[positions] = layer
+        active = keep if active is None else active[keep]
+        state = state.select(keep)
+        carry = {name: value[keep] for name, value in carry.items()}
+    assert out_logits is not None
+    return ExitResult(out_logits, out_logits.argmax(-1), exit_layers)
+
+
+def run_early_exit_batches(adapter: Adapter, batches: Iterable[Mapping[str, Any]],
+                           policy: str | ExitPolicy = "confidence", threshold: float = 0.9,
+                           readout: Readout | None = None) -> ExitResult:
+    """:func:`run_early_exit` over many batches, concatenated in order."""
+    results = [run_early_exit(adapter, b, policy, threshold, readout) for b in batches]
+    if not results:
+        raise LayertraceError("no batches to run; check the data split and --limit")
+    return ExitResult.cat(results)
+
+
+@torch.no_grad()
+def layer_logits(adapter: Adapter, batches: Iterable[Mapping[str, Any]],
+                 readout: Readout | None = None) -> tuple[Tensor, Tensor | None]:
+    """Readout logits of every sample at every layer 1..L (the cache the simulation sweeps over).
+
+    Args:
+        adapter: a classifier adapter.
+        batches: dicts the model takes, optionally with ``labels`` (B,).
+        readout: ``readout(layer, h)``; default the shared head (then ``adapter.trace`` is used).
+    Returns:
+        ``logits`` (L, N, K) float32 on CPU, and ``labels`` (N,) long or ``None`` if batches have none.
+    """
+    _check_classifier(adapter)
+    chunks: list[Tensor] = []
+    labels: list[Tensor] = []
+    for batch in batches:
+        if readout is None or getattr(readout, "kind", None) == "shared":
+            logits = adapter.trace(batch, layers="1:", with_logits=True).logits
+        else:
+            per_layer = []
+            state = adapter.embed(batch)
+            for layer in range(1, adapter.n_layers + 1):
+                state = adapter.block(layer, state)
+                per_layer.append(readout(layer, adapter.features(state)))
+            logits = torch.stack(per_layer)
+        chunks.append(logits.float().cpu())
+        if "labels" in batch:
+            labels.append(torch.as_tensor(batch["labels"]).long().cpu())
+    if not chunks:
+        raise LayertraceError("no batches to trace; check the data split and --limit")
+    return torch.cat(chunks, dim=1), (torch.cat(labels) if labels else None)

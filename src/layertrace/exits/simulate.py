@@ -1,0 +1,227 @@
+"""Early exit simulated over cached per-layer logits: every threshold of a sweep in one go.
+
+The paper's speed-up (PAPER.md section 6) with m_i samples exiting at layer i of L:
+
+    speedup = sum_i L m_i / sum_i i m_i  =  L * N / sum(exit layers)
+
+counts layers only. :func:`sweep` adds accuracy, the exit histogram (the paper's Fig. 7), expected
+FLOPs including the cost of applying the head at every visited layer, and Pareto flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import LayertraceError
+from .policies import ExitPolicy, OraclePolicy, get_policy
+
+
+def speedup(exit_layers: Sequence[int] | np.ndarray | Tensor, n_layers: int) -> float:
+    """The paper's layer-count speed-up ``L * N / sum(exit_layers)``.
+
+    Args:
+        exit_layers: (N,) 1-based exit layer of each sample, each in 1..L.
+        n_layers: L, the number of blocks.
+    Returns:
+        A float >= 1 (1.0 when every sample runs all L layers; L when all exit at layer 1).
+    """
+    layers = np.asarray(exit_layers.cpu() if isinstance(exit_layers, Tensor) else exit_layers, dtype=np.int64).ravel()
+    if layers.size == 0:
+        raise LayertraceError("speedup() got no exit layers; pass one 1-based exit layer per sample")
+    if layers.min() < 1 or layers.max() > n_layers:
+        raise LayertraceError(f"exit layers must lie in 1..{n_layers} (1-based), got {layers.min()}..{layers.max()}")
+    return float(n_layers * layers.size / layers.sum(dtype=np.float64))
+
+
+def speedup_from_hist(exit_hist: Sequence[int] | np.ndarray) -> float:
+    """Speed-up from an exit histogram ``m`` where ``m[i-1]`` samples exit at layer i (L = len(m))."""
+    m = np.asarray(exit_hist, dtype=np.float64)
+    if m.ndim != 1 or m.size == 0 or (m < 0).any() or m.sum() == 0:
+        raise LayertraceError("an exit histogram must be a non-empty list of non-negative counts, not all zero")
+    layers = np.arange(1, m.size + 1, dtype=np.float64)
+    return float((m.size * m).sum() / (layers * m).sum())
+
+
+def exit_histogram(exit_layers: np.ndarray | Tensor, n_layers: int) -> np.ndarray:
+    """(L,) int64 counts: entry i-1 is the number of samples exiting at layer i."""
+    layers = np.asarray(exit_layers.cpu() if isinstance(exit_layers, Tensor) else exit_layers, dtype=np.int64)
+    return np.bincount(layers.ravel() - 1, minlength=n_layers)[:n_layers].astype(np.int64)
+
+
+@dataclass
+class LayerCosts:
+    """Per-sample cost of each stage the executor runs (FLOPs, or any additive unit).
+
+    Attributes:
+        embed: cost of the embedding (layer 0).
+        block: (L,) cost of block l (index l-1).
+        head: (L,) cost of one readout at layer l (the shared head, or layer l's own head).
+    """
+
+    embed: float
+    block: list[float]
+    head: list[float]
+
+    def cost_at_exit(self) -> np.ndarray:
+        """(L,) per-sample cost of exiting at layer l: embed + blocks 1..l + a readout at each of 1..l."""
+        return self.embed + np.cumsum(np.asarray(self.block, np.float64)) + np.cumsum(np.asarray(self.head, np.float64))
+
+    def full_cost(self) -> float:
+        """Per-sample cost of the unmodified model: embed + every block + one readout at layer L."""
+        return float(self.embed + np.sum(np.asarray(self.block, np.float64)) + self.head[-1])
+
+    def to_dict(self) -> dict:
+        return {"embed": float(self.embed), "block": [float(b) for b in self.block],
+                "head": [float(h) for h in self.head], "full_per_sample": self.full_cost()}
+
+
+def _logits_tensor(logits: Any) -> Tensor:
+    t = torch.as_tensor(logits) if not isinstance(logits, Tensor) else logits
+    if t.dim() != 3:
+        raise LayertraceError(f"cached logits must be (layers, samples, classes) for layers 1..L, got shape {tuple(t.shape)}")
+    return t.detach()
+
+
+def simulate_exits(logits: Any, policy: str | ExitPolicy, thresholds: Sequence[float],
+                   labels: Any = None) -> tuple[Tensor, Tensor]:
+    """Exit layer and prediction of every sample at every threshold.
+
+    Args:
+        logits: (L, B, K) readout logits at layers 1..L (not layer 0), torch or numpy.
+        policy: a policy name or instance.
+        thresholds: P thresholds.
+        labels: (B,) labels; needed by the oracle only.
+    Returns:
+        ``exit_layers`` (P, B) long, 1-based; ``predictions`` (P, B) long (argmax at the exit layer).
+    """
+    policy = get_policy(policy)
+    logits = _logits_tensor(logits)
+    n_layers, n_samples = logits.shape[:2]
+    layer_preds = logits.argmax(-1)  # (L, B)
+    if isinstance(policy, OraclePolicy):
+        if labels is None:
+            raise LayertraceError("the oracle policy needs labels; pass labels=(B,) or use a causal policy")
+        exits = policy.exit_layers(layer_preds, torch.as_tensor(labels).to(layer_preds.device).long())
+        exit_layers = exits[None, :]
+    else:
+        thr = torch.as_tensor([float(t) for t in thresholds], dtype=torch.float32 if logits.dtype != torch.float64
+                              else torch.float64, device=logits.device)
+        exit_layers = torch.full((thr.shape[0], n_samples), n_layers, dtype=torch.long, device=logits.device)
+        done = torch.zeros(thr.shape[0], n_samples, dtype=torch.bool, device=logits.device)
+        carry = policy.start(n_samples, logits.device)
+        for layer in range(1, n_layers):  # at layer L everyone left exits (already the default)
+            exit_now, carry = policy.decide(layer, logits[layer - 1], thr, carry)
+            newly = exit_now & ~done
+            exit_layers[newly] = layer
+            done |= exit_now
+            if bool(done.all()):
+                break
+    predictions = torch.gather(layer_preds, 0, exit_layers - 1)  # (P, B)
+    return exit_layers, predictions
+
+
+def pareto_flags(accuracy: Sequence[float], speed: Sequence[float]) -> list[bool]:
+    """True for points no other point beats on both accuracy and speed-up (>= both, > one)."""
+    acc = np.asarray(accuracy, np.float64)
+    spd = np.asarray(speed, np.float64)
+    flags = []
+    for i in range(acc.size):
+        dominated = np.any((acc >= acc[i]) & (spd >= spd[i]) & ((acc > acc[i]) | (spd > spd[i])))
+        flags.append(not bool(dominated))
+    return flags
+
+
+@dataclass
+class ExitPoint:
+    """One operating point of a sweep. ``exit_hist[i-1]`` samples exit at layer i."""
+
+    policy: str
+    threshold: float | None
+    accuracy: float | None
+    speedup: float
+    exit_hist: list[int]
+    mean_exit_layer: float
+    flops_per_sample: float | None = None
+    flops_speedup: float | None = None
+    measured_speedup: float | None = None
+    measured_speedup_batch1: float | None = None
+    runtime_agreement: float | None = None
+    pareto: bool = False
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass
+class ExitSweep:
+    """A simulated sweep: points plus the raw per-sample arrays (not serialised)."""
+
+    policy: str
+    n_layers: int
+    n_samples: int
+    full_accuracy: float | None
+    layer_accuracy: list[float] | None
+    points: list[ExitPoint]
+    exit_layers: np.ndarray = field(repr=False)   # (P, B)
+    predictions: np.ndarray = field(repr=False)   # (P, B)
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy, "n_layers": self.n_layers, "n_samples": self.n_samples,
+                "full_accuracy": self.full_accuracy, "layer_accuracy": self.layer_accuracy,
+                "points": [p.to_dict() for p in self.points]}
+
+
+def sweep(logits: Any, policy: str | ExitPolicy, thresholds: Sequence[float], labels: Any = None,
+          costs: LayerCosts | None = None) -> ExitSweep:
+    """Simulate a threshold sweep and summarise each point.
+
+    Args:
+        logits: (L, B, K) readout logits at layers 1..L.
+        policy: policy name or instance.
+        thresholds: P thresholds (ignored by the oracle).
+        labels: (B,) labels (accuracy needs them; the oracle requires them).
+        costs: per-sample stage costs for expected FLOPs (optional).
+    Returns:
+        :class:`ExitSweep` with one :class:`ExitPoint` per threshold, Pareto flags set.
+    """
+    policy = get_policy(policy)
+    logits_t = _logits_tensor(logits)
+    n_layers, n_samples = logits_t.shape[:2]
+    values = policy.check_thresholds(thresholds, n_layers)
+    exit_layers, predictions = simulate_exits(logits_t, policy, values, labels)
+    labels_t = None if labels is None else torch.as_tensor(labels).to(predictions.device).long()
+    layer_acc = None
+    full_acc = None
+    if labels_t is not None:
+        layer_acc = (logits_t.argmax(-1) == labels_t[None]).double().mean(1).tolist()
+        full_acc = layer_acc[-1]
+    cost_at_exit = costs.cost_at_exit() if costs is not None else None
+    points = []
+    exit_np = exit_layers.cpu().numpy()
+    for i, thr in enumerate(values):
+        layers = exit_np[i]
+        acc = float((predictions[i] == labels_t).double().mean()) if labels_t is not None else None
+        flops = float(cost_at_exit[layers - 1].mean()) if cost_at_exit is not None else None
+        points.append(ExitPoint(
+            policy=policy.name,
+            threshold=None if thr != thr else thr,
+            accuracy=acc,
+            speedup=speedup(layers, n_layers),
+            exit_hist=exit_histogram(layers, n_layers).tolist(),
+            mean_exit_layer=float(layers.mean()),
+            flops_per_sample=flops,
+            flops_speedup=(costs.full_cost() / flops) if flops else None,
+        ))
+    if labels_t is not None:
+        for p, flag in zip(points, pareto_flags([p.accuracy for p in points], [p.speedup for p in points])):
+            p.pareto = flag
+    return ExitSweep(policy=policy.name, n_layers=n_layers, n_samples=n_samples, full_accuracy=full_acc,
+                     layer_accuracy=layer_acc, points=points, exit_layers=exit_np,
+                     predictions=predictions.cpu().numpy())

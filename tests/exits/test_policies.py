@@ -1,0 +1,92 @@
+"""Policies over cached logits: the vectorised simulation equals naive per-sample loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from layertrace.errors import LayertraceError
+from layertrace.exits import get_policy, simulate_exits, sweep
+
+from .helpers import naive_exit_layers, naive_oracle
+
+
+def random_logits(seed: int, n_layers: int = 6, n_samples: int = 40, k: int = 4, scale: float = 2.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_layers, n_samples, k, generator=g) * scale
+
+
+@pytest.mark.parametrize("policy,thresholds", [
+    ("confidence", [0.0, 0.3, 0.5, 0.7, 0.9, 0.99, 1.01]),
+    ("entropy", [-1.0, 0.05, 0.3, 0.8, 1.2, 10.0]),
+    ("patience", [1, 2, 3, 4, 6, 7]),
+    ("fixed", [1, 2, 5, 6]),
+])
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_simulation_equals_naive_loop(policy, thresholds, seed):
+    logits = random_logits(seed)
+    exit_layers, predictions = simulate_exits(logits, policy, thresholds)
+    for i, thr in enumerate(thresholds):
+        assert exit_layers[i].tolist() == naive_exit_layers(logits, policy, thr)
+        expected_pred = [int(logits[e - 1, b].argmax()) for b, e in enumerate(exit_layers[i].tolist())]
+        assert predictions[i].tolist() == expected_pred
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_oracle_equals_naive_and_keeps_full_accuracy(seed):
+    logits = random_logits(seed, k=3, scale=1.0)
+    labels = torch.randint(0, 3, (logits.shape[1],), generator=torch.Generator().manual_seed(seed + 1))
+    exits, preds = simulate_exits(logits, "oracle", [], labels)
+    assert exits[0].tolist() == naive_oracle(logits, labels)
+    result = sweep(logits, "oracle", [], labels)
+    assert result.points[0].accuracy == pytest.approx(result.full_accuracy)
+    # every correct-at-L sample exits on a correct layer, every other one on its final prediction
+    assert ((preds[0] == labels) == (logits[-1].argmax(-1) == labels)).all()
+
+
+def test_threshold_extremes():
+    logits = random_logits(3)
+    exits, preds = simulate_exits(logits, "confidence", [1.01, 0.0])
+    assert (exits[0] == 6).all() and (preds[0] == logits[-1].argmax(-1)).all()   # nowhere: the full model
+    assert (exits[1] == 1).all() and (preds[1] == logits[0].argmax(-1)).all()    # everyone at layer 1
+
+
+def test_confidence_monotone_in_threshold():
+    logits = random_logits(5)
+    exits, _ = simulate_exits(logits, "confidence", [0.3, 0.5, 0.7, 0.9])
+    assert (exits[1:] >= exits[:-1]).all()
+
+
+def test_sweep_summary():
+    logits = random_logits(7)
+    labels = torch.randint(0, 4, (40,), generator=torch.Generator().manual_seed(0))
+    result = sweep(logits, "confidence", [0.0, 0.5, 0.9, 1.01], labels)
+    assert result.full_accuracy == pytest.approx(float((logits[-1].argmax(-1) == labels).double().mean()))
+    full_point = result.points[-1]
+    assert full_point.accuracy == pytest.approx(result.full_accuracy) and full_point.speedup == 1.0
+    assert result.points[0].speedup == 6.0 and result.points[0].exit_hist == [40, 0, 0, 0, 0, 0]
+    for p in result.points:
+        assert sum(p.exit_hist) == 40
+    # both extremes are Pareto-optimal unless dominated; at least one point is
+    assert any(p.pareto for p in result.points)
+
+
+def test_pareto_flags():
+    from layertrace.exits import pareto_flags
+
+    assert pareto_flags([0.9, 0.8, 0.85, 0.7], [1.0, 2.0, 1.5, 1.5]) == [True, True, True, False]
+
+
+def test_bad_policy_and_thresholds():
+    with pytest.raises(LayertraceError, match="did you mean 'confidence'"):
+        get_policy("confidense")
+    logits = random_logits(1)
+    with pytest.raises(LayertraceError, match="integer"):
+        sweep(logits, "patience", [1.5])
+    with pytest.raises(LayertraceError, match="1..6"):
+        sweep(logits, "fixed", [7])
+    with pytest.raises(LayertraceError, match="labels"):
+        sweep(logits, "oracle", [])
