@@ -1,1 +1,21 @@
-"""layertrace.lm"""
+"""Causal-LM extras: per-layer LM metrics, generation from layer k, text quality, early-exit decoding.
+
+Public names (imported lazily by their modules; nothing here imports transformers):
+
+* :func:`layertrace.lm.metrics.layerwise_lm_metrics` -> :class:`~layertrace.lm.metrics.LMMetrics`
+* :func:`layertrace.lm.generate.generate`, :class:`~layertrace.lm.generate.SamplingConfig`
+* :func:`layertrace.lm.early_exit.early_exit_generate`, :func:`~layertrace.lm.early_exit.early_exit_sweep`
+* :func:`layertrace.lm.quality.diversity`, :func:`~layertrace.lm.quality.coherence`,
+  :class:`~layertrace.lm.quality.MeanPoolEncoder`
+* :func:`layertrace.lm.demo.run_lm_track` and :func:`layertrace.lm.plots.lm_figures`
+"""
+
+from .early_exit import early_exit_generate, early_exit_sweep
+from .generate import GenerationResult, SamplingConfig, generate
+from .metrics import LMMetrics, layerwise_lm_metrics
+from .quality import coherence, diversity
+
+__all__ = [
+    "GenerationResult", "LMMetrics", "SamplingConfig", "coherence", "diversity", "early_exit_generate",
+    "early_exit_sweep", "generate", "layerwise_lm_metrics",
+]
