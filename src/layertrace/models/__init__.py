@@ -1,11 +1,18 @@
 """Model adapters: all model-family knowledge lives here (DESIGN.md section 2)."""
 
 from .base import Adapter, State, Trace
+from .cost import LayerFlops, ParamComparison, compare_params, layer_flops, param_counts
+from .export import export_first_k
 from .generic import GenericAdapter, NormThenHead
+from .loading import LoadedModel, load_model, save_model_dir
+from .presets import PRESETS, Preset, build_preset, get_preset, preset_names
 from .registry import adapt, register, registered_families
 from .toy import ToyAdapter, ToyConfig, ToyTransformerClassifier
 
 __all__ = [
     "Adapter", "State", "Trace", "GenericAdapter", "NormThenHead", "adapt", "register",
     "registered_families", "ToyAdapter", "ToyConfig", "ToyTransformerClassifier",
+    "LoadedModel", "load_model", "save_model_dir", "PRESETS", "Preset", "build_preset", "get_preset",
+    "preset_names", "param_counts", "compare_params", "ParamComparison", "layer_flops", "LayerFlops",
+    "export_first_k",
 ]

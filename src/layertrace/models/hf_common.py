@@ -82,6 +82,11 @@ class HFEncoderAdapter(Adapter):
     config: Any
     layers: nn.ModuleList
 
+    def _ref(self, **modules: Any) -> None:
+        """Keep plain references into the model (not registered again: no duplicate state_dict keys)."""
+        for name, value in modules.items():
+            object.__setattr__(self, name, value)
+
     def block(self, layer: int, state: State) -> State:
         """Apply the model's block ``layer`` (1-based) with the same mask the model would pass."""
         out = self.layers[layer - 1](state.hidden, layer_mask_of(self.config, state))

@@ -104,15 +104,15 @@ class BertFamilyAdapter(HFEncoderAdapter):
         if attr is None:
             raise LayertraceError(f"BertFamilyAdapter does not serve {cls_name}; use layertrace.models.adapt(model)")
         self.model = model
-        self.config = model.config
-        if getattr(self.config, "is_decoder", False):
+        if getattr(model.config, "is_decoder", False):
             raise LayertraceError(
                 f"{cls_name} is configured as a decoder (config.is_decoder=True); layertrace reads it as an "
                 f"encoder classifier only: load it with is_decoder=False"
             )
         self.family = family
-        self.backbone = getattr(model, attr)
-        self.layers = self.backbone.transformer.layer if family == "distilbert" else self.backbone.encoder.layer
+        backbone = getattr(model, attr)
+        layers = backbone.transformer.layer if family == "distilbert" else backbone.encoder.layer
+        self._ref(config=model.config, backbone=backbone, layers=layers)
         self.n_layers = len(self.layers)
         self.hidden_size = int(self.config.dim if family == "distilbert" else self.config.hidden_size)
         self.num_outputs = classifier_num_labels(model)

@@ -65,9 +65,8 @@ class ViTFamilyAdapter(HFEncoderAdapter):
         super().__init__()
         name = type(model).__name__
         self.model = model
-        self.config = model.config
-        self.backbone = model.deit if hasattr(model, "deit") else model.vit
-        self.layers = self.backbone.layers
+        backbone = model.deit if hasattr(model, "deit") else model.vit
+        self._ref(config=model.config, backbone=backbone, layers=backbone.layers)
         self.family = "deit" if hasattr(model, "deit") else "vit"
         self.n_layers = len(self.layers)
         self.hidden_size = int(self.config.hidden_size)
