@@ -1,1 +1,70 @@
-"""layertrace.metrics"""
+"""layertrace.metrics: similarity between layers, for every pair at once (pure functions + accumulators).
+
+Every function takes features of shape (layers L, samples n, dim d) as a torch tensor or numpy array
+in any float dtype on CPU or CUDA, accumulates in float64 and returns float64 numpy arrays. NaN / Inf
+input raises a one-line :class:`~layertrace.errors.LayertraceError` naming the layer index.
+
+Exact, in memory:
+    cos_matrix, cos_to_layer, adjacent_cos, per_sample_cos, per_sample_adjacent_cos, zero_norm_counts,
+    box_stats, linear_cka_matrix, minibatch_cka_matrix, rbf_cka_matrix, procrustes_similarity_matrix,
+    unbiased_hsic_matrix, agreement
+Streaming (memory independent of n, mergeable across processes):
+    CosAccumulator, MeanAccumulator, MinibatchCKA, StreamingLinearCKA
+Registry:
+    METRICS, METRIC_INFO, get_metric, metric_names
+
+See docs/metrics.md for formulas, centering, invariances and when to use which.
+"""
+
+from ._input import DegenerateLayerWarning
+from .agreement import agreement, average_ranks
+from .cka import (
+    MinibatchCKA,
+    StreamingLinearCKA,
+    linear_cka_matrix,
+    minibatch_cka_matrix,
+    rbf_cka_matrix,
+    unbiased_hsic_matrix,
+)
+from .cos import (
+    CENTERS,
+    CosAccumulator,
+    MeanAccumulator,
+    adjacent_cos,
+    box_stats,
+    cos_matrix,
+    cos_to_layer,
+    per_sample_adjacent_cos,
+    per_sample_cos,
+    zero_norm_counts,
+)
+from .procrustes import procrustes_similarity_matrix
+from .registry import METRIC_INFO, METRICS, MetricInfo, get_metric, metric_names
+
+__all__ = [
+    "CENTERS",
+    "METRICS",
+    "METRIC_INFO",
+    "CosAccumulator",
+    "DegenerateLayerWarning",
+    "MeanAccumulator",
+    "MetricInfo",
+    "MinibatchCKA",
+    "StreamingLinearCKA",
+    "adjacent_cos",
+    "agreement",
+    "average_ranks",
+    "box_stats",
+    "cos_matrix",
+    "cos_to_layer",
+    "get_metric",
+    "linear_cka_matrix",
+    "metric_names",
+    "minibatch_cka_matrix",
+    "per_sample_adjacent_cos",
+    "per_sample_cos",
+    "procrustes_similarity_matrix",
+    "rbf_cka_matrix",
+    "unbiased_hsic_matrix",
+    "zero_norm_counts",
+]

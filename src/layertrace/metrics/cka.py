@@ -1,0 +1,502 @@
+"""Centered kernel alignment (CKA) for every pair of layers: exact, minibatch, streaming and RBF.
+
+Linear CKA (Kornblith et al. 2019) of column-centred X, Y (n, d)::
+
+    CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)
+              = <K, L> / (||K||_F ||L||_F)      with Gram matrices K = X X^T, L = Y Y^T
+
+It lies in [0, 1], equals 1 for X = Y, and is invariant to an orthogonal transform and an isotropic
+scaling of either representation (and to translations: the columns are centred).
+
+All pairs come from stacked products, never a loop of per-pair Gram matrices:
+
+* feature space (n > d): ``||X_l^T X_m||_F^2`` are block norms of the stacked cross-covariance
+  ``S^T S`` with S = [X_0 .. X_{L-1}] (n, L d); computed one block row at a time
+  (``X_l^T S[:, l d:]``), which halves the work and keeps memory at O(n L d + L d^2);
+* sample space (n <= d): ``<K_l, K_m>`` is ``G G^T`` with G the (L, n^2) stack of Gram matrices.
+
+Minibatch CKA (Nguyen et al. 2021) sums the unbiased HSIC of Song et al. (2012) over batches::
+
+    CKA = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) * sum_b HSIC_1(L_b, L_b))
+
+with ``HSIC_1(K, L) = <U(K), U(L)> / (b (b - 3))``, where U is U-centering (Szekely & Rizzo 2014):
+zero the diagonal, subtract row and column sums / (b - 2), add the total / ((b - 1)(b - 2)), zero the
+diagonal again. This equals Song et al.'s formula exactly, and makes all pairs one product of the
+stacked (L, b^2) U-centred Gram vectors. Being an inner product, the self terms are >= 0 and
+|CKA| <= 1 (Cauchy-Schwarz), so the estimator never produces NaN; cross terms, and so minibatch CKA
+values, can be slightly negative for unrelated layers (this is the unbiased estimator, not clipped to
+0). Each batch is column-centred before its Gram matrices: HSIC_1 is exactly shift invariant, and
+centring removes float cancellation.
+
+A degenerate layer (no variation after centering, see ``DegenerateLayerWarning``) gets CKA 0 with every
+other layer and 1 with itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import LayertraceError, did_you_mean
+from ._input import (
+    as_features,
+    check_layer_count,
+    degenerate_layers,
+    finish_similarity,
+    layer_means,
+    sample_chunks,
+    warn_degenerate,
+)
+
+SPACES = ("auto", "feature", "sample")
+
+#: Memory budget (bytes) for the temporaries of one stacked product (Gram stacks, kernel blocks).
+WORK_BYTES = 256 * 2**20
+
+#: Default refusal threshold of StreamingLinearCKA's (L d)^2 float64 cross-covariance state.
+STREAMING_MAX_BYTES = 2 * 2**30
+
+
+def _check_space(space: str) -> str:
+    if space not in SPACES:
+        raise LayertraceError(f"space={space!r} is not one of {list(SPACES)}{did_you_mean(space, SPACES)}")
+    return space
+
+
+def _centred_stack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Column-centre features exactly: (L, n, d) -> float64 (n, L d) stack, centred and raw sq norms (L,)."""
+    n_layers, n_samples, dim = x.shape
+    means = layer_means(x)
+    stacked = x.permute(1, 0, 2).reshape(n_samples, n_layers * dim).to(torch.float64)
+    stacked -= means.reshape(1, -1)
+    centred_sq = stacked.pow(2).sum(dim=0).reshape(n_layers, dim).sum(dim=1)
+    raw_sq = centred_sq + n_samples * means.pow(2).sum(dim=1)
+    return stacked, centred_sq, raw_sq
+
+
+def _cross_cov_sq_norms(stacked: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """(n, L d) centred stack -> (L, L) with entries ||X_l^T X_m||_F^2, one block row per product."""
+    dim = stacked.shape[1] // n_layers
+    out = torch.zeros(n_layers, n_layers, dtype=torch.float64, device=stacked.device)
+    for l in range(n_layers):
+        block = stacked[:, l * dim:(l + 1) * dim].T @ stacked[:, l * dim:]  # (d, (L - l) d)
+        out[l, l:] = block.reshape(dim, n_layers - l, dim).pow(2).sum(dim=(0, 2))
+    return out + torch.triu(out, diagonal=1).T
+
+
+def _gram_inner_products(stacked: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """(n, L d) centred stack -> (L, L) with entries <K_l, K_m>, K_l = X_l X_l^T (sample space)."""
+    n_samples = stacked.shape[0]
+    per_layer = stacked.reshape(n_samples, n_layers, -1).permute(1, 0, 2)  # (L, n, d)
+    grams = (per_layer @ per_layer.transpose(1, 2)).reshape(n_layers, -1)
+    return grams @ grams.T
+
+
+def linear_cka_matrix(features: Any, space: str = "auto") -> np.ndarray:
+    """Exact column-centred linear CKA for every pair of layers.
+
+    Args:
+        features: (layers L, samples n, dim d), torch or numpy, any float dtype, CPU or CUDA.
+        space: ``"auto"`` (feature space if n > d, else sample space), ``"feature"`` or ``"sample"``;
+            both give the same values, they differ in cost (O(n L^2 d^2 / 2) vs O(L n^2 d + L^2 n^2)).
+
+    Returns:
+        (L, L) float64 numpy, symmetric, in [0, 1], diagonal 1. Invariant to an orthogonal transform
+        and an isotropic scaling of any layer, and to translations.
+    """
+    x = as_features(features, min_samples=2)
+    n_layers, n_samples, dim = x.shape
+    space = _check_space(space)
+    if space == "auto":
+        space = "feature" if n_samples > dim else "sample"
+    stacked, centred_sq, raw_sq = _centred_stack(x)
+    if space == "feature":
+        gram = _cross_cov_sq_norms(stacked, n_layers)
+    else:
+        gram = _gram_inner_products(stacked, n_layers)
+    degenerate = degenerate_layers(centred_sq, raw_sq)
+    warn_degenerate("linear_cka_matrix", degenerate)
+    return finish_similarity(gram, degenerate, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- minibatch (unbiased HSIC)
+
+
+def _u_centre(grams: torch.Tensor) -> torch.Tensor:
+    """U-centre a stack of Gram matrices (L, b, b) in place-free fashion (Szekely & Rizzo 2014)."""
+    b = grams.shape[-1]
+    k = grams.clone()
+    k.diagonal(dim1=1, dim2=2).zero_()
+    row = k.sum(dim=2)  # (L, b)
+    total = row.sum(dim=1)  # (L,)
+    k -= row[:, :, None] / (b - 2)
+    k -= row[:, None, :] / (b - 2)
+    k += (total / ((b - 1) * (b - 2)))[:, None, None]
+    k.diagonal(dim1=1, dim2=2).zero_()
+    return k
+
+
+def _hsic_space(n_layers: int, batch: int, dim: int, space: str) -> str:
+    if space != "auto":
+        return space
+    sample_cost = n_layers * batch * batch * dim + n_layers * n_layers * batch * batch
+    feature_cost = batch * dim * dim * n_layers * (n_layers + 1) / 2
+    fits = 3 * n_layers * batch * batch * 8 <= WORK_BYTES
+    return "sample" if fits and sample_cost <= feature_cost else "feature"
+
+
+def _unbiased_hsic(xc: torch.Tensor, space: str = "auto") -> torch.Tensor:
+    """Unbiased HSIC_1 of linear kernels for every layer pair of one batch.
+
+    ``xc`` is a float64 (L, b, d) batch (column-centred by the caller for accuracy; the estimator
+    itself is shift invariant). Returns (L, L) float64 on xc's device.
+    """
+    n_layers, b, dim = xc.shape
+    space = _hsic_space(n_layers, b, dim, space)
+    if space == "sample":
+        u = _u_centre(xc @ xc.transpose(1, 2)).reshape(n_layers, -1)
+        return (u @ u.T) / (b * (b - 3))
+    # Feature space: Song et al.'s three terms from feature sums, with K~ = K - diag(K):
+    #   tr(K~ L~)    = ||X^T Y||_F^2 - sum_i |x_i|^2 |y_i|^2
+    #   1^T K~ 1     = |sum_i x_i|^2 - sum_i |x_i|^2
+    #   1^T K~ L~ 1  = sum_i (x_i . sum_x - |x_i|^2)(y_i . sum_y - |y_i|^2)
+    sq = xc.pow(2).sum(dim=2)  # (L, b)
+    sums = xc.sum(dim=1)  # (L, d)
+    k_one = torch.einsum("lbd,ld->lb", xc, sums) - sq  # K~ 1, (L, b)
+    k_total = sums.pow(2).sum(dim=1) - sq.sum(dim=1)  # (L,)
+    stacked = xc.permute(1, 0, 2).reshape(b, n_layers * dim)
+    trace_kl = _cross_cov_sq_norms(stacked, n_layers) - sq @ sq.T
+    hsic = trace_kl + torch.outer(k_total, k_total) / ((b - 1) * (b - 2)) - 2.0 * (k_one @ k_one.T) / (b - 2)
+    return hsic / (b * (b - 3))
+
+
+def unbiased_hsic_matrix(batch_features: Any, space: str = "auto") -> np.ndarray:
+    """Song et al.'s unbiased HSIC_1 with linear kernels for every layer pair of one batch.
+
+    Args:
+        batch_features: (L, b, d) with b >= 4.
+    Returns:
+        (L, L) float64 numpy, symmetric; diagonal >= 0; off-diagonal may be negative.
+    """
+    x = as_features(batch_features, name="batch_features")
+    if x.shape[1] < 4:
+        raise LayertraceError(f"unbiased HSIC needs a batch of at least 4 samples, got {x.shape[1]}")
+    xc = x.to(torch.float64)
+    xc = xc - xc.mean(dim=1, keepdim=True)
+    return _unbiased_hsic(xc, _check_space(space)).cpu().numpy()
+
+
+class MinibatchCKA:
+    """Minibatch linear CKA (Nguyen et al. 2021) for all layer pairs, accumulated batch by batch.
+
+    ``update(batch (L, b, d))`` adds the unbiased HSIC_1 (Song et al. 2012) of every layer pair of
+    the batch; ``compute() -> (L, L)``. Memory O(L^2), independent of the number of samples; the cost
+    per batch is one batched Gram product (L b^2 d) plus one (L, b^2) x (b^2, L) product (or the
+    feature-space form when that is cheaper, e.g. for very large batches).
+
+    Values are symmetric, in [-1, 1] (Cauchy-Schwarz: the estimator is an inner product of U-centred
+    Gram matrices), diagonal 1. Summed cross terms may be negative for unrelated layers and are kept
+    (no NaN: self terms are >= 0; a layer whose self term is 0 is degenerate and gets 0).
+
+    The state is sums only (``state_dict``), so processes can all-reduce every entry with SUM, or
+    :meth:`merge` two accumulators; merging equals one pass over the union of the batches.
+    """
+
+    def __init__(self, n_layers: int, *, space: str = "auto"):
+        self.n_layers = int(n_layers)
+        self.space = _check_space(space)
+        self.hsic = torch.zeros(self.n_layers, self.n_layers, dtype=torch.float64)
+        self.raw_sq = torch.zeros(self.n_layers, dtype=torch.float64)
+        self.centred_sq = torch.zeros(self.n_layers, dtype=torch.float64)
+        self.n_batches = 0
+        self.n_samples = 0
+
+    def update(self, batch_features: Any) -> "MinibatchCKA":
+        """Add one batch (L, b, d), b >= 4 (torch or numpy, any float dtype, any device)."""
+        x = as_features(batch_features, name="batch_features")
+        check_layer_count(x, self.n_layers, "MinibatchCKA.update")
+        b = x.shape[1]
+        if b < 4:
+            raise LayertraceError(
+                f"MinibatchCKA.update: batch of {b} samples; the unbiased HSIC needs at least 4 "
+                f"(use a larger batch or fold the last small batch into the previous one)"
+            )
+        x64 = x.to(torch.float64)
+        mean = x64.mean(dim=1, keepdim=True)
+        xc = x64 - mean
+        centred_sq = xc.pow(2).sum(dim=(1, 2))
+        self.raw_sq += (centred_sq + b * mean.pow(2).sum(dim=(1, 2))).cpu()
+        self.centred_sq += centred_sq.cpu()
+        self.hsic += _unbiased_hsic(xc, self.space).cpu()
+        self.n_batches += 1
+        self.n_samples += b
+        return self
+
+    def compute(self) -> np.ndarray:
+        """(L, L) float64 minibatch CKA over all batches so far."""
+        if self.n_batches == 0:
+            raise LayertraceError("MinibatchCKA.compute: no batch was added; call update() first")
+        degenerate = degenerate_layers(self.centred_sq, self.raw_sq)
+        warn_degenerate("MinibatchCKA", degenerate, "are constant within every batch")
+        return finish_similarity(self.hsic, degenerate, -1.0, 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-numpy state; every numeric entry is a sum (all-reduce with SUM works)."""
+        return {
+            "n_layers": self.n_layers,
+            "hsic": self.hsic.numpy().copy(),
+            "raw_sq": self.raw_sq.numpy().copy(),
+            "centred_sq": self.centred_sq.numpy().copy(),
+            "n_batches": self.n_batches,
+            "n_samples": self.n_samples,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "MinibatchCKA":
+        acc = cls(state["n_layers"])
+        acc.hsic = torch.as_tensor(np.asarray(state["hsic"], dtype=np.float64)).clone()
+        acc.raw_sq = torch.as_tensor(np.asarray(state["raw_sq"], dtype=np.float64)).clone()
+        acc.centred_sq = torch.as_tensor(np.asarray(state["centred_sq"], dtype=np.float64)).clone()
+        acc.n_batches = int(state["n_batches"])
+        acc.n_samples = int(state["n_samples"])
+        return acc
+
+    def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
+        """Add another accumulator's batches (same number of layers) into this one."""
+        if other.n_layers != self.n_layers:
+            raise LayertraceError(f"MinibatchCKA.merge: {other.n_layers} layers vs {self.n_layers}")
+        self.hsic += other.hsic
+        self.raw_sq += other.raw_sq
+        self.centred_sq += other.centred_sq
+        self.n_batches += other.n_batches
+        self.n_samples += other.n_samples
+        return self
+
+
+def minibatch_cka_matrix(features: Any, batch_size: int = 256) -> np.ndarray:
+    """Minibatch CKA over consecutive batches of ``batch_size`` samples (see :class:`MinibatchCKA`).
+
+    A last batch under 4 samples is folded into the previous one. (L, L) float64 in [-1, 1].
+    """
+    x = as_features(features, min_samples=4)
+    if batch_size < 4:
+        raise LayertraceError(f"batch_size={batch_size}: the unbiased HSIC needs batches of at least 4 samples")
+    n = x.shape[1]
+    starts = list(range(0, n, batch_size))
+    if n - starts[-1] < 4 and len(starts) > 1:
+        starts.pop()
+    acc = MinibatchCKA(x.shape[0])
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else n
+        acc.update(x[:, start:stop])
+    return acc.compute()
+
+
+# --------------------------------------------------------------------------- streaming exact linear CKA
+
+
+class StreamingLinearCKA:
+    """Exact linear CKA accumulated batch by batch, memory independent of the number of samples.
+
+    Keeps the running mean (L d,) and the centred cross-moment matrix ``sum_x (x - mean)(x - mean)^T``
+    over the stacked (L d) features, updated with Chan et al.'s pairwise formula (numerically stable,
+    no cancellation from large means). ``compute()`` equals :func:`linear_cka_matrix` on all samples.
+
+    Memory: (L d)^2 float64 (e.g. 13 x 384 -> 191 MiB, 13 x 768 -> 761 MiB, 25 x 1024 -> 4.9 GiB).
+    Construction refuses above ``max_bytes`` (default 2 GiB): use :class:`MinibatchCKA` or fewer layers.
+    Only the upper block triangle is filled (half the work per batch).
+
+    ``merge(other)`` combines two accumulators exactly (e.g. after ``torch.distributed``'s
+    ``all_gather_object`` of ``state_dict()``s); the state holds a mean, so it is merged, not summed.
+    """
+
+    def __init__(self, n_layers: int, dim: int, *, max_bytes: int = STREAMING_MAX_BYTES):
+        self.n_layers, self.dim = int(n_layers), int(dim)
+        width = self.n_layers * self.dim
+        need = width * width * 8
+        if need > max_bytes:
+            raise LayertraceError(
+                f"StreamingLinearCKA: {self.n_layers} layers x {self.dim} dims needs {need / 2**30:.2f} GiB of "
+                f"float64 cross-covariances (limit {max_bytes / 2**30:.2f} GiB); use MinibatchCKA, fewer layers, "
+                f"or pass a larger max_bytes"
+            )
+        self.mean = torch.zeros(width, dtype=torch.float64)
+        self.comoment = torch.zeros(width, width, dtype=torch.float64)
+        self.n_samples = 0
+
+    def _add_moments(self, count: int, mean: torch.Tensor, comoment_update) -> None:
+        """Chan et al.: M = M_a + M_b + (n_a n_b / n) (mean_b - mean_a)(mean_b - mean_a)^T."""
+        total = self.n_samples + count
+        delta = mean - self.mean
+        if self.n_samples > 0:
+            self.comoment.addr_(delta, delta, alpha=self.n_samples * count / total)
+        comoment_update()
+        self.mean += delta * (count / total)
+        self.n_samples = total
+
+    def update(self, batch_features: Any) -> "StreamingLinearCKA":
+        """Add one batch (L, b, d) (torch or numpy, any float dtype, any device; b >= 1)."""
+        x = as_features(batch_features, name="batch_features")
+        check_layer_count(x, self.n_layers, "StreamingLinearCKA.update")
+        if x.shape[2] != self.dim:
+            raise LayertraceError(f"StreamingLinearCKA.update: batch dim {x.shape[2]}, accumulator built for {self.dim}")
+        b = x.shape[1]
+        if self.n_samples == 0 and self.comoment.device != x.device:  # state follows the first batch
+            self.mean, self.comoment = self.mean.to(x.device), self.comoment.to(x.device)
+        stacked = x.permute(1, 0, 2).reshape(b, -1).to(device=self.comoment.device, dtype=torch.float64)
+        batch_mean = stacked.mean(dim=0)
+        stacked -= batch_mean
+        d = self.dim
+
+        def add_batch_comoment() -> None:
+            for l in range(self.n_layers):
+                rows = slice(l * d, (l + 1) * d)
+                self.comoment[rows, l * d:].addmm_(stacked[:, rows].T, stacked[:, l * d:])
+
+        self._add_moments(b, batch_mean, add_batch_comoment)
+        return self
+
+    def compute(self) -> np.ndarray:
+        """(L, L) float64 exact linear CKA of all samples so far (needs at least 2)."""
+        if self.n_samples < 2:
+            raise LayertraceError(f"StreamingLinearCKA.compute: needs at least 2 samples, got {self.n_samples}")
+        L, d = self.n_layers, self.dim
+        gram = torch.zeros(L, L, dtype=torch.float64, device=self.comoment.device)
+        for l in range(L):
+            block = self.comoment[l * d:(l + 1) * d, l * d:]
+            gram[l, l:] = block.reshape(d, L - l, d).pow(2).sum(dim=(0, 2))
+        gram = gram + torch.triu(gram, diagonal=1).T
+        centred_sq = torch.stack([self.comoment[l * d:(l + 1) * d, l * d:(l + 1) * d].trace() for l in range(L)])
+        raw_sq = centred_sq + self.n_samples * self.mean.reshape(L, d).pow(2).sum(dim=1)
+        degenerate = degenerate_layers(centred_sq, raw_sq)
+        warn_degenerate("StreamingLinearCKA", degenerate)
+        return finish_similarity(gram, degenerate, 0.0, 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n_layers": self.n_layers, "dim": self.dim, "n_samples": self.n_samples,
+                "mean": self.mean.cpu().numpy().copy(), "comoment": self.comoment.cpu().numpy().copy()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], *, max_bytes: int = STREAMING_MAX_BYTES) -> "StreamingLinearCKA":
+        acc = cls(state["n_layers"], state["dim"], max_bytes=max_bytes)
+        acc.mean = torch.as_tensor(np.asarray(state["mean"], dtype=np.float64)).clone()
+        acc.comoment = torch.as_tensor(np.asarray(state["comoment"], dtype=np.float64)).clone()
+        acc.n_samples = int(state["n_samples"])
+        return acc
+
+    def merge(self, other: "StreamingLinearCKA") -> "StreamingLinearCKA":
+        """Combine another accumulator (same layers and dim) exactly into this one."""
+        if (other.n_layers, other.dim) != (self.n_layers, self.dim):
+            raise LayertraceError(
+                f"StreamingLinearCKA.merge: ({other.n_layers} layers, dim {other.dim}) vs ({self.n_layers}, {self.dim})"
+            )
+        if other.n_samples == 0:
+            return self
+        device = self.comoment.device
+        self._add_moments(other.n_samples, other.mean.to(device).clone(),
+                          lambda: self.comoment.add_(other.comoment.to(device)))
+        return self
+
+
+# --------------------------------------------------------------------------- RBF CKA
+
+
+def _sq_distances(xc: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Squared Euclidean distances (L, r, n) between samples ``rows`` and all samples, per layer."""
+    d2 = sq[:, rows, None] + sq[:, None, :] - 2.0 * (xc[:, rows] @ xc.transpose(1, 2))
+    d2 = d2.clamp_min_(0.0)
+    idx = torch.arange(rows.start, rows.stop, device=xc.device)
+    d2[:, idx - rows.start, idx] = 0.0
+    return d2
+
+
+def _median_bandwidths(xc: torch.Tensor, sq: torch.Tensor, median_samples: int) -> tuple[np.ndarray, list[int]]:
+    """Per-layer median pairwise Euclidean distance (over i < j; an evenly spaced subset of at most
+    ``median_samples`` samples when n is larger). Returns medians (L,) and layers with no distance."""
+    n_layers, n = xc.shape[0], xc.shape[1]
+    idx = np.unique(np.linspace(0, n - 1, min(n, median_samples)).round().astype(np.int64))
+    sub = xc[:, torch.as_tensor(idx, device=xc.device)]
+    sub_sq = sq[:, torch.as_tensor(idx, device=xc.device)]
+    m = len(idx)
+    iu = torch.triu_indices(m, m, offset=1, device=xc.device)
+    medians, empty = np.zeros(n_layers), []
+    for l in range(n_layers):
+        d2 = _sq_distances(sub[l:l + 1], sub_sq[l:l + 1], slice(0, m))[0]
+        dist = torch.sqrt(d2[iu[0], iu[1]]).cpu().numpy()
+        med = float(np.median(dist))
+        if med == 0.0:  # most samples coincide: fall back to the median of the non-zero distances
+            nonzero = dist[dist > 0]
+            med = float(np.median(nonzero)) if nonzero.size else 0.0
+        if med == 0.0:
+            empty.append(l)
+            med = 1.0
+        medians[l] = med
+    return medians, empty
+
+
+def rbf_cka_matrix(features: Any, sigma: float | Sequence[float] | None = None, *, fraction: float = 0.8,
+                   median_samples: int = 4096) -> np.ndarray:
+    """Gaussian-kernel (RBF) CKA for every pair of layers (Kornblith et al. 2019), biased HSIC.
+
+    ``K_l[i, j] = exp(-|x_i - x_j|^2 / (2 sigma_l^2))``; ``CKA = <HKH, HLH> / (|HKH|_F |HLH|_F)``.
+
+    Args:
+        features: (layers L, samples n, dim d), torch or numpy, any float dtype, CPU or CUDA.
+        sigma: ``None`` (default): per layer, ``fraction`` x the median pairwise distance between
+            samples (over pairs i < j; Kornblith et al.'s code takes the median over the full matrix,
+            diagonal zeros included, which differs by O(1/n)); with n > ``median_samples`` the median
+            is taken over an evenly spaced subset of that many samples. A float: the same absolute
+            bandwidth for every layer; a sequence of L floats: one per layer.
+        fraction: bandwidth as a fraction of the median distance (default 0.8).
+
+    Returns:
+        (L, L) float64 numpy, symmetric, in [0, 1], diagonal 1. With the default (relative)
+        bandwidth: invariant to orthogonal transforms, isotropic scaling and translation of a layer.
+
+    Cost O(L n^2 d) time; memory stays under ~256 MiB by processing blocks of kernel rows (two passes
+    when L n^2 does not fit). Meant for moderate n (a few thousand samples).
+    """
+    x = as_features(features, min_samples=2)
+    n_layers, n, dim = x.shape
+    if fraction <= 0:
+        raise LayertraceError(f"rbf_cka_matrix: fraction={fraction} must be > 0")
+    stacked, centred_sq, raw_sq = _centred_stack(x)
+    xc = stacked.reshape(n, n_layers, dim).permute(1, 0, 2).contiguous()  # (L, n, d), centred
+    del stacked
+    sq = xc.pow(2).sum(dim=2)
+    degenerate = degenerate_layers(centred_sq, raw_sq)
+    if sigma is None:
+        medians, empty = _median_bandwidths(xc, sq, median_samples)
+        degenerate = sorted(set(degenerate) | set(empty))
+        sigmas = fraction * medians
+    else:
+        sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n_layers,)).copy()
+        if sigmas.shape != (n_layers,) or not np.all(sigmas > 0) or not np.all(np.isfinite(sigmas)):
+            raise LayertraceError(f"rbf_cka_matrix: sigma must be a positive float or {n_layers} positive floats, got {sigma!r}")
+    inv_two_var = torch.as_tensor(1.0 / (2.0 * sigmas**2), dtype=torch.float64, device=xc.device)
+
+    def kernel_rows(rows: slice) -> torch.Tensor:
+        return torch.exp(-_sq_distances(xc, sq, rows) * inv_two_var[:, None, None])
+
+    block = max(1, WORK_BYTES // (3 * 8 * n_layers * n))
+    gram = torch.zeros(n_layers, n_layers, dtype=torch.float64, device=xc.device)
+    if block >= n:  # everything fits: one kernel stack, double-centred, one product
+        k = kernel_rows(slice(0, n))
+        k = k - k.mean(dim=2, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean(dim=(1, 2), keepdim=True)
+        flat = k.reshape(n_layers, -1)
+        gram = flat @ flat.T
+    else:  # pass 1: row means (= column means, K is symmetric); pass 2: centred row blocks
+        row_means = torch.zeros(n_layers, n, dtype=torch.float64, device=xc.device)
+        for start in range(0, n, block):
+            rows = slice(start, min(n, start + block))
+            row_means[:, rows] = kernel_rows(rows).mean(dim=2)
+        grand = row_means.mean(dim=1)
+        for start in range(0, n, block):
+            rows = slice(start, min(n, start + block))
+            k = kernel_rows(rows) - row_means[:, rows, None] - row_means[:, None, :] + grand[:, None, None]
+            flat = k.reshape(n_layers, -1)
+            gram += flat @ flat.T
+    warn_degenerate("rbf_cka_matrix", degenerate)
+    return finish_similarity(gram, degenerate, 0.0, 1.0)
