@@ -182,3 +182,11 @@ def test_text_file_errors(tmp_path):
     (tmp_path / "splits" / "train.csv").write_text("text,label\na,0\n")
     with pytest.raises(LayertraceError, match="has no test file"):
         load_dataset("csv", "test", path=tmp_path / "splits")
+
+
+def test_duplicate_texts_in_a_single_file_stay_in_one_split(tmp_path):
+    rows = [(f"doc {i}", i % 2) for i in range(40)] + [("repeated text", 1)] * 5
+    (tmp_path / "dups.jsonl").write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
+    parts = [load_dataset("jsonl", s, path=tmp_path / "dups.jsonl") for s in ("train", "validation", "test")]
+    assert sum(len(p) for p in parts) == 45
+    assert [p.texts.count("repeated text") for p in parts].count(5) == 1

@@ -74,7 +74,8 @@ def _pick_split(obj: Any, target: str, split: str) -> tuple[Any, bool]:
     )
 
 
-def _column(rows: Any, given: str | None, candidates: Sequence[str], what: str, target: str) -> str | None:
+def _column(rows: Any, given: str | None, candidates: Sequence[str], target: str) -> str | None:
+    """The column ``given`` (checked) or the first of ``candidates`` present, or None."""
     if given is not None:
         if given not in rows.column_names:
             raise LayertraceError(f"hf:{target}: no column {given!r}; columns: {rows.column_names}")
@@ -95,11 +96,11 @@ def _convert(rows: Any, target: str, image_column: str | None, text_column: str 
              label_column: str | None, class_names: Sequence[str] | None, channels: int | None,
              image_size) -> tuple[str, Any, np.ndarray, list[str]]:
     """("image" | "text", images or texts, labels, class names) of one HF split."""
-    label_col = _column(rows, label_column, LABEL_COLUMNS, "label", target)
+    label_col = _column(rows, label_column, LABEL_COLUMNS, target)
     if label_col is None:
         raise LayertraceError(f"hf:{target}: no label column among {rows.column_names}; pass label_column=")
     labels, names = _class_names(rows, label_col, list(rows[label_col]), class_names, f"hf:{target}")
-    image_col = _column(rows, image_column, IMAGE_COLUMNS, "image", target)
+    image_col = _column(rows, image_column, IMAGE_COLUMNS, target)
     if image_col is not None and text_column is None:
         from .vision import _image_size_option, pil_to_array, stack_images
 
@@ -114,7 +115,7 @@ def _convert(rows: Any, target: str, image_column: str | None, text_column: str 
 
                 arrays.append(_to_uint8_nchw(np.asarray(value)[None], None, f"hf:{target}")[0])
         return "image", stack_images(arrays, [f"hf:{target} row {i}" for i in range(len(arrays))]), labels, names
-    text_col = _column(rows, text_column, TEXT_COLUMNS, "text", target)
+    text_col = _column(rows, text_column, TEXT_COLUMNS, target)
     if text_col is None:
         raise LayertraceError(
             f"hf:{target}: no image or text column among {rows.column_names}; pass text_column= or image_column="
@@ -195,7 +196,7 @@ def load_hub_corpus(spec: str, split: str = "train", *, config: str | None = Non
     obj = cached(("hf-open", str(Path(target).resolve()) if Path(target).exists() else target, config, revision),
                  lambda: _open(target, config, revision, cache_dir))
     rows, is_pool = _pick_split(obj, target, split)
-    column = _column(rows, text_column, TEXT_COLUMNS, "text", target)
+    column = _column(rows, text_column, TEXT_COLUMNS, target)
     if column is None:
         raise LayertraceError(f"hf:{target}: no text column among {rows.column_names}; pass text_column=")
     texts = list(rows[column])

@@ -219,7 +219,28 @@ def _unpickle_batch(raw: bytes, where: str) -> dict:
         raise LayertraceError(f"{where} is not a readable CIFAR python pickle batch ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise LayertraceError(f"{where} holds a {type(obj).__name__}, expected the CIFAR batch dict")
-    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+    batch = {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+    for value in batch.values():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False  # cached: loaders copy
+    return batch
+
+
+CIFAR_FILES = {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta", "train", "test", "meta"}
+
+
+def _read_cifar_tar(archive: Path, name: str, hint: str) -> dict[str, dict]:
+    """Every CIFAR batch inside a downloaded ``.tar.gz``, unpickled in one pass over the archive."""
+    batches = {}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                base = Path(member.name).name
+                if member.isfile() and base in CIFAR_FILES:
+                    batches[base] = _unpickle_batch(tar.extractfile(member).read(), f"{archive}:{base}")  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise LayertraceError(f"{name}: {archive} is not a readable .tar.gz archive ({exc}); {hint}") from None
+    return batches
 
 
 class _BatchSource:
@@ -232,13 +253,9 @@ class _BatchSource:
         self.root = Path(root)
         self.hint = hint
         self.name = name
-        self.tar_members: dict[str, tarfile.TarInfo] | None = None
+        self.archive: dict[str, dict] | None = None
         if self.root.is_file():
-            try:
-                self.tar = tarfile.open(self.root)
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                raise LayertraceError(f"{name}: {self.root} is not a readable .tar.gz archive ({exc}); {hint}") from None
-            self.tar_members = {Path(m.name).name: m for m in self.tar.getmembers() if m.isfile()}
+            self.archive = cached(("cifar-tar",) + file_key(self.root), lambda: _read_cifar_tar(self.root, name, hint))
         elif (self.root / folder / first_file).is_file():
             self.root = self.root / folder
         elif not self.root.exists():
@@ -246,13 +263,10 @@ class _BatchSource:
 
     def read(self, filename: str) -> dict:
         """The unpickled batch dict of ``filename`` (cached per process)."""
-        if self.tar_members is not None:
-            member = self.tar_members.get(filename)
-            if member is None:
+        if self.archive is not None:
+            if filename not in self.archive:
                 raise LayertraceError(f"{self.name}: {filename} is not in {self.root}; {self.hint}")
-            where = f"{self.root}:{filename}"
-            return cached(("cifar-tar",) + file_key(self.root) + (filename,),
-                          lambda: _unpickle_batch(self.tar.extractfile(member).read(), where))  # type: ignore[union-attr]
+            return self.archive[filename]
         path = require_file(self.root / filename, f"{self.name} file {filename}", self.hint)
         return cached(("cifar",) + file_key(path), lambda: _unpickle_batch(path.read_bytes(), str(path)))
 
@@ -486,8 +500,12 @@ def load_npz(split: str = "train", *, path=None, root=None, seed: int = 0, limit
 
     def build() -> dict:
         try:
-            with np.load(file, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+            with open(file, "rb") as fh:  # our own handle: np.load leaks its own when the zip is corrupt
+                z = np.load(fh, allow_pickle=False)
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError("a single .npy array, not an .npz archive")
+                with z:
+                    return {k: z[k] for k in z.files}
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
             raise LayertraceError(f"{file} is not a readable .npz file ({exc})") from None
 
