@@ -78,6 +78,8 @@ def convert_value(value: Any, ftype: Any, key: str) -> Any:
                 return convert_value(parsed, a, key)
             except (LayertraceError, TypeError, ValueError):
                 continue
+        if str in non_none and isinstance(value, str):  # e.g. a layer slice '1:' that YAML reads as a mapping
+            return value
         raise LayertraceError(f"config key {key!r}: {value!r} does not fit type {ftype}")
     if origin in (list, tuple, typing.Sequence) or ftype in (list, tuple):
         parsed = _yaml_scalar(value) if isinstance(value, str) else value
@@ -220,6 +222,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             default=argparse.SUPPRESS,
             metavar=f.metadata.get("metavar", tname.upper() if tname in ("int", "float", "str") else "VALUE"),
             help=f"{help_text} (default: {default!r})",
+            # A bare boolean flag means true (``--with-lm``); ``--with-lm false`` still works.
+            **({"nargs": "?", "const": "true"} if ftype is bool else {}),
         )
 
 

@@ -1,0 +1,110 @@
+"""The typed training config: ``model``, ``data`` and ``train`` sections (``layertrace train --help``).
+
+Load with ``layertrace.config.load_config(TrainConfig, "configs/train-vit-fmnist.yaml",
+{"train.mode": "aligned"})``; every key is also a command-line option (``--train.lr 3e-4``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+
+def _h(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class ModelSection:
+    """Which model to train."""
+
+    spec: str = field(default="vit-demo", metadata=_h(
+        "model: a preset (vit-demo, vit-demo-12, deit-s, minilm-cls, gpt2-tiny, ...), a local HF folder or "
+        "run folder, or hf:<hub name> when online"))
+    num_classes: Optional[int] = field(default=None, metadata=_h(
+        "classes of a classifier head; default: taken from the training data"))
+    tokenizer: Optional[str] = field(default=None, metadata=_h(
+        "tokenizer folder for causal-LM presets, which carry none (default: the model's own)"))
+    final_norm: bool = field(default=True, metadata=_h(
+        "apply the final norm in the shared readout (false reproduces the authors' GPT-2 code)"))
+
+
+@dataclass
+class DataSection:
+    """Which data to train and evaluate on."""
+
+    name: str = field(default="fashion-mnist", metadata=_h(
+        "dataset: fashion-mnist, mnist-5k, rotten-tomatoes, bbc-news, cifar10, hf:glue/sst2, a text corpus "
+        "(wikitext / a local .txt) for causal LMs, ..."))
+    root: Optional[str] = field(default=None, metadata=_h("local folder / file with the data (default: embedded copy)"))
+    train_split: str = field(default="train", metadata=_h("split to train on"))
+    eval_split: str = field(default="test", metadata=_h("split for the periodic and final layer-wise evaluation"))
+    train_limit: Optional[int] = field(default=None, metadata=_h("use only the first N training samples (after the seeded shuffle)"))
+    eval_limit: Optional[int] = field(default=2000, metadata=_h("evaluate on at most N samples (none = all)"))
+    max_length: int = field(default=128, metadata=_h("text: tokens per example; causal LM: tokens per training block"))
+    augment: bool = field(default=False, metadata=_h(
+        "images: the paper's augmentation (random crop with padding, horizontal flip, rotation)"))
+    crop_padding: int = field(default=4, metadata=_h("augmentation: pad by P pixels, then crop back at a random offset"))
+    hflip: bool = field(default=True, metadata=_h("augmentation: random horizontal flip"))
+    rotation_degrees: float = field(default=15.0, metadata=_h("augmentation: random rotation in [-R, R] degrees"))
+
+
+@dataclass
+class TrainSection:
+    """How to train: mode, schedule, precision, logging, checkpoints."""
+
+    mode: str = field(default="standard", metadata=_h(
+        "standard | aligned | aligned-alternating | multi-head | cos-reg"))
+    layers: Union[int, str, list] = field(default="1:", metadata=_h(
+        "layers taking part in the layer-wise loss (resolve_layers spec over 0..L; default 1..L)"))
+    layer_weights: Union[str, list] = field(default="linear", metadata=_h(
+        "linear (2l/(L(L+1)), the paper's) | uniform | last | a list with one weight per trained layer"))
+    alternate: bool = field(default=False, metadata=_h(
+        "multi-head / cos-reg: odd steps plain last-layer CE, even steps the layer-wise loss"))
+    cos_beta: float = field(default=1.0, metadata=_h("cos-reg: weight beta of the cosine term"))
+    epochs: float = field(default=1.0, metadata=_h("passes over the training data (ignored when steps is set)"))
+    steps: Optional[int] = field(default=None, metadata=_h("optimizer steps (overrides epochs)"))
+    batch_size: int = field(default=32, metadata=_h("global batch per optimizer step (all processes, all accumulation micro-batches)"))
+    grad_accum: int = field(default=1, metadata=_h("gradient accumulation micro-batches per optimizer step"))
+    lr: float = field(default=1e-3, metadata=_h("peak learning rate (AdamW)"))
+    weight_decay: float = field(default=0.05, metadata=_h("AdamW weight decay (not applied to biases and norms)"))
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999], metadata=_h("AdamW betas"))
+    schedule: str = field(default="cosine", metadata=_h("cosine | multistep | linear | constant (all after warmup)"))
+    warmup_ratio: float = field(default=0.05, metadata=_h("warmup steps as a fraction of all steps"))
+    warmup_steps: Optional[int] = field(default=None, metadata=_h("warmup steps (overrides warmup_ratio)"))
+    min_lr_ratio: float = field(default=0.0, metadata=_h("cosine / linear: final lr as a fraction of the peak"))
+    milestones: list = field(default_factory=lambda: [0.5, 0.75], metadata=_h(
+        "multistep: steps (ints >= 1) or fractions of all steps (< 1) where the lr is multiplied by gamma"))
+    gamma: float = field(default=0.1, metadata=_h("multistep: lr factor at each milestone"))
+    clip_grad: Optional[float] = field(default=1.0, metadata=_h("clip the global gradient norm (none = off)"))
+    seed: int = field(default=0, metadata=_h("seed of the model init, data order, augmentation and dropout"))
+    precision: str = field(default="auto", metadata=_h("auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16"))
+    device: str = field(default="auto", metadata=_h("auto | cpu | cuda"))
+    threads: Optional[int] = field(default=None, metadata=_h("torch CPU threads (default: torch's choice)"))
+    eval_every: int = field(default=0, metadata=_h("layer-wise evaluation every N steps (0 = only at the end)"))
+    eval_batch_size: int = field(default=256, metadata=_h("batch size of the evaluation"))
+    log_every: int = field(default=10, metadata=_h("write a metrics.jsonl line every N steps"))
+    checkpoint_every: int = field(default=200, metadata=_h("save a resume checkpoint every N steps (0 = only at the end)"))
+    keep_checkpoints: int = field(default=1, metadata=_h("resume checkpoints to keep"))
+    resume: bool = field(default=True, metadata=_h("continue from RUN_DIR/checkpoints when present (false: start over)"))
+    lm_checkpoint: bool = field(default=True, metadata=_h(
+        "causal LMs: apply the head layer by layer under activation checkpointing (bounded memory)"))
+    progress: bool = field(default=True, metadata=_h("show a progress bar"))
+    tensorboard: bool = field(default=False, metadata=_h("also log to RUN_DIR/tensorboard (needs the 'tracking' extra)"))
+
+
+@dataclass
+class TrainConfig:
+    """``layertrace train`` config: model, data and train sections."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+# Keys that change how a run is shown or saved, not the numbers it computes: a finished or
+# interrupted run with other values of these is still the same run.
+COSMETIC_KEYS = {
+    "train.progress", "train.log_every", "train.tensorboard", "train.keep_checkpoints", "train.checkpoint_every",
+    "train.resume", "train.threads", "train.eval_every", "train.eval_batch_size",
+}

@@ -1,0 +1,277 @@
+"""Aligned training losses as pure functions over per-layer features and the shared readout.
+
+PAPER.md section 5. With ``R`` the model's own head path (final norm -> pooler -> classifier / LM
+head, :meth:`Adapter.readout`) and ``h_l`` the prediction-token feature after block ``l``:
+
+* aligned loss        ``sum_l lambda_l * CE(R(h_l), y)`` with ``lambda`` from :func:`layer_weights`;
+* cosine regularizer  ``CE(R(h_L), y) + beta * sum_l lambda_l * (1 - cos(h_l, h_L))`` (a baseline the
+  paper rejected: it barely moves shallow layers);
+* per-layer heads     ``sum_l lambda_l * CE(R_l(h_l), y)`` with a separate head ``R_l`` per layer
+  (:mod:`layertrace.training.heads`).
+
+Shapes: S selected layers, B samples, K classes; causal LMs add T positions and read V logits.
+Classifier labels are (B,) class ids; causal-LM labels are (B, T) token ids in the Hugging Face
+convention (unshifted, ``-100`` = ignored): position t's logits are scored against token t + 1.
+
+Memory (DESIGN.md section 5): for classifiers the readout is one stacked call over (S*B, d); for
+causal LMs :func:`aligned_loss_layerwise` applies the head one layer at a time under activation
+checkpointing, so the (S, B, T, V) logits never exist at once, neither forward nor backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import LayertraceError
+
+IGNORE_INDEX = -100
+WeightSpec = Union[str, Sequence[float]]
+WEIGHT_NAMES = ("linear", "uniform", "last")
+
+
+class LayerLosses(NamedTuple):
+    """A training loss and its per-layer breakdown.
+
+    Attributes:
+        total: scalar tensor (with gradients) = ``sum_s weights[s] * per_layer[s]`` (+ regularizer).
+        per_layer: (S,) cross-entropy of each selected layer's readout (with gradients).
+    """
+
+    total: Tensor
+    per_layer: Tensor
+
+
+# --------------------------------------------------------------------------- layer weights
+def _normalise(values: Sequence[float], what: str) -> list[float]:
+    vals = [float(v) for v in values]
+    if any(v != v or v < 0 for v in vals):
+        raise LayertraceError(f"layer weights {what} must be non-negative numbers, got {vals}")
+    total = sum(vals)
+    if total <= 0:
+        raise LayertraceError(f"layer weights {what} sum to 0; give at least one positive weight")
+    return [v / total for v in vals]
+
+
+def layer_weights(name: WeightSpec, n_layers: int) -> list[float]:
+    """The aligned-loss weights ``lambda_1..lambda_L`` of layers 1..L (they sum to 1).
+
+    Args:
+        name: ``"linear"`` (the paper's ``2l / (L(L+1))``, increasing), ``"uniform"`` (``1/L``, the
+            paper's ablation), ``"last"`` (all weight on L: plain last-layer cross-entropy), or a
+            user list of L non-negative numbers (normalised to sum 1).
+        n_layers: L.
+
+    Returns:
+        A list of L floats, entry ``l-1`` is ``lambda_l``.
+    """
+    if n_layers < 1:
+        raise LayertraceError(f"layer_weights needs n_layers >= 1, got {n_layers}")
+    if isinstance(name, str):
+        key = name.strip().lower()
+        if key == "linear":
+            return [2.0 * l / (n_layers * (n_layers + 1)) for l in range(1, n_layers + 1)]
+        if key == "uniform":
+            return [1.0 / n_layers] * n_layers
+        if key == "last":
+            return [0.0] * (n_layers - 1) + [1.0]
+        from ..errors import did_you_mean
+
+        raise LayertraceError(
+            f"unknown layer weights {name!r}{did_you_mean(key, WEIGHT_NAMES)}; use linear, uniform, last or a list"
+        )
+    values = list(name)
+    if len(values) != n_layers:
+        raise LayertraceError(f"layer weights list has {len(values)} entries; the model has {n_layers} layers (1..L)")
+    return _normalise(values, "list")
+
+
+def weights_for_layers(spec: WeightSpec, n_layers: int, layers: Sequence[int]) -> list[float]:
+    """Weights of the selected ``layers`` (indices in 0..L), renormalised to sum 1.
+
+    A named scheme is evaluated over 0..L (``linear`` gives layer l weight proportional to l, so
+    layer 0 gets 0) and restricted to ``layers``; a user list gives one weight per selected layer
+    (or one per layer 1..L when exactly layers 1..L are selected).
+    """
+    layers = list(layers)
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key == "last" and n_layers not in layers:
+            raise LayertraceError(f"layer weights 'last' need layer {n_layers} among the trained layers {layers}")
+        full = [0.0] + layer_weights(key, n_layers)
+        if key == "uniform":
+            full = [1.0] * (n_layers + 1)
+        picked = [full[l] for l in layers]
+        return _normalise(picked, f"{spec!r} over layers {layers}")
+    values = list(spec)
+    if len(values) != len(layers):
+        raise LayertraceError(
+            f"layer weights list has {len(values)} entries but {len(layers)} layers {layers} take part; "
+            f"give one weight per trained layer"
+        )
+    return _normalise(values, "list")
+
+
+# --------------------------------------------------------------------------- cross-entropy per layer
+def causal_lm_labels(batch: dict[str, Any]) -> Tensor:
+    """(B, T) next-token labels of a causal-LM batch: ``labels`` if given, else ``input_ids`` with
+    padding (``attention_mask == 0``) set to ``-100``. Unshifted (HF convention)."""
+    if "labels" in batch and batch["labels"] is not None:
+        return batch["labels"]
+    labels = batch["input_ids"].clone()
+    if "attention_mask" in batch:
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+    return labels
+
+
+def readout_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of one layer's logits.
+
+    Args:
+        logits: (B, K) with ``labels`` (B,), or causal LM (B, T, V) with ``labels`` (B, T) unshifted
+            (position t is scored against token t + 1; ``-100`` ignored).
+    Returns:
+        Scalar tensor, computed in float32 whatever the logits dtype.
+    """
+    if logits.dim() == 2:
+        return F.cross_entropy(logits.float(), labels)
+    if logits.dim() == 3:
+        vocab = logits.shape[-1]
+        return F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), labels[:, 1:].reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+    raise LayertraceError(f"readout logits must be (B, K) or (B, T, V), got shape {tuple(logits.shape)}")
+
+
+def per_layer_cross_entropy(per_layer_logits: Tensor, labels: Tensor) -> Tensor:
+    """(S,) mean cross-entropy of each layer's logits.
+
+    Args:
+        per_layer_logits: (S, B, K) with ``labels`` (B,), or causal LM (S, B, T, V) with ``labels``
+            (B, T) unshifted.
+    """
+    if per_layer_logits.dim() == 3:  # classifier: one vectorised call over S*B rows
+        s, b, k = per_layer_logits.shape
+        ce = F.cross_entropy(per_layer_logits.reshape(s * b, k).float(), labels.repeat(s), reduction="none")
+        return ce.view(s, b).mean(dim=1)
+    if per_layer_logits.dim() == 4:
+        return torch.stack([readout_cross_entropy(layer_logits, labels) for layer_logits in per_layer_logits])
+    raise LayertraceError(
+        f"per-layer logits must be (S, B, K) or (S, B, T, V), got shape {tuple(per_layer_logits.shape)}"
+    )
+
+
+def _weights_tensor(weights: Sequence[float] | Tensor, n: int, like: Tensor) -> Tensor:
+    w = torch.as_tensor(weights, dtype=torch.float32, device=like.device)
+    if w.shape != (n,):
+        raise LayertraceError(f"got {w.numel()} layer weights for {n} layers; give one weight per layer")
+    return w
+
+
+def aligned_loss(per_layer_logits: Tensor | tuple, labels: Tensor, weights: Sequence[float] | Tensor) -> LayerLosses:
+    """The aligned loss ``sum_s weights[s] * CE(logits[s], labels)`` and its per-layer breakdown.
+
+    Args:
+        per_layer_logits: stacked readout logits (S, B, K) or causal LM (S, B, T, V); or a pair
+            ``(adapter, trace)`` of an :class:`~layertrace.models.base.Adapter` and its
+            :class:`~layertrace.models.base.Trace` (its ``logits`` are used when present, otherwise
+            the adapter's readout is applied to ``trace.features`` layer by layer, which requires
+            ``pool`` to be the identity, true for every [CLS] classifier and causal LM).
+        labels: (B,) class ids, or (B, T) unshifted token ids for a causal LM (``-100`` ignored).
+        weights: S weights (e.g. :func:`weights_for_layers`); used as given (not renormalised), so
+            weights of sum 1 give a loss on the scale of one cross-entropy.
+
+    Returns:
+        :class:`LayerLosses` (total scalar, per-layer (S,)), both with gradients.
+    """
+    if isinstance(per_layer_logits, tuple):
+        adapter, trace = per_layer_logits
+        if trace.logits is None:
+            return aligned_loss_layerwise(adapter, list(trace.features), labels, weights)
+        per_layer_logits = trace.logits
+    per_layer = per_layer_cross_entropy(per_layer_logits, labels)
+    w = _weights_tensor(weights, per_layer.shape[0], per_layer)
+    return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)
+
+
+def _checkpointed_readout_ce(readout: Callable[[Tensor], Tensor], h: Tensor, labels: Tensor) -> Tensor:
+    """CE(readout(h), labels) whose logits are freed after the forward and recomputed in backward."""
+    if not torch.is_grad_enabled() or not h.requires_grad:
+        return readout_cross_entropy(readout(h), labels)
+    return checkpoint(lambda x: readout_cross_entropy(readout(x), labels), h, use_reentrant=False)
+
+
+def aligned_loss_layerwise(
+    readout: Any,
+    features: Sequence[Tensor],
+    labels: Tensor,
+    weights: Sequence[float] | Tensor,
+    use_checkpoint: bool = True,
+) -> LayerLosses:
+    """The aligned loss with the head applied one layer at a time (causal LMs).
+
+    Each layer's logits (B, T, V) are built, scored and (with ``use_checkpoint``) freed at once;
+    backward recomputes them one layer at a time. Peak memory is one layer's logits, not S of them.
+
+    Args:
+        readout: an Adapter (its ``readout`` is used) or any callable ``h -> logits``.
+        features: S readout inputs ``h_l``, each (B, T, d) (or (B, d) for classifiers).
+        labels, weights: as in :func:`aligned_loss`.
+    """
+    fn = readout.readout if hasattr(readout, "readout") else readout
+    if use_checkpoint:
+        losses = [_checkpointed_readout_ce(fn, h, labels) for h in features]
+    else:
+        losses = [readout_cross_entropy(fn(h), labels) for h in features]
+    per_layer = torch.stack(losses)
+    w = _weights_tensor(weights, per_layer.shape[0], per_layer)
+    return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)
+
+
+# --------------------------------------------------------------------------- cosine regularizer
+def cosine_to_last(features: Sequence[Tensor] | Tensor, last: Tensor, mask: Tensor | None = None) -> Tensor:
+    """(S,) mean per-sample cosine ``cos(h_l, h_L)`` (uncentred, as in the regularizer).
+
+    Args:
+        features: S tensors (B, d), or causal LM (B, T, d) (every real position counts).
+        last: h_L with the same shape as one entry.
+        mask: (B, T) mask of real positions for token-level features.
+    """
+    out = []
+    for h in features:
+        cos = F.cosine_similarity(h.float(), last.float(), dim=-1, eps=1e-8)  # (B,) or (B, T)
+        if cos.dim() == 2 and mask is not None:
+            m = mask.to(cos.dtype)
+            out.append((cos * m).sum() / m.sum().clamp_min(1.0))
+        else:
+            out.append(cos.mean())
+    return torch.stack(out)
+
+
+def cosine_regularized_loss(
+    last_logits: Tensor,
+    labels: Tensor,
+    features: Sequence[Tensor],
+    last_features: Tensor,
+    weights: Sequence[float] | Tensor,
+    beta: float = 1.0,
+    mask: Tensor | None = None,
+) -> LayerLosses:
+    """The rejected baseline ``CE(R(h_L), y) + beta * sum_s weights[s] * (1 - cos(h_s, h_L))``.
+
+    Gradients flow into both ``h_s`` and ``h_L`` (the paper does not stop either).
+
+    Args:
+        last_logits: R(h_L), (B, K) or (B, T, V).
+        features: S per-layer pooled features (B, d) / (B, T, d); ``last_features`` is h_L pooled.
+        weights: S weights lambda_s.
+    Returns:
+        :class:`LayerLosses` whose ``per_layer`` holds ``1 - cos`` of each layer (not a CE).
+    """
+    ce = readout_cross_entropy(last_logits, labels)
+    distance = 1.0 - cosine_to_last(features, last_features, mask)
+    w = _weights_tensor(weights, distance.shape[0], distance)
+    return LayerLosses(total=ce + beta * (w * distance).sum(), per_layer=distance)

@@ -1,0 +1,328 @@
+"""``train_from_config``: a YAML config -> a finished run folder (what ``layertrace train`` runs).
+
+A finished run folder holds::
+
+    config.yaml          the resolved config
+    model/               HF save_pretrained layout (safetensors) + tokenizer files when there is one
+    preprocess.json      what the inputs need (image mean/std, max_length): load_model(RUN_DIR) reuses it
+    heads.safetensors    the per-layer heads (multi-head only; load_heads(RUN_DIR))
+    metrics.jsonl        training and evaluation log, one JSON object a line
+    checkpoints/         the resume state (model, optimizer, schedule, RNG, step, data position)
+    train_summary.json   mode, steps, wall time, final layer-wise accuracy; written LAST
+
+Re-running on a finished folder with the same config returns its summary without training; an
+interrupted folder (checkpoints, no summary) resumes exactly where its last checkpoint left off.
+Tasks follow from the model: image classification (ViT / DeiT), text classification (BERT family,
+MiniLM) or causal language modelling (GPT-2 / Llama layout).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import config_to_dict, load_config, save_config
+from ..errors import LayertraceError
+from ..io import read_json, write_json
+from .augment import ImageAugment
+from .batches import TensorBatches
+from .config import COSMETIC_KEYS, TrainConfig
+from .heads import HEADS_FILE, save_heads
+from .loop import fit, micro_batch_size
+
+SUMMARY_FILE = "train_summary.json"
+
+
+@dataclass
+class RunSummary:
+    """What a finished run reports (``train_summary.json``).
+
+    Attributes:
+        run_dir: the run folder.
+        mode: training mode; ``layers`` / ``layer_weights``: the layers in the loss and their weights.
+        model, data: the model spec and dataset name.
+        task: ``image-classification`` | ``text-classification`` | ``causal-lm``.
+        steps: optimizer steps; ``samples_seen``: training samples consumed.
+        wall_time_s: training time over all sessions (resumes included), without evaluation and saving.
+        final_eval: ``{"layers": [0..L], "accuracy": [...], "loss": [...], "n": N}`` on the eval split
+            (per-layer heads read their own layers in multi-head runs).
+        params: ``{"model": ..., "per_layer_heads": ...}`` parameter counts.
+        resumed_from: checkpoint step the last session resumed from (None: trained in one go).
+        reused: True when this call found the run finished and did not train.
+    """
+
+    run_dir: str
+    mode: str
+    model: str
+    data: str
+    task: str
+    steps: int
+    samples_seen: int
+    wall_time_s: float
+    final_eval: dict[str, Any] | None
+    layers: list[int]
+    layer_weights: list[float]
+    params: dict[str, int] = field(default_factory=dict)
+    resumed_from: int | None = None
+    reused: bool = False
+
+    def to_json(self, path: str | Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RunSummary":
+        data = read_json(path)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def table(self) -> str:
+        """A short text table of the final layer-wise accuracy."""
+        lines = [f"run {self.run_dir}: {self.mode}, {self.steps} steps, {self.wall_time_s:.1f} s"
+                 + (" (reused)" if self.reused else "")]
+        if self.final_eval:
+            lines.append("layer     " + " ".join(f"{l:>6d}" for l in self.final_eval["layers"]))
+            lines.append("accuracy  " + " ".join(f"{a:6.3f}" for a in self.final_eval["accuracy"]))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- config comparison
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Keys (not cosmetic) whose values differ between two configs."""
+    fa, fb = _flat(config_to_dict(a)), _flat(config_to_dict(b))
+    return sorted(k for k in fa if k not in COSMETIC_KEYS and fa[k] != fb.get(k))
+
+
+def _check_run_dir(cfg: TrainConfig, out: Path) -> RunSummary | None:
+    """The summary of a finished identical run in ``out`` (reuse), None to train; error on a mismatch."""
+    saved_cfg = out / "config.yaml"
+    if not saved_cfg.is_file():
+        if (out / "checkpoints").is_dir() and cfg.train.resume:
+            raise LayertraceError(f"{out} holds checkpoints but no config.yaml; choose a new --out or delete {out}")
+        return None
+    previous = load_config(TrainConfig, saved_cfg)
+    diff = config_differences(cfg, previous)
+    has_state = (out / SUMMARY_FILE).is_file() or (out / "checkpoints" / "latest.json").is_file()
+    if diff and has_state and cfg.train.resume:
+        shown = ", ".join(f"{k}" for k in diff[:4])
+        raise LayertraceError(
+            f"{out} holds a run with a different config ({shown}); use a new --out, delete the folder, "
+            f"or pass --train.resume false to overwrite it"
+        )
+    if not diff and cfg.train.resume and (out / SUMMARY_FILE).is_file():
+        summary = RunSummary.from_json(out / SUMMARY_FILE)
+        summary.reused = True
+        return summary
+    return None
+
+
+# --------------------------------------------------------------------------- data per task
+def _tensors_of(batches) -> dict[str, torch.Tensor]:
+    """Concatenate a Batches iterable (fixed width) into one dict of tensors."""
+    parts = list(batches)
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _pad_to(data: dict[str, torch.Tensor], width: int, pad_id: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in data.items():
+        if v.dim() == 2 and k != "labels" and v.shape[1] < width:
+            fill = pad_id if k == "input_ids" else 0
+            v = torch.cat([v, torch.full((v.shape[0], width - v.shape[1]), fill, dtype=v.dtype)], dim=1)
+        out[k] = v
+    return out
+
+
+def _classification_tensors(ds, loaded, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """All examples of a classification dataset as tensors (images normalised; texts padded)."""
+    from ..data import make_batches
+
+    pp = loaded.preprocess or {}
+    if hasattr(ds, "images"):
+        batches = make_batches(ds, 4096, shuffle=False, image_mean=pp.get("image_mean"), image_std=pp.get("image_std"))
+        return _tensors_of(batches)
+    if loaded.tokenizer is None:
+        raise LayertraceError(f"model {cfg.model.spec!r} has no tokenizer; text data needs a model folder with one")
+    batches = make_batches(ds, 4096, shuffle=False, tokenizer=loaded.tokenizer, max_length=cfg.data.max_length)
+    parts = list(batches)
+    width = max(p["input_ids"].shape[1] for p in parts)
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    parts = [_pad_to(p, width, pad_id) for p in parts]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _lm_tensors(loaded, cfg: TrainConfig, split: str, limit: int | None) -> dict[str, torch.Tensor]:
+    """Token blocks (N, max_length) of a text corpus split for causal-LM training / evaluation."""
+    from ..data import chunk_tokens, load_text_corpus
+
+    tok = loaded.tokenizer
+    if tok is None:
+        raise LayertraceError(
+            f"causal LM {cfg.model.spec!r} has no tokenizer; train a saved model folder that has tokenizer files"
+        )
+    source = cfg.data.root or cfg.data.name
+    docs = load_text_corpus(source, split, seed=cfg.train.seed)
+    sep = tok.eos_token or "\n\n"
+    ids = tok(sep.join(docs))["input_ids"]
+    blocks = torch.from_numpy(chunk_tokens(ids, cfg.data.max_length))
+    if limit is not None:
+        blocks = blocks[:limit]
+    return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks)}
+
+
+def _eval_batches(data: dict[str, torch.Tensor], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    from .batches import trim_padding
+
+    n = next(iter(data.values())).shape[0]
+    return [trim_padding({k: v[i:i + batch_size] for k, v in data.items()}) for i in range(0, n, batch_size)]
+
+
+def _model_kind(spec: str) -> str:
+    """``causal_lm`` or ``classifier`` for a model spec, read without building the model."""
+    from ..models.presets import PRESETS
+
+    if spec in PRESETS:
+        return PRESETS[spec].kind
+    folder = Path(spec).expanduser()
+    for config in (folder / "config.json", folder / "model" / "config.json"):
+        if config.is_file():
+            arch = (read_json(config).get("architectures") or [""])[0]
+            return "causal_lm" if arch.endswith(("ForCausalLM", "LMHeadModel")) else "classifier"
+    try:  # a hub model (online): its config names the architecture
+        from transformers import AutoConfig
+
+        arch = (AutoConfig.from_pretrained(spec[3:] if spec.startswith("hf:") else spec).architectures or [""])[0]
+    except (OSError, ValueError):
+        return "classifier"  # load_model reports what is wrong with the spec
+    return "causal_lm" if arch.endswith(("ForCausalLM", "LMHeadModel")) else "classifier"
+
+
+def _load_tokenizer(where: str):
+    """A tokenizer from a local folder (or a hub name when online)."""
+    from transformers import AutoTokenizer
+
+    path = Path(where).expanduser()
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.exists() else where, local_files_only=path.exists())
+    except (OSError, ValueError) as exc:
+        raise LayertraceError(f"model.tokenizer {where!r} could not be loaded ({str(exc).splitlines()[0][:120]}); "
+                              f"give a folder with tokenizer files") from None
+
+
+def _task_of(adapter, ds) -> str:
+    if adapter.kind == "causal_lm":
+        return "causal-lm"
+    return "image-classification" if hasattr(ds, "images") else "text-classification"
+
+
+# --------------------------------------------------------------------------- the run
+def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
+    """Train as ``cfg`` says into ``out_dir`` (see the module docstring for the folder layout).
+
+    Returns:
+        :class:`RunSummary`; ``reused`` is True when ``out_dir`` already held this finished run.
+    Raises:
+        LayertraceError: ``out_dir`` holds a run with a different config, unknown model / dataset, ...
+    """
+    from ..data import load_dataset
+    from ..models import load_model
+
+    out = Path(out_dir)
+    reused = _check_run_dir(cfg, out)
+    if reused is not None:
+        print(f"[train] {out} is finished with this config; reusing it (delete it to retrain)", flush=True)
+        return reused
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.train.resume and (out / "checkpoints").exists():
+        import shutil
+
+        shutil.rmtree(out / "checkpoints")
+        (out / SUMMARY_FILE).unlink(missing_ok=True)
+    save_config(cfg, out)
+    start = time.perf_counter()
+
+    # model (seeded: the same config gives the same initial weights) and data of its task
+    train_ds = eval_ds = None
+    if _model_kind(cfg.model.spec) == "causal_lm":
+        tokenizer = _load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else None
+        vocab = cfg.model.num_classes or (len(tokenizer) if tokenizer is not None else None)
+        loaded = load_model(cfg.model.spec, num_classes=vocab, final_norm=cfg.model.final_norm, seed=cfg.train.seed)
+        if tokenizer is not None:
+            loaded.tokenizer = tokenizer
+    else:
+        train_ds = load_dataset(cfg.data.name, cfg.data.train_split, root=cfg.data.root, seed=cfg.train.seed,
+                                limit=cfg.data.train_limit)
+        loaded = load_model(cfg.model.spec, num_classes=cfg.model.num_classes or train_ds.num_classes,
+                            final_norm=cfg.model.final_norm, seed=cfg.train.seed)
+    adapter = loaded.adapter
+    adapter.train()
+    micro = micro_batch_size(cfg.train)
+    augment = None
+    if adapter.kind == "causal_lm":
+        train_data = _lm_tensors(loaded, cfg, cfg.data.train_split, cfg.data.train_limit)
+        eval_data = _lm_tensors(loaded, cfg, cfg.data.eval_split, cfg.data.eval_limit)
+    else:
+        if train_ds.num_classes != adapter.num_outputs:
+            raise LayertraceError(
+                f"dataset {cfg.data.name!r} has {train_ds.num_classes} classes but the model head has "
+                f"{adapter.num_outputs}; set model.num_classes {train_ds.num_classes} (a fresh head) or pick matching data"
+            )
+        eval_ds = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, seed=cfg.train.seed,
+                               limit=cfg.data.eval_limit)
+        train_data = _classification_tensors(train_ds, loaded, cfg)
+        eval_data = _classification_tensors(eval_ds, loaded, cfg)
+        if cfg.data.augment and "pixel_values" in train_data:
+            pp = loaded.preprocess or {}
+            channels = train_data["pixel_values"].shape[1]
+            mean = torch.as_tensor(pp.get("image_mean", [0.0]), dtype=torch.float32).expand(channels)
+            std = torch.as_tensor(pp.get("image_std", [1.0]), dtype=torch.float32).expand(channels)
+            augment = ImageAugment(crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
+                                   rotation_degrees=cfg.data.rotation_degrees,
+                                   fill=tuple((-mean / std).tolist()))  # a black pixel after normalisation
+    train_batches = TensorBatches(train_data, micro, seed=cfg.train.seed, shuffle=True)
+    eval_batches = _eval_batches(eval_data, cfg.train.eval_batch_size)
+
+    result = fit(adapter, train_batches, cfg.train, out, eval_batches=eval_batches, augment=augment)
+    if not result.is_main:
+        return RunSummary(run_dir=str(out), mode=cfg.train.mode, model=cfg.model.spec, data=cfg.data.name,
+                          task=_task_of(adapter, train_ds), steps=result.state.step,
+                          samples_seen=result.state.samples_seen, wall_time_s=result.state.wall_time_s,
+                          final_eval=None, layers=result.layers, layer_weights=result.weights)
+
+    # ---- save the finished run (summary last: it marks the folder as finished)
+    from ..models.loading import PREPROCESS_FILE, save_model_dir
+    from ..models.presets import quiet_transformers
+
+    adapter.eval()
+    with quiet_transformers():
+        save_model_dir(loaded.model, out / "model", tokenizer=loaded.tokenizer, preprocess=loaded.preprocess)
+    write_json(out / PREPROCESS_FILE, loaded.preprocess or {})
+    heads = result.objective.heads
+    if heads is not None:
+        save_heads(heads, out / HEADS_FILE)
+    summary = RunSummary(
+        run_dir=str(out), mode=cfg.train.mode, model=cfg.model.spec, data=cfg.data.name,
+        task=_task_of(adapter, train_ds), steps=result.state.step, samples_seen=result.state.samples_seen,
+        wall_time_s=round(result.state.wall_time_s, 3),
+        final_eval=result.final_eval.to_dict() if result.final_eval is not None else None,
+        layers=result.layers, layer_weights=[round(w, 6) for w in result.weights],
+        params={"model": sum(p.numel() for p in loaded.model.parameters()),
+                "per_layer_heads": heads.extra_parameters() if heads is not None else 0},
+        resumed_from=result.state.resumed_from,
+    )
+    summary.to_json(out / SUMMARY_FILE)
+    print(f"[train] done in {time.perf_counter() - start:.1f} s -> {out}", flush=True)
+    return summary
