@@ -1,0 +1,177 @@
+"""``analyze_from_config``: load the model and the data named in an :class:`AnalyzeConfig`, run
+:func:`~layertrace.analysis.core.analyze`, and write the output folder.
+
+Output folder (rank 0 writes it):
+
+* ``analysis.json``         - :class:`~layertrace.analysis.result.AnalysisResult` (schema in docs/analysis.md)
+* ``analysis_samples.npz``  - the per-sample arrays (``per_sample: true``)
+* ``config.yaml``           - the resolved config
+
+Launched by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE > 1``), it joins the process group
+(gloo on CPU, nccl on GPU), and :func:`analyze` deals the batches round-robin to the processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..config import save_config
+from ..errors import LayertraceError
+from .config import AnalyzeConfig
+from .core import analyze
+from .dist import DistContext, init_from_env, shutdown
+from .result import AnalysisResult
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; otherwise as given."""
+    text = (device or "auto").lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LayertraceError(f"device {device!r}: CUDA is not available here; use --device cpu")
+        if text == "cuda":
+            text = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise LayertraceError(f"device {device!r} is not understood; use auto, cpu, cuda or cuda:N") from None
+
+
+def _check_config(cfg: AnalyzeConfig) -> None:
+    if not cfg.model:
+        raise LayertraceError("no model given: pass --model (a preset such as minilm-cls, a model folder or a run folder)")
+    if not cfg.data:
+        raise LayertraceError("no data given: pass --data (e.g. rotten-tomatoes, fashion-mnist; causal LMs: embedded)")
+    if cfg.batch_size < 1:
+        raise LayertraceError(f"batch_size={cfg.batch_size} must be at least 1")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise LayertraceError(f"limit={cfg.limit} must be at least 1 (omit it to analyse the whole split)")
+
+
+def _is_classifier_preset(spec: str) -> bool:
+    from ..models.presets import PRESETS
+
+    return spec in PRESETS and PRESETS[spec].kind == "classifier" and not Path(spec).exists()
+
+
+def load_for_analysis(cfg: AnalyzeConfig):
+    """``(loaded_model, batches, data_description)`` for a config (no analysis yet)."""
+    from ..data import load_dataset, make_batches
+    from ..models.loading import load_model
+
+    dataset = None
+    num_classes = cfg.num_classes
+    if _is_classifier_preset(cfg.model):
+        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit)
+        if num_classes is None:
+            num_classes = dataset.num_classes
+    loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed)
+    adapter = loaded.adapter
+    pre = loaded.preprocess or {}
+    max_length = int(cfg.max_length or pre.get("max_length") or 128)
+    if adapter.kind == "causal_lm":
+        return loaded, _lm_batches(cfg, loaded, max_length), None
+    if dataset is None:
+        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit)
+    if len(dataset) == 0:
+        raise LayertraceError(f"dataset {cfg.data!r} split {cfg.split!r} is empty; pick another split or data_root")
+    if dataset.num_classes != adapter.num_outputs:
+        raise LayertraceError(
+            f"model {cfg.model!r} has {adapter.num_outputs} output classes but dataset {cfg.data!r} has "
+            f"{dataset.num_classes}: pass --num_classes {dataset.num_classes} (a fresh head) or the matching dataset")
+    modality = pre.get("modality")
+    is_text = hasattr(dataset, "texts")
+    if modality and modality != ("text" if is_text else "image"):
+        raise LayertraceError(f"model {cfg.model!r} takes {modality} inputs but dataset {cfg.data!r} is "
+                              f"{'text' if is_text else 'images'}; pick a matching model and dataset")
+    if is_text:
+        if loaded.tokenizer is None:
+            raise LayertraceError(f"model {cfg.model!r} has no tokenizer; save one in its folder to analyse text")
+        batches = make_batches(dataset, cfg.batch_size, tokenizer=loaded.tokenizer, max_length=max_length)
+    else:
+        batches = make_batches(dataset, cfg.batch_size, image_mean=pre.get("image_mean"), image_std=pre.get("image_std"))
+    return loaded, batches, dataset
+
+
+class _TokenBlocks:
+    """Re-iterable causal-LM batches of consecutive token blocks (no padding)."""
+
+    def __init__(self, blocks: np.ndarray, batch_size: int):
+        self.blocks = blocks
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.blocks) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(self.blocks), self.batch_size):
+            ids = torch.from_numpy(self.blocks[start:start + self.batch_size].copy())
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _lm_batches(cfg: AnalyzeConfig, loaded, block: int) -> _TokenBlocks:
+    """Text corpus -> token stream (documents joined by blank lines) -> blocks of ``block`` tokens."""
+    from ..data import chunk_tokens, load_text_corpus
+
+    if loaded.tokenizer is None:
+        raise LayertraceError(f"causal LM {cfg.model!r} has no tokenizer; analyse a run folder that saved one")
+    docs = load_text_corpus(cfg.data, cfg.split, seed=cfg.seed)
+    ids: list[int] = []
+    need = None if cfg.limit is None else cfg.limit * block
+    for doc in docs:
+        ids.extend(loaded.tokenizer(doc + "\n\n")["input_ids"])
+        if need is not None and len(ids) >= need:
+            break
+    blocks = chunk_tokens(np.asarray(ids, dtype=np.int64), block)
+    if cfg.limit is not None:
+        blocks = blocks[: cfg.limit]
+    if len(blocks) == 0:
+        raise LayertraceError(f"corpus {cfg.data!r} split {cfg.split!r} gives no block of {block} tokens; "
+                              f"lower --max_length or use a larger split")
+    return _TokenBlocks(blocks, cfg.batch_size)
+
+
+def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResult:
+    """Load, analyse, and (rank 0, ``write=True``) write ``cfg.out``. Returns the result.
+
+    Raises:
+        LayertraceError: missing model / data / out, class-count or modality mismatch, empty data,
+            and everything :func:`analyze` raises.
+    """
+    from ..trace import resolve_precision
+
+    _check_config(cfg)
+    if write and not cfg.out:
+        raise LayertraceError("no output folder: pass --out DIR")
+    device = resolve_device(cfg.device)
+    created = init_from_env(str(device))
+    try:
+        loaded, batches, dataset = load_for_analysis(cfg)
+        model = loaded.adapter.to(device)
+        precision = resolve_precision(cfg.precision, device)
+        result = analyze(
+            model, batches, model_name=loaded.name or cfg.model, data_name=cfg.data,
+            layers=cfg.layers, similarity=cfg.similarity, center=cfg.center, cka=cfg.cka, cache=cfg.cache,
+            cache_ram_gb=cfg.cache_ram_gb, cache_dir=cfg.cache_dir, rbf_cka=cfg.rbf_cka,
+            procrustes=cfg.procrustes, extra_max_samples=cfg.extra_max_samples, theory=cfg.theory,
+            epsilons=tuple(cfg.epsilons), tokens_per_sample=cfg.tokens_per_sample, seed=cfg.seed,
+            per_sample=cfg.per_sample, save_logits=cfg.save_logits, precision=precision,
+            progress=cfg.progress,
+        )
+        result.config.update(split=cfg.split, limit=cfg.limit, device=str(device), batch_size=cfg.batch_size,
+                             model_source=getattr(loaded, "source", None))
+        if write and DistContext.current().is_main:
+            out = Path(cfg.out)
+            result.save(out)
+            save_config(cfg, out)
+        return result
+    finally:
+        if created:
+            shutdown()
