@@ -191,3 +191,36 @@ def test_tiny_bert_runtime_equals_simulation_with_padding(tiny_bert):
     full = run_early_exit(adapter, batches[0], "confidence", 1.01)
     with torch.no_grad():
         torch.testing.assert_close(full.logits, adapter.model_logits(batches[0]))
+
+
+def test_heads_on_some_layers_exit_only_there():
+    heads_mod = pytest.importorskip("layertrace.training.heads")
+    adapter, batch = toy_setup(seed=4)
+    heads = heads_mod.PerLayerHeads(adapter, [2, 4])
+    torch.manual_seed(6)
+    with torch.no_grad():
+        for p in heads.heads.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    from layertrace.exits.executor import readout_layers
+
+    assert readout_layers(adapter, heads) == [2, 4, 6]
+    logits, _ = layer_logits(adapter, [batch], readout=heads)
+    assert logits.shape[0] == 3
+    called = []
+
+    def spy(layer, h):
+        called.append(layer)
+        return heads(layer, h)
+
+    spy.layers = heads.layers
+    thresholds = thresholds_in_gaps(scores(logits[:-1], "confidence"), n=5)
+    exits, preds = simulate_exits(logits, "confidence", thresholds, layers=[2, 4, 6])
+    for i, thr in enumerate(thresholds):
+        result = run_early_exit(adapter, batch, "confidence", thr, readout=spy)
+        assert result.exit_layers.tolist() == exits[i].tolist()
+        assert result.predictions.tolist() == preds[i].tolist()
+        assert set(result.exit_layers.tolist()) <= {2, 4, 6}
+    assert set(called) <= {2, 4, 6}
+    fixed = run_early_exit(adapter, batch, "fixed", 3, readout=spy)
+    assert (fixed.exit_layers == 4).all()  # the first head at or after layer 3
+    assert simulate_exits(logits, "fixed", [3], layers=[2, 4, 6])[0].unique().tolist() == [4]

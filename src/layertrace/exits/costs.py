@@ -1,9 +1,10 @@
 """What an early-exit model costs: FLOPs of each stage the executor runs, and parameter counts.
 
-FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the very calls the executor
-makes (``adapter.embed``, ``adapter.block(l, .)``, ``readout(l, features)``), so per-layer heads and
-the shared head are costed alike. The counter counts matrix products, convolutions and attention
-(2 FLOPs per multiply-add); norms, activations and softmax are not counted (a few percent at most).
+FLOPs are counted with the models area's ``flop_counter()`` (``torch.utils.flop_counter`` plus the CPU
+attention kernel) on the very calls the executor makes (``adapter.embed``, ``adapter.block(l, .)``,
+``readout(l, features)`` at each candidate exit layer), so per-layer heads and the shared head are
+costed alike. Matrix products, convolutions and attention are counted (2 FLOPs per multiply-add);
+norms, activations and softmax are not (a few percent at most).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from ..models.base import Adapter
-from .executor import Readout, resolve_readout
+from .executor import Readout, readout_layers, resolve_readout
 from .simulate import LayerCosts
 
 
@@ -29,12 +30,13 @@ def stage_flops(adapter: Adapter, batch: Mapping[str, Any], readout: Readout | N
     Returns:
         :class:`~layertrace.exits.simulate.LayerCosts` with per-sample FLOPs.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from ..models.cost import flop_counter
 
     read = resolve_readout(adapter, readout)
+    candidates = set(readout_layers(adapter, readout))
 
     def counted(fn):
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             out = fn()
         return out, float(counter.get_total_flops())
 
@@ -43,7 +45,7 @@ def stage_flops(adapter: Adapter, batch: Mapping[str, Any], readout: Readout | N
     blocks, heads = [], []
     for layer in range(1, adapter.n_layers + 1):
         state, f_block = counted(lambda: adapter.block(layer, state))
-        _, f_head = counted(lambda: read(layer, adapter.features(state)))
+        f_head = counted(lambda: read(layer, adapter.features(state)))[1] if layer in candidates else 0.0
         blocks.append(f_block / n)
         heads.append(f_head / n)
     return LayerCosts(embed=embed / n, block=blocks, head=heads)
@@ -56,23 +58,21 @@ def _n_params(module: nn.Module) -> int:
 def param_summary(adapter: Adapter, heads: nn.Module | None = None) -> dict[str, int]:
     """Parameters of the model served with one shared head vs with one head per layer.
 
-    Uses ``layertrace.models.param_counts`` (the models area's definition) when available.
+    Counts follow ``layertrace.models.param_counts``: ``shared_head`` is the model,
+    ``per_layer_heads`` adds (L - 1) extra K x d output matrices (the paper's Table 1 convention);
+    ``per_layer_heads_copied`` adds (L - 1) copies of the whole head path (norm, pooler, classifier:
+    what ``--train.mode multi-head`` trains).
 
     Returns:
-        ``{"shared_head": int, "per_layer_heads": int}``; with ``heads`` given (a trained multi-head
-        run) also ``"this_run"``: the model plus those heads.
+        ``{"shared_head", "per_layer_heads", "per_layer_heads_copied", "this_run"}``: ``this_run`` is
+        the model plus ``heads`` when given (a trained multi-head run), else the model.
     """
-    try:
-        from ..models import param_counts  # type: ignore[attr-defined]
+    from ..models.cost import param_counts
 
-        counts = {k: int(v) for k, v in param_counts(adapter).items() if k in ("shared_head", "per_layer_heads")}
-    except ImportError:
-        # Private stand-in until models.param_counts lands: model + (L-1) copies of the final linear
-        # classifier (PAPER.md section 5: (L - 1)(K d + K) extra parameters).
-        total = _n_params(adapter.model)
-        linear = next((m for m in reversed(list(adapter.head.modules())) if isinstance(m, nn.Linear)), None)
-        per_head = _n_params(linear) if linear is not None else 0
-        counts = {"shared_head": total, "per_layer_heads": total + (adapter.n_layers - 1) * per_head}
-    if heads is not None:
-        counts["this_run"] = _n_params(adapter.model) + _n_params(heads)
-    return counts
+    paper = param_counts(adapter, "paper")
+    copied = param_counts(adapter, "copied_heads")
+    model_params = paper["shared_head"]
+    return {"shared_head": int(paper["shared_head"]), "per_layer_heads": int(paper["per_layer_heads"]),
+            "per_layer_heads_copied": int(copied["per_layer_heads"]),
+            "this_run": int(model_params + (_n_params(heads.heads if hasattr(heads, "heads") else heads)
+                                            if heads is not None else 0))}

@@ -15,7 +15,7 @@ policy gives the same exit layers and predictions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -41,6 +41,16 @@ def shared_readout(adapter: Adapter) -> Readout:
 def resolve_readout(adapter: Adapter, readout: Readout | None) -> Readout:
     """``readout`` itself, or the shared head when ``None``."""
     return shared_readout(adapter) if readout is None else readout
+
+
+def readout_layers(adapter: Adapter, readout: Readout | None = None) -> list[int]:
+    """The candidate exit layers of a readout: every layer 1..L for the shared head; for per-layer
+    heads (an object with ``.layers``, like ``PerLayerHeads``) the layers that have a head, plus L."""
+    n_layers = adapter.n_layers
+    own = getattr(readout, "layers", None) if readout is not None else None
+    if own is None:
+        return list(range(1, n_layers + 1))
+    return sorted({int(l) for l in own if 1 <= int(l) <= n_layers} | {n_layers})
 
 
 @dataclass
@@ -71,7 +81,8 @@ def _check_classifier(adapter: Adapter) -> None:
 
 @torch.no_grad()
 def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | ExitPolicy = "confidence",
-                   threshold: float = 0.9, readout: Readout | None = None) -> ExitResult:
+                   threshold: float = 0.9, readout: Readout | None = None,
+                   layers: Sequence[int] | None = None) -> ExitResult:
     """Run one batch with per-sample early exit.
 
     Args:
@@ -80,6 +91,8 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
         policy: a causal policy name or instance (not the oracle).
         threshold: the policy's threshold (see :mod:`.policies`).
         readout: ``readout(layer, h) -> logits``; default the shared head.
+        layers: candidate exit layers (last = L); default :func:`readout_layers`. Other layers run
+            their block only (no readout, no decision).
     Returns:
         :class:`ExitResult` with (B, K) logits, (B,) predictions and (B,) 1-based exit layers.
     """
@@ -90,36 +103,41 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
                               f"simulate it with layertrace.exits.sweep instead")
     read = resolve_readout(adapter, readout)
     n_layers = adapter.n_layers
+    candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
+    is_candidate = [False] * (n_layers + 1)
+    for l in candidates:
+        is_candidate[l] = True
     state = adapter.embed(batch)
     n_samples = state.batch_size
     device = state.hidden.device
 
     if isinstance(policy, FixedLayerPolicy):  # elastic depth: nothing to decide, no readout before k
-        k = int(policy.check_thresholds([threshold], n_layers)[0])
+        requested = int(policy.check_thresholds([threshold], n_layers)[0])
+        k = next(l for l in candidates if l >= requested)  # the first exit layer at or after k
         for layer in range(1, k + 1):
             state = adapter.block(layer, state)
         logits = read(k, adapter.features(state))
         return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), k, dtype=torch.long, device=device))
 
-    thresholds = torch.tensor([float(threshold)], dtype=torch.float32, device=device)
+    threshold_t = torch.tensor(float(threshold), dtype=torch.float32, device=device)  # 0-d: decide gives (b,)
     carry = policy.start(n_samples, device)
     active: Tensor | None = None   # positions of running samples in the batch; None = all of them
     out_logits: Tensor | None = None
     exit_layers = torch.full((n_samples,), n_layers, dtype=torch.long, device=device)
     for layer in range(1, n_layers + 1):
         state = adapter.block(layer, state)
+        if not is_candidate[layer] and layer != n_layers:
+            continue
         logits = read(layer, adapter.features(state))
         if out_logits is None:
             out_logits = logits.new_empty((n_samples, logits.shape[-1]))
         if layer == n_layers:  # everyone still running exits at the last layer
             out_logits[slice(None) if active is None else active] = logits
             break
-        exit_now, carry = policy.decide(layer, logits, thresholds, carry)
-        exit_now = exit_now[0]
-        n_exit = int(exit_now.sum())
-        if n_exit == 0:
+        exit_now, carry = policy.decide(layer, logits, threshold_t, carry)
+        if not bool(exit_now.any()):  # the common case: one cheap check, nothing else to do
             continue
-        if n_exit == exit_now.shape[0]:  # all remaining samples stop here
+        if bool(exit_now.all()):  # all remaining samples stop here
             where = slice(None) if active is None else active
             out_logits[where] = logits
             exit_layers[where] = layer
@@ -138,38 +156,42 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
 
 def run_early_exit_batches(adapter: Adapter, batches: Iterable[Mapping[str, Any]],
                            policy: str | ExitPolicy = "confidence", threshold: float = 0.9,
-                           readout: Readout | None = None) -> ExitResult:
+                           readout: Readout | None = None, layers: Sequence[int] | None = None) -> ExitResult:
     """:func:`run_early_exit` over many batches, concatenated in order."""
-    results = [run_early_exit(adapter, b, policy, threshold, readout) for b in batches]
+    results = [run_early_exit(adapter, b, policy, threshold, readout, layers) for b in batches]
     if not results:
         raise LayertraceError("no batches to run; check the data split and --limit")
     return ExitResult.cat(results)
 
 
 @torch.no_grad()
-def layer_logits(adapter: Adapter, batches: Iterable[Mapping[str, Any]],
-                 readout: Readout | None = None) -> tuple[Tensor, Tensor | None]:
-    """Readout logits of every sample at every layer 1..L (the cache the simulation sweeps over).
+def layer_logits(adapter: Adapter, batches: Iterable[Mapping[str, Any]], readout: Readout | None = None,
+                 layers: Sequence[int] | None = None) -> tuple[Tensor, Tensor | None]:
+    """Readout logits of every sample at every candidate exit layer (the cache simulations sweep over).
 
     Args:
         adapter: a classifier adapter.
         batches: dicts the model takes, optionally with ``labels`` (B,).
         readout: ``readout(layer, h)``; default the shared head (then ``adapter.trace`` is used).
+        layers: candidate exit layers; default :func:`readout_layers` (1..L for the shared head).
     Returns:
-        ``logits`` (L, N, K) float32 on CPU, and ``labels`` (N,) long or ``None`` if batches have none.
+        ``logits`` (C, N, K) float32 on CPU for the C candidate layers, and ``labels`` (N,) long or
+        ``None`` if the batches have none.
     """
     _check_classifier(adapter)
+    candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
     chunks: list[Tensor] = []
     labels: list[Tensor] = []
     for batch in batches:
         if readout is None or getattr(readout, "kind", None) == "shared":
-            logits = adapter.trace(batch, layers="1:", with_logits=True).logits
+            logits = adapter.trace(batch, layers=candidates, with_logits=True).logits
         else:
             per_layer = []
             state = adapter.embed(batch)
-            for layer in range(1, adapter.n_layers + 1):
+            for layer in range(1, candidates[-1] + 1):
                 state = adapter.block(layer, state)
-                per_layer.append(readout(layer, adapter.features(state)))
+                if layer in candidates:
+                    per_layer.append(readout(layer, adapter.features(state)))
             logits = torch.stack(per_layer)
         chunks.append(logits.float().cpu())
         if "labels" in batch:

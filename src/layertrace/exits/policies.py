@@ -8,7 +8,8 @@ executor, so the two can never disagree::
         exit_now, carry = policy.decide(l, logits_l, thresholds, carry)   # (P, b) bool
 
 ``logits_l`` is (b, K): the readout at layer ``l`` of the b samples still running; ``thresholds`` is a
-(P,) float tensor (the simulation sweeps P thresholds at once; the runtime passes one). ``carry`` is a
+(P,) float tensor (the simulation sweeps P thresholds at once) and ``exit_now`` is (P, b); the
+runtime passes one threshold as a 0-d tensor and gets (b,) back: the same element-wise comparison. ``carry`` is a
 dict of tensors whose first dim is the sample dim (b), sliced together with the samples when finished
 ones are dropped. A sample that has not exited by layer L exits there (the caller forces it).
 
@@ -59,10 +60,10 @@ class ExitPolicy:
         Args:
             layer: 1-based layer index of ``logits``.
             logits: (b, K) readout at ``layer`` of the samples still running.
-            thresholds: (P,) thresholds.
+            thresholds: (P,) thresholds, or one 0-d threshold.
             carry: per-sample running state from :meth:`start` / the previous layer.
         Returns:
-            ``exit_now`` (P, b) bool and the updated carry.
+            ``exit_now`` (P, b) bool ((b,) for a 0-d threshold) and the updated carry.
         """
         raise NotImplementedError
 
@@ -88,7 +89,7 @@ class ConfidencePolicy(ExitPolicy):
 
     def decide(self, layer: int, logits: Tensor, thresholds: Tensor, carry: Carry) -> tuple[Tensor, Carry]:
         max_prob = _as_float(logits).softmax(-1).amax(-1)  # (b,)
-        return max_prob[None, :] >= thresholds[:, None], carry
+        return max_prob >= thresholds.unsqueeze(-1), carry
 
 
 class EntropyPolicy(ExitPolicy):
@@ -100,7 +101,7 @@ class EntropyPolicy(ExitPolicy):
     def decide(self, layer: int, logits: Tensor, thresholds: Tensor, carry: Carry) -> tuple[Tensor, Carry]:
         log_p = _as_float(logits).log_softmax(-1)
         entropy = -(log_p.exp() * log_p).sum(-1)  # (b,)
-        return entropy[None, :] <= thresholds[:, None], carry
+        return entropy <= thresholds.unsqueeze(-1), carry
 
 
 class PatiencePolicy(ExitPolicy):
@@ -118,7 +119,7 @@ class PatiencePolicy(ExitPolicy):
     def decide(self, layer: int, logits: Tensor, thresholds: Tensor, carry: Carry) -> tuple[Tensor, Carry]:
         pred = logits.argmax(-1)
         run = torch.where(pred == carry["previous"], carry["run"] + 1, torch.ones_like(carry["run"]))
-        exit_now = run[None, :].to(thresholds.dtype) >= thresholds[:, None]
+        exit_now = run.to(thresholds.dtype) >= thresholds.unsqueeze(-1)
         return exit_now, {"previous": pred, "run": run}
 
     def check_thresholds(self, thresholds: Any, n_layers: int) -> list[float]:
@@ -136,7 +137,8 @@ class FixedLayerPolicy(ExitPolicy):
     integer_threshold = True
 
     def decide(self, layer: int, logits: Tensor, thresholds: Tensor, carry: Carry) -> tuple[Tensor, Carry]:
-        exit_now = (thresholds <= layer)[:, None].expand(thresholds.shape[0], logits.shape[0])
+        reached = (thresholds <= layer).unsqueeze(-1)  # (P, 1) or (1,)
+        exit_now = reached.expand(*thresholds.shape, logits.shape[0])
         return exit_now, carry
 
     def check_thresholds(self, thresholds: Any, n_layers: int) -> list[float]:

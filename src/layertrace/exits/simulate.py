@@ -60,7 +60,8 @@ class LayerCosts:
     Attributes:
         embed: cost of the embedding (layer 0).
         block: (L,) cost of block l (index l-1).
-        head: (L,) cost of one readout at layer l (the shared head, or layer l's own head).
+        head: (L,) cost of one readout at layer l (the shared head, or layer l's own head; 0 where no
+            readout runs because layer l is not a candidate exit layer).
     """
 
     embed: float
@@ -87,42 +88,56 @@ def _logits_tensor(logits: Any) -> Tensor:
     return t.detach()
 
 
+def check_exit_layers(layers: Sequence[int] | None, n_cached: int, n_layers: int | None = None) -> list[int]:
+    """The 1-based layers the cached logits belong to (default ``1..n_cached``); the last must be L."""
+    chosen = list(range(1, n_cached + 1)) if layers is None else [int(l) for l in layers]
+    if len(chosen) != n_cached:
+        raise LayertraceError(f"{n_cached} cached layers of logits but {len(chosen)} layer numbers {chosen}")
+    last = chosen[-1] if n_layers is None else int(n_layers)
+    if chosen != sorted(set(chosen)) or chosen[0] < 1 or chosen[-1] != last:
+        raise LayertraceError(f"exit layers {chosen} must increase within 1..{last} and end at L={last}")
+    return chosen
+
+
 def simulate_exits(logits: Any, policy: str | ExitPolicy, thresholds: Sequence[float],
-                   labels: Any = None) -> tuple[Tensor, Tensor]:
+                   labels: Any = None, layers: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
     """Exit layer and prediction of every sample at every threshold.
 
     Args:
-        logits: (L, B, K) readout logits at layers 1..L (not layer 0), torch or numpy.
+        logits: (C, B, K) readout logits at the candidate exit layers (default C = L: layers 1..L,
+            never layer 0), torch or numpy.
         policy: a policy name or instance.
         thresholds: P thresholds.
         labels: (B,) labels; needed by the oracle only.
+        layers: the C candidate layer numbers (increasing, last = L); default ``1..C``. Models with
+            heads on some layers only exit there.
     Returns:
-        ``exit_layers`` (P, B) long, 1-based; ``predictions`` (P, B) long (argmax at the exit layer).
+        ``exit_layers`` (P, B) long, 1-based layer numbers; ``predictions`` (P, B) long (argmax there).
     """
     policy = get_policy(policy)
     logits = _logits_tensor(logits)
-    n_layers, n_samples = logits.shape[:2]
-    layer_preds = logits.argmax(-1)  # (L, B)
+    n_cached, n_samples = logits.shape[:2]
+    layer_numbers = check_exit_layers(layers, n_cached)
+    layer_preds = logits.argmax(-1)  # (C, B)
     if isinstance(policy, OraclePolicy):
         if labels is None:
             raise LayertraceError("the oracle policy needs labels; pass labels=(B,) or use a causal policy")
-        exits = policy.exit_layers(layer_preds, torch.as_tensor(labels).to(layer_preds.device).long())
-        exit_layers = exits[None, :]
+        exit_index = policy.exit_layers(layer_preds, torch.as_tensor(labels).to(layer_preds.device).long())[None, :] - 1
     else:
         thr = torch.as_tensor([float(t) for t in thresholds], dtype=torch.float32 if logits.dtype != torch.float64
                               else torch.float64, device=logits.device)
-        exit_layers = torch.full((thr.shape[0], n_samples), n_layers, dtype=torch.long, device=logits.device)
+        exit_index = torch.full((thr.shape[0], n_samples), n_cached - 1, dtype=torch.long, device=logits.device)
         done = torch.zeros(thr.shape[0], n_samples, dtype=torch.bool, device=logits.device)
         carry = policy.start(n_samples, logits.device)
-        for layer in range(1, n_layers):  # at layer L everyone left exits (already the default)
-            exit_now, carry = policy.decide(layer, logits[layer - 1], thr, carry)
-            newly = exit_now & ~done
-            exit_layers[newly] = layer
+        for c in range(n_cached - 1):  # at layer L everyone left exits (already the default)
+            exit_now, carry = policy.decide(layer_numbers[c], logits[c], thr, carry)
+            exit_index[exit_now & ~done] = c
             done |= exit_now
             if bool(done.all()):
                 break
-    predictions = torch.gather(layer_preds, 0, exit_layers - 1)  # (P, B)
-    return exit_layers, predictions
+    predictions = torch.gather(layer_preds, 0, exit_index)  # (P, B)
+    numbers = torch.as_tensor(layer_numbers, dtype=torch.long, device=exit_index.device)
+    return numbers[exit_index], predictions
 
 
 def pareto_flags(accuracy: Sequence[float], speed: Sequence[float]) -> list[bool]:
@@ -161,7 +176,10 @@ class ExitPoint:
 
 @dataclass
 class ExitSweep:
-    """A simulated sweep: points plus the raw per-sample arrays (not serialised)."""
+    """A simulated sweep: points plus the raw per-sample arrays (not serialised).
+
+    ``layer_accuracy`` runs over ``layers`` (the candidate exit layers, 1..L by default).
+    """
 
     policy: str
     n_layers: int
@@ -171,31 +189,34 @@ class ExitSweep:
     points: list[ExitPoint]
     exit_layers: np.ndarray = field(repr=False)   # (P, B)
     predictions: np.ndarray = field(repr=False)   # (P, B)
+    layers: list[int] = field(default_factory=list)  # candidate exit layers; layer_accuracy runs over them
 
     def to_dict(self) -> dict:
         return {"policy": self.policy, "n_layers": self.n_layers, "n_samples": self.n_samples,
-                "full_accuracy": self.full_accuracy, "layer_accuracy": self.layer_accuracy,
+                "exit_layers": self.layers, "full_accuracy": self.full_accuracy, "layer_accuracy": self.layer_accuracy,
                 "points": [p.to_dict() for p in self.points]}
 
 
 def sweep(logits: Any, policy: str | ExitPolicy, thresholds: Sequence[float], labels: Any = None,
-          costs: LayerCosts | None = None) -> ExitSweep:
+          costs: LayerCosts | None = None, layers: Sequence[int] | None = None) -> ExitSweep:
     """Simulate a threshold sweep and summarise each point.
 
     Args:
-        logits: (L, B, K) readout logits at layers 1..L.
+        logits: (C, B, K) readout logits at the candidate exit layers (default: layers 1..L).
         policy: policy name or instance.
         thresholds: P thresholds (ignored by the oracle).
         labels: (B,) labels (accuracy needs them; the oracle requires them).
         costs: per-sample stage costs for expected FLOPs (optional).
+        layers: the C candidate layer numbers (last = L); default ``1..C``.
     Returns:
         :class:`ExitSweep` with one :class:`ExitPoint` per threshold, Pareto flags set.
     """
     policy = get_policy(policy)
     logits_t = _logits_tensor(logits)
-    n_layers, n_samples = logits_t.shape[:2]
+    layer_numbers = check_exit_layers(layers, logits_t.shape[0])
+    n_layers, n_samples = layer_numbers[-1], logits_t.shape[1]
     values = policy.check_thresholds(thresholds, n_layers)
-    exit_layers, predictions = simulate_exits(logits_t, policy, values, labels)
+    exit_layers, predictions = simulate_exits(logits_t, policy, values, labels, layer_numbers)
     labels_t = None if labels is None else torch.as_tensor(labels).to(predictions.device).long()
     layer_acc = None
     full_acc = None
@@ -206,16 +227,16 @@ def sweep(logits: Any, policy: str | ExitPolicy, thresholds: Sequence[float], la
     points = []
     exit_np = exit_layers.cpu().numpy()
     for i, thr in enumerate(values):
-        layers = exit_np[i]
+        chosen = exit_np[i]
         acc = float((predictions[i] == labels_t).double().mean()) if labels_t is not None else None
-        flops = float(cost_at_exit[layers - 1].mean()) if cost_at_exit is not None else None
+        flops = float(cost_at_exit[chosen - 1].mean()) if cost_at_exit is not None else None
         points.append(ExitPoint(
             policy=policy.name,
             threshold=None if thr != thr else thr,
             accuracy=acc,
-            speedup=speedup(layers, n_layers),
-            exit_hist=exit_histogram(layers, n_layers).tolist(),
-            mean_exit_layer=float(layers.mean()),
+            speedup=speedup(chosen, n_layers),
+            exit_hist=exit_histogram(chosen, n_layers).tolist(),
+            mean_exit_layer=float(chosen.mean()),
             flops_per_sample=flops,
             flops_speedup=(costs.full_cost() / flops) if flops else None,
         ))
@@ -224,4 +245,4 @@ def sweep(logits: Any, policy: str | ExitPolicy, thresholds: Sequence[float], la
             p.pareto = flag
     return ExitSweep(policy=policy.name, n_layers=n_layers, n_samples=n_samples, full_accuracy=full_acc,
                      layer_accuracy=layer_acc, points=points, exit_layers=exit_np,
-                     predictions=predictions.cpu().numpy())
+                     predictions=predictions.cpu().numpy(), layers=layer_numbers)

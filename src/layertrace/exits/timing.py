@@ -1,7 +1,8 @@
 """Measured wall-clock speed-up of the early-exit executor against the unmodified model.
 
-Both sides run the same batches in the same process, interleaved (full model, then every threshold,
-repeated), after one untimed warm-up pass; the speed-up is median(full) / median(executor). The
+Both sides run the same batches in the same process, interleaved batch by batch (full model, then
+every threshold, on the same batch), after one untimed warm-up pass; each repeat sums the times of
+all batches and the speed-up is median(full) / median(executor) over repeats. The
 baseline is the model's own forward (``adapter.model_logits``), so executor overhead (readouts at
 every layer, policy, slicing) counts against it.
 """
@@ -86,12 +87,20 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
     run_full()  # warm-up (allocator, kernels, lazy init)
     for thr in thresholds:
         run_exit(thr)()
+    # Interleave at batch granularity (full, then every threshold, on the same batch), so that load
+    # from other processes falls on both sides alike; sum per repeat, median over repeats.
     full_s: list[float] = []
     exit_s: list[list[float]] = [[] for _ in thresholds]
     for _ in range(max(1, repeats)):
-        full_s.append(_timed(run_full, device))
-        for i, thr in enumerate(thresholds):
-            exit_s[i].append(_timed(run_exit(thr), device))
+        full_total = 0.0
+        exit_totals = [0.0] * len(thresholds)
+        for b in inputs:
+            full_total += _timed(lambda: full(b), device)
+            for i, thr in enumerate(thresholds):
+                exit_totals[i] += _timed(lambda: run_early_exit(adapter, b, policy, thr, readout), device)
+        full_s.append(full_total)
+        for i, total in enumerate(exit_totals):
+            exit_s[i].append(total)
     full_med = statistics.median(full_s)
     speedups = [full_med / statistics.median(s) for s in exit_s]
     sizes = [batch_len(b) for b in batches]
