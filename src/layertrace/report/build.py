@@ -1,0 +1,403 @@
+"""Build ``report.html`` and ``summary.md`` from run folders.
+
+    from layertrace.report import build_report
+    paths = build_report(["runs/fmnist-vit-standard", "runs/fmnist-vit-aligned"], "report.html")
+
+The page and the summary print the same numbers, read from the runs' JSON (nothing recomputed from a
+model); the findings section says which of the paper's qualitative claims hold on these runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import LayertraceError
+from .figures import Figures, FigureItem, groups_of
+from .findings import Finding, all_findings
+from .page import Html, Section, esc, render_page, table_html
+from .runs import RunResults, extra_files, load_runs, order_runs
+from .series import fmt, fmt_pct, number
+from .tables import (DEFAULT_EXIT_TOLERANCE, ComparisonRow, comparison_rows, operating_point, overview_rows,
+                     per_layer_table)
+
+MINILM_NOTE = (
+    "The text runs fine-tune the bundled MiniLM (all-MiniLM-L6-v2: 6 layers, d = 384), a sentence-embedding "
+    "model contrastively tuned from MiniLM, not vanilla BERT as in the paper; its [CLS] token was not what it "
+    "was trained to pool (it was trained with mean pooling), so its shallow layers need not behave like BERT-base's.")
+
+LAYER_CONVENTION = ("Layer indices: 0 is the embedding output, l in 1..L the output of block l, L the last block "
+                    "(the one the model's own head reads). Exit layers count blocks (1..L).")
+
+
+@dataclass
+class ReportPaths:
+    html: Path
+    summary: Path
+
+
+def _status_cell(status: str) -> str:
+    cls = {"holds": "holds", "does not hold": "fails"}.get(status, "unchecked")
+    sym = {"holds": "✓", "does not hold": "✗"}.get(status, "?")
+    return f'<span class="status {cls}">{sym} {esc(status)}</span>'
+
+
+def _ordered_findings(findings: list[Finding]) -> list[Finding]:
+    order = {"does not hold": 0, "holds": 1, "not checked": 2}
+    return sorted(findings, key=lambda f: order.get(f.status, 3))
+
+
+def per_run_matrix(findings: list[Finding], html_cells: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Per-run checks as a matrix: one row per claim, one column per run."""
+    per_run = [f for f in findings if f.per_run]
+    claims = list(dict.fromkeys(f.claim for f in per_run))
+    runs = list(dict.fromkeys(f.scope for f in per_run))
+    cell = {(f.claim, f.scope): f for f in per_run}
+    rows = []
+    for c in claims:
+        row = [esc(c) if html_cells else c]
+        for r in runs:
+            f = cell.get((c, r))
+            if f is None:
+                row.append("–")
+            elif html_cells:
+                row.append(f"{esc(f.short)} {_status_cell(f.status)}")
+            else:
+                row.append(f"{f.short} ({f.status})")
+        rows.append(row)
+    return ["claim"] + [esc(r) if html_cells else r for r in runs], rows
+
+
+def _uses_minilm(runs: list[RunResults]) -> bool:
+    for r in runs:
+        blob = (r.name + " " + str(r.config)).lower()
+        if "minilm" in blob:
+            return True
+    return False
+
+
+def _int(x: Any) -> str:
+    v = number(x)
+    return "–" if v is None else f"{int(v):,}"
+
+
+def _speed(x: Any) -> str:
+    v = number(x)
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def _flops(x: Any) -> str:
+    v = number(x)
+    if v is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g}"
+
+
+COMPARISON_COLUMNS: list[tuple[str, Callable[[ComparisonRow], str]]] = [
+    ("run", lambda r: r.run),
+    ("mode", lambda r: r.mode or "–"),
+    ("policy", lambda r: r.policy),
+    ("parameters", lambda r: _int(r.params)),
+    ("full accuracy %", lambda r: fmt_pct(r.full_accuracy)),
+    ("exit accuracy %", lambda r: fmt_pct(r.exit_accuracy)),
+    ("threshold", lambda r: fmt(r.threshold, 3)),
+    ("speed-up (layers)", lambda r: _speed(r.speedup)),
+    ("speed-up measured, batch 64", lambda r: _speed(r.measured_speedup)),
+    ("speed-up measured, batch 1", lambda r: _speed(r.measured_speedup_batch1)),
+    ("ms/sample, batch 1", lambda r: fmt(r.ms_batch1, 3)),
+    ("ms/sample, batch 64", lambda r: fmt(r.ms_batch64, 3)),
+    ("FLOPs/sample", lambda r: _flops(r.flops)),
+]
+
+
+def comparison_table(rows: list[ComparisonRow]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the comparison table; columns empty in every row are left out."""
+    cols = [(h, f) for h, f in COMPARISON_COLUMNS if any(f(r) != "–" for r in rows) or h in ("run", "mode")]
+    return [h for h, _ in cols], [[f(r) for _, f in cols] for r in rows]
+
+
+OVERVIEW_HEADER = ["run", "mode", "L (blocks)", "test samples", "final-layer accuracy %",
+                   "effective depth (97.5% of final accuracy)",
+                   "parameters"]
+
+
+def overview_cells(row: dict) -> list[str]:
+    return [row["run"], row["mode"], _int(row["n_layers"]), _int(row["n_samples"]), fmt_pct(row["final_accuracy"]),
+            fmt(row["effective_depth"], 0) if row["effective_depth"] is not None else "–", _int(row["params"])]
+
+
+PER_LAYER = [  # (analysis key, title, formatter, unit note)
+    ("accuracy", "Layer-wise accuracy (%) through the shared head", fmt_pct, "percent of test samples"),
+    ("cos_to_last", "COS(l, L) to the last layer", lambda v: fmt(v, 3), "cosine, mean-centred"),
+    ("cka_to_last", "Linear CKA(l, L) to the last layer", lambda v: fmt(v, 3), "linear CKA"),
+]
+
+
+def per_layer_cells(runs: list[RunResults], key: str, formatter: Callable) -> tuple[list[str], list[list[str]]]:
+    layers, rows = per_layer_table(runs, key)
+    header = ["run"] + [f"l={l}" for l in layers]
+    return header, [[name] + [formatter(s.get(l)) for l in layers] for name, s in rows]
+
+
+def _flatten_theory(theory: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in theory.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_theory(v, key + "."))
+        elif number(v) is not None or isinstance(v, (str, bool)):
+            out[key] = v
+    return out
+
+
+def theory_rows(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
+    flat = {r.name: _flatten_theory((r.analysis or {}).get("theory") or {}) for r in runs if r.analysis}
+    keys = sorted({k for d in flat.values() for k in d})
+    rows = []
+    for k in keys:
+        cells = [k]
+        for name in flat:
+            v = flat[name].get(k)
+            if isinstance(v, int) and not isinstance(v, bool):
+                cells.append(str(v))
+            elif number(v) is not None and not isinstance(v, bool):
+                cells.append(fmt(v, 3))
+            else:
+                cells.append("–" if v is None else str(v))
+        rows.append(cells)
+    return ["check"] + list(flat), rows
+
+
+# ---------------------------------------------------------------------- summary.md
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_summary(title: str, runs: list[RunResults], findings: list[Finding], comparison: list[ComparisonRow],
+                   exit_tolerance: float, notes: Sequence[str] = ()) -> str:
+    """The Markdown summary: findings, runs, per-layer tables and the comparison table."""
+    out = [f"# {title}", "", LAYER_CONVENTION, ""]
+    for n in notes:
+        out += [f"> {n}", ""]
+    if _uses_minilm(runs):
+        out += [f"> {MINILM_NOTE}", ""]
+    out += ["## The paper's findings on these runs", ""]
+    comparisons = [f for f in findings if not f.per_run]
+    if comparisons:
+        for f in _ordered_findings(comparisons):
+            out.append(f"- **{f.status}** — {f.claim} [{f.scope}]: {f.evidence}")
+    else:
+        out.append("- No comparison could be checked: it needs standard and aligned runs of one model.")
+    header, rows = per_run_matrix(findings)
+    if rows:
+        out += ["", "Per-run checks (value, then whether the claim holds):", "", _md_table(header, rows)]
+    out += ["", "## Runs", "", _md_table(OVERVIEW_HEADER, [overview_cells(r) for r in overview_rows(runs)]), ""]
+    for key, title_, formatter, unit in PER_LAYER:
+        header, rows = per_layer_cells(runs, key, formatter)
+        if rows:
+            out += [f"## {title_}", "", f"Unit: {unit}.", "", _md_table(header, rows), ""]
+    if comparison:
+        out += ["## Early-exit comparison", "",
+                f"Operating point: the fastest threshold whose accuracy is within {100 * exit_tolerance:g} point(s) "
+                f"of the run's full-depth accuracy.", "",
+                _md_table(*comparison_table(comparison)), ""]
+    header, rows = theory_rows(runs)
+    if rows:
+        out += ["## Theory checks", "", _md_table(header, rows), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------- the page
+def _missing(what: str, how: str) -> Html:
+    return Html(f'<p class="muted">No {esc(what)} in these runs; {esc(how)}.</p>')
+
+
+def build_sections(runs: list[RunResults], findings: list[Finding], comparison: list[ComparisonRow],
+                   exit_tolerance: float, lm_items: list[FigureItem], notes: Sequence[str] = ()) -> list[Section]:
+    """The page's sections, in reading order."""
+    figs = Figures(runs)
+    sections: list[Section] = []
+    has_analysis = any(r.analysis for r in runs)
+
+    # Findings first: what holds and what does not.
+    intro_notes = "".join(f'<div class="note">{esc(n)}</div>' for n in notes)
+    if _uses_minilm(runs):
+        intro_notes += f'<div class="note">{esc(MINILM_NOTE)}</div>'
+    blocks: list[Any] = []
+    comparisons = [f for f in findings if not f.per_run]
+    n_fail = sum(f.status == "does not hold" for f in findings)
+    if findings:
+        failing = [f for f in findings if f.status == "does not hold"]
+        summary = (f"<b>{n_fail} of {len(findings)} checks do not hold on these runs</b>: "
+                   + "; ".join(esc(f"{f.claim.split(':')[0]} [{f.scope}]") for f in failing) + "."
+                   if failing else f"<b>All {len(findings)} checks hold on these runs.</b>")
+        blocks.append(Html(
+            f"<p>The paper's qualitative claims, each phrased as a test with its threshold and computed from these "
+            f"runs' JSON files. {summary}</p>"))
+    if comparisons:
+        blocks.append(Html("<h3>Comparisons between training modes</h3>" + table_html(
+            ["status", "claim", "runs", "evidence (from the JSON)"],
+            [[_status_cell(f.status), esc(f.claim), esc(f.scope), esc(f.evidence)]
+             for f in _ordered_findings(comparisons)],
+            raw=True)))
+    else:
+        blocks.append(_missing("comparison", "analyze standard and aligned runs of one model to compare them"))
+    header, rows = per_run_matrix(findings, html_cells=True)
+    if rows:
+        blocks.append(Html("<h3>Checks on each run</h3><p class=\"muted\">Each cell: the deciding value and "
+                           "whether the claim holds (✓) or not (✗); the full evidence is in summary.md.</p>"
+                           + table_html(header, rows, raw=True)))
+    sections.append(Section("The paper's findings on these runs", intro_notes, blocks))
+
+    # Runs overview.
+    sections.append(Section("Runs", esc(LAYER_CONVENTION), [Html(table_html(
+        OVERVIEW_HEADER, [overview_cells(r) for r in overview_rows(runs)], numeric={2, 3, 4, 5, 6}))]))
+
+    # Readout.
+    blocks = []
+    if has_analysis:
+        blocks += figs.accuracy_curves()
+        header, rows = per_layer_cells(runs, "accuracy", fmt_pct)
+        blocks.append(Html("<p>Layer-wise accuracy (%), shared head:</p>" + table_html(
+            header, rows, numeric=set(range(1, len(header))))))
+        blocks += figs.probability_curves()
+    else:
+        blocks.append(_missing("analysis.json", "run `layertrace analyze` on each model"))
+    sections.append(Section("Layer-wise readout through the shared head",
+                            "Every layer's prediction-token feature is read by the model's own final head "
+                            "(final norm, pooler, classifier).", blocks))
+
+    # Similarity.
+    blocks = []
+    if has_analysis:
+        blocks += figs.cos_to_last_curves()
+        blocks += figs.cka_to_last_curves()
+        for key, title_, formatter, _ in PER_LAYER[1:]:
+            header, rows = per_layer_cells(runs, key, formatter)
+            if rows:
+                blocks.append(Html(f"<p>{esc(title_)}:</p>" + table_html(header, rows,
+                                                                         numeric=set(range(1, len(header))))))
+        blocks += figs.similarity_heatmaps()
+        blocks += figs.cos_box_plots()
+        blocks += figs.adjacent_and_norm_curves()
+    else:
+        blocks.append(_missing("analysis.json", "run `layertrace analyze` on each model"))
+    sections.append(Section("Layer-wise similarity: COS and CKA", "", blocks))
+
+    # The MLP contrast.
+    mlp_runs = [r for r in runs if r.mode in ("residual", "plain")]
+    if mlp_runs:
+        sections.append(Section(
+            "Why COS suffices in residual networks: an MLP with and without skip connections",
+            "The paper's 9-layer MLP experiment: the same network trained with and without residual connections.",
+            figs.mlp_residual(mlp_runs)))
+
+    # Saturation and depth.
+    blocks = figs.saturation() + figs.effective_depth() if has_analysis else []
+    header, rows = theory_rows(runs)
+    if rows:
+        blocks.append(Html("<h3>Theory checks</h3><p>Values stored in each analysis.json's <code>theory</code> "
+                           "entry (Theorem 2.1: similarity grows as layers get closer, trajectory straightness; "
+                           "Theorem 2.2: COS increases coincide with true-class probability increases).</p>"
+                           + table_html(header, rows, numeric=set(range(1, len(header))))))
+    sections.append(Section("Saturation, effective depth and the theory checks", "",
+                            blocks or [_missing("analysis.json", "run `layertrace analyze` on each model")]))
+
+    # Early exit.
+    blocks = []
+    if comparison:
+        blocks.append(Html(
+            f"<p>Comparison in the style of the paper's ImageNet table. Each run is shown at its operating point: "
+            f"the fastest threshold whose accuracy is within {100 * exit_tolerance:g} point(s) of its full-depth "
+            f"accuracy. Parameters count the model with one shared head, or with one head per layer for "
+            f"multi-head runs. Speed-up (layers) is the paper's sum_i L m_i / sum_i i m_i; measured is wall-clock "
+            f"time of the batched executor.</p>"
+            + table_html(*comparison_table(comparison), numeric=set(range(3, 20)))))
+        blocks += figs.exit_curves()
+        blocks += figs.exit_histograms(lambda r, ex: operating_point(ex, exit_tolerance))
+    else:
+        blocks.append(_missing("exit.json", "run `layertrace exit` on each model"))
+    sections.append(Section("Single-classifier early exit", "", blocks))
+
+    # Training.
+    blocks = figs.training_curves()
+    sections.append(Section("Training curves", "", blocks or [_missing("metrics.jsonl", "train with `layertrace train`")]))
+
+    if lm_items:
+        sections.append(Section("Causal language model track", "", list(lm_items)))
+
+    # Reproducibility.
+    cfg_blocks = []
+    for r in runs:
+        if r.config:
+            import yaml
+
+            cfg_blocks.append(Html(f"<details><summary>{esc(r.name)}: config.yaml</summary><pre>"
+                                   f"{esc(yaml.safe_dump(r.config, sort_keys=False))}</pre></details>"))
+    sections.append(Section("Run folders and their resolved configs",
+                            "Every number above comes from these folders: " + ", ".join(
+                                f"<code>{esc(r.path)}</code>" for r in runs) + ".", cfg_blocks))
+    return sections
+
+
+def _lm_items(runs: list[RunResults], extra: Sequence[Path]) -> list[FigureItem]:
+    """LM figures from ``layertrace.lm.plots.lm_figures`` for every lm.json found."""
+    paths = [r.path / "lm.json" for r in runs if r.lm is not None] + list(extra)
+    if not paths:
+        return []
+    try:
+        from ..lm.plots import lm_figures
+    except ImportError as exc:  # the LM track's plotting module is not installed in this checkout
+        raise LayertraceError(f"found lm.json but cannot import layertrace.lm.plots ({exc}); "
+                              f"remove lm.json from the run folders or install the full package") from None
+    from .figures import _render
+
+    items = []
+    for p in paths:
+        for title, fig, caption in lm_figures(p):
+            items.append(_render(fig, title, caption))
+    return items
+
+
+def build_report(run_dirs: Sequence[str | Path], out_html: str | Path, *, title: str | None = None,
+                 exit_tolerance: float = DEFAULT_EXIT_TOLERANCE, notes: Sequence[str] = (),
+                 summary_name: str = "summary.md") -> ReportPaths:
+    """Write ``out_html`` (self-contained page) and ``summary.md`` beside it.
+
+    Args:
+        run_dirs: run folders (or demo output folders, expanded into their run folders).
+        out_html: path of the HTML page; ``summary.md`` goes into the same folder.
+        title: page title (default: "layertrace report").
+        exit_tolerance: accuracy loss (fraction) allowed at the comparison table's operating point.
+        notes: extra plain-text notes shown at the top (e.g. the demo's budget).
+
+    Returns:
+        The paths written.
+    """
+    from ..io import atomic_path
+
+    runs = order_runs(load_runs(list(run_dirs)))
+    if not runs:
+        raise LayertraceError("no run folders given; pass folders written by train/analyze/exit/demo")
+    title = title or "layertrace report"
+    findings = all_findings(runs, exit_tolerance)
+    comparison = comparison_rows(runs, exit_tolerance)
+    lm_extra = [p for p in extra_files(list(run_dirs), "lm.json") if p.parent not in {r.path for r in runs}]
+    sections = build_sections(runs, findings, comparison, exit_tolerance, _lm_items(runs, lm_extra), notes)
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    subtitle = (f"{len(runs)} run(s) in {len(groups_of(runs))} comparison group(s); generated {esc(stamp)} by "
+                f"<code>layertrace report</code>. Every number and figure is read from the run folders' JSON files.")
+    out_html = Path(out_html)
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(render_page(title, subtitle, sections), encoding="utf-8")
+    summary = out_html.parent / summary_name
+    with atomic_path(summary) as tmp:
+        tmp.write_text(render_summary(title, runs, findings, comparison, exit_tolerance, notes), encoding="utf-8")
+    return ReportPaths(html=out_html, summary=summary)

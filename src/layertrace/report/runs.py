@@ -1,0 +1,243 @@
+"""Reading run folders: everything the report shows comes from these files.
+
+A run folder (written by ``train``, ``analyze``, ``exit`` or ``demo``) may hold
+
+    config.yaml          the resolved config of the run (training config, or the analysis config)
+    analysis.json        layer-wise statistics (DESIGN.md section 3; schema in docs/analysis.md)
+    analysis_samples.npz per-sample arrays (optional; per-sample COS for the box plots)
+    exit.json            early-exit sweep of one policy (more policies: ``exit-<policy>.json``)
+    metrics.jsonl        training curves, one JSON object per logged step
+    train_summary.json   final training numbers
+    lm.json              the causal-LM track (``layertrace demo --with-lm``)
+
+:func:`load_runs` reads them into :class:`RunResults` (plain JSON values, nothing recomputed), and
+expands a demo output folder into its run folders. Missing optional files are simply absent; a
+folder with none of them is a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LayertraceError
+from ..io import read_json
+
+# Training modes as they appear at the end of a run folder name ``<data>-<model>-<mode>``.
+KNOWN_MODES = (
+    "aligned-alternating", "multi-head", "cos-reg", "standard", "aligned",
+    "residual", "plain",
+)
+SAMPLE_FILES = ("analysis_samples.npz", "analysis.npz")
+RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json")
+
+
+@dataclass
+class RunResults:
+    """The JSON results of one run folder.
+
+    Attributes:
+        path: the run folder.
+        name: its folder name, e.g. ``fmnist-vit-aligned``.
+        group: the comparison it belongs to (``fmnist-vit``): runs of one group share data and model.
+        mode: the training mode (``standard``, ``aligned``, ``multi-head``, ...) or ``""``.
+        config: the resolved ``config.yaml`` as a dict (``{}`` if absent).
+        analysis: ``analysis.json`` (``None`` if absent).
+        per_sample: arrays of ``analysis.npz`` as lists keyed by name (loaded lazily by the report).
+        exits: ``{policy: exit.json}`` for every ``exit*.json`` in the folder.
+        metrics: the rows of ``metrics.jsonl`` (training curves).
+        train_summary: ``train_summary.json`` (``None`` if absent).
+        lm: ``lm.json`` (``None`` if absent).
+    """
+
+    path: Path
+    name: str
+    group: str
+    mode: str
+    config: dict = field(default_factory=dict)
+    analysis: dict | None = None
+    exits: dict[str, dict] = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    train_summary: dict | None = None
+    lm: dict | None = None
+
+    @property
+    def label(self) -> str:
+        """Name shown in legends and tables."""
+        return self.name
+
+    @property
+    def n_layers(self) -> int | None:
+        if self.analysis is not None:
+            return int(self.analysis["n_layers"])
+        for ex in self.exits.values():
+            if "n_layers" in ex:
+                return int(ex["n_layers"])
+        return None
+
+    def per_sample_arrays(self) -> dict[str, Any]:
+        """Arrays of ``analysis.npz`` (empty dict if the file is absent)."""
+        npz = next((self.path / n for n in SAMPLE_FILES if (self.path / n).is_file()), None)
+        if npz is None:
+            return {}
+        import numpy as np
+
+        with np.load(npz, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``fmnist-vit-multi-head`` -> (``fmnist-vit``, ``multi-head``); unknown mode -> (name, "")."""
+    for mode in KNOWN_MODES:
+        if name == mode:
+            return name, mode
+        if name.endswith("-" + mode):
+            return name[: -len(mode) - 1], mode
+    return name, ""
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            # A run interrupted mid-write leaves at most a torn last line: skip it, keep the rest.
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise LayertraceError(f"{path}: not valid YAML; re-create the run's config.yaml") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _exit_policy_name(path: Path, data: dict) -> str:
+    policy = data.get("policy")
+    if isinstance(policy, dict):
+        policy = policy.get("name") or policy.get("kind")
+    if policy:
+        return str(policy)
+    match = re.fullmatch(r"exit-(.+)\.json", path.name)
+    return match.group(1) if match else "confidence"
+
+
+def _check_analysis(data: Any, path: Path) -> dict:
+    if not isinstance(data, dict):
+        raise LayertraceError(f"{path}: expected a JSON object; re-run `layertrace analyze`")
+    missing = [k for k in ("n_layers", "layers", "accuracy") if k not in data]
+    if missing:
+        raise LayertraceError(
+            f"{path}: missing key(s) {', '.join(missing)}; it is not an analysis.json, re-run `layertrace analyze`")
+    return data
+
+
+def _check_exit(data: Any, path: Path) -> dict:
+    if not isinstance(data, dict) or "points" not in data or not isinstance(data["points"], list):
+        raise LayertraceError(f"{path}: no 'points' list; it is not an exit.json, re-run `layertrace exit`")
+    return data
+
+
+def load_run(path: str | Path) -> RunResults:
+    """Read one run folder (see the module docstring for the files)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise LayertraceError(f"run folder {p} not found; pass folders written by train/analyze/exit/demo")
+    group, mode = split_name(p.name)
+    run = RunResults(path=p, name=p.name, group=group, mode=mode)
+    if (p / "config.yaml").is_file():
+        run.config = _read_yaml(p / "config.yaml")
+        train_section = run.config.get("train")
+        cfg_mode = train_section.get("mode") if isinstance(train_section, dict) else run.config.get("mode")
+        if not mode and isinstance(cfg_mode, str):
+            run.mode = cfg_mode
+    if (p / "analysis.json").is_file():
+        run.analysis = _check_analysis(read_json(p / "analysis.json"), p / "analysis.json")
+    for exit_path in sorted(p.glob("exit*.json")):
+        data = _check_exit(read_json(exit_path), exit_path)
+        run.exits[_exit_policy_name(exit_path, data)] = data
+    if (p / "metrics.jsonl").is_file():
+        run.metrics = _read_jsonl(p / "metrics.jsonl")
+    if (p / "train_summary.json").is_file():
+        run.train_summary = read_json(p / "train_summary.json")
+    if (p / "lm.json").is_file():
+        run.lm = read_json(p / "lm.json")
+    return run
+
+
+def _has_results(p: Path) -> bool:
+    return any((p / f).is_file() for f in RESULT_FILES) or any(p.glob("exit*.json"))
+
+
+def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Run folders among ``paths``; a folder without results of its own (a demo output folder)
+    stands for its sub-folders that have results, in name order."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise LayertraceError(f"run folder {p} not found; pass folders written by train/analyze/exit/demo")
+        if not p.is_dir():
+            raise LayertraceError(f"{p} is a file; pass its run folder {p.parent} instead")
+        if _has_results(p):
+            out.append(p)
+            continue
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and _has_results(d))
+        if not subs:
+            raise LayertraceError(
+                f"{p} holds no analysis.json, exit.json, metrics.jsonl or lm.json (nor sub-folders with them); "
+                f"run `layertrace analyze --out {p}` first")
+        out.extend(subs)
+    seen: set[Path] = set()
+    unique = []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def load_runs(paths: list[str | Path]) -> list[RunResults]:
+    """Read every run folder among ``paths`` (demo output folders are expanded)."""
+    runs = [load_run(p) for p in expand_run_dirs(paths)]
+    names = [r.name for r in runs]
+    for r in runs:  # two folders with the same name from different parents: tell them apart
+        if names.count(r.name) > 1:
+            r.name = f"{r.path.parent.name}/{r.path.name}"
+    return runs
+
+
+MODE_RANK = {m: i for i, m in enumerate(
+    ("standard", "aligned", "aligned-alternating", "multi-head", "cos-reg", "residual", "plain"))}
+
+
+def order_runs(runs: list[RunResults]) -> list[RunResults]:
+    """Runs grouped by comparison (groups in first-seen order), standard first within a group."""
+    first_seen = {}
+    for i, r in enumerate(runs):
+        first_seen.setdefault(r.group, i)
+    return sorted(runs, key=lambda r: (first_seen[r.group], MODE_RANK.get(r.mode, len(MODE_RANK)), r.name))
+
+
+def extra_files(paths: list[str | Path], pattern: str) -> list[Path]:
+    """Files matching ``pattern`` in the given folders themselves (e.g. a demo's comparison files)."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found.extend(sorted(p.glob(pattern)))
+    return found

@@ -1,0 +1,146 @@
+"""Tables of the report, computed from the runs' JSON: runs overview, per-layer values, comparison.
+
+Every function returns plain rows (lists of cells, numbers kept as numbers) so that the HTML page and
+``summary.md`` print the very same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .runs import RunResults
+from .series import effective_depth, layer_series, number, row_to_last
+
+DEFAULT_EXIT_TOLERANCE = 0.01  # accuracy loss (fraction) allowed at the comparison's operating point
+
+
+def operating_point(ex: dict, tolerance: float = DEFAULT_EXIT_TOLERANCE) -> dict | None:
+    """The fastest sweep point whose accuracy is within ``tolerance`` of ``full_accuracy``.
+
+    Args:
+        ex: an ``exit.json`` dict (``full_accuracy``, ``points``).
+        tolerance: allowed accuracy loss as a fraction (0.01 = one point).
+
+    Returns:
+        The chosen point (a dict of ``points``); the most accurate point when none is within
+        tolerance; ``None`` when there are no usable points.
+    """
+    pts = [p for p in ex.get("points", []) if number(p.get("accuracy")) is not None
+           and number(p.get("speedup")) is not None]
+    if not pts:
+        return None
+    full = number(ex.get("full_accuracy"))
+    if full is None:
+        full = max(float(p["accuracy"]) for p in pts)
+    ok = [p for p in pts if float(p["accuracy"]) >= full - tolerance - 1e-12]
+    if ok:
+        return max(ok, key=lambda p: (float(p["speedup"]), float(p["accuracy"])))
+    return max(pts, key=lambda p: (float(p["accuracy"]), float(p["speedup"])))
+
+
+def run_params(r: RunResults, ex: dict | None = None) -> int | None:
+    """Parameters the run serves with: per-layer heads for multi-head runs, else the shared head."""
+    sources = [ex] if ex is not None else list(r.exits.values())
+    for src in sources:
+        params = (src or {}).get("params") or {}
+        key = "per_layer_heads" if r.mode == "multi-head" else "shared_head"
+        if number(params.get(key)) is not None:
+            return int(params[key])
+    if r.train_summary:
+        for key in ("n_params", "params", "num_parameters"):
+            if number(r.train_summary.get(key)) is not None:
+                return int(r.train_summary[key])
+    return None
+
+
+def _first_number(d: dict, keys: tuple[str, ...]) -> float | None:
+    for k in keys:
+        v = d
+        for part in k.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if number(v) is not None:
+            return float(v)
+    return None
+
+
+@dataclass
+class ComparisonRow:
+    """One line of the early-exit comparison table (fractions, multiples and raw counts)."""
+
+    run: str
+    mode: str
+    policy: str
+    params: int | None
+    full_accuracy: float | None
+    exit_accuracy: float | None
+    threshold: float | None
+    speedup: float | None
+    measured_speedup: float | None
+    measured_speedup_batch1: float | None
+    ms_batch1: float | None
+    ms_batch64: float | None
+    flops: float | None
+
+
+def comparison_rows(runs: list[RunResults], tolerance: float = DEFAULT_EXIT_TOLERANCE) -> list[ComparisonRow]:
+    """The paper-style comparison (accuracy, speed-up, wall-clock, FLOPs, parameters), one row per
+    run and exit policy, at each run's :func:`operating_point`."""
+    rows = []
+    for r in runs:
+        for policy, ex in sorted(r.exits.items()):
+            p = operating_point(ex, tolerance) or {}
+            rows.append(ComparisonRow(
+                run=r.name, mode=r.mode, policy=policy, params=run_params(r, ex),
+                full_accuracy=number(ex.get("full_accuracy")),
+                exit_accuracy=number(p.get("accuracy")),
+                threshold=number(p.get("threshold")),
+                speedup=number(p.get("speedup")),
+                measured_speedup=number(p.get("measured_speedup")),
+                measured_speedup_batch1=number(p.get("measured_speedup_batch1")),
+                ms_batch1=_first_number(p, ("ms_per_sample_batch1", "wall_clock_ms.batch1", "latency_ms_batch1",
+                                            "wall_ms_batch1")),
+                ms_batch64=_first_number(p, ("ms_per_sample_batch64", "wall_clock_ms.batch64", "latency_ms_batch64",
+                                             "wall_ms_batch64")),
+                flops=_first_number(p, ("flops_per_sample", "flops")),
+            ))
+    return rows
+
+
+def per_layer_table(runs: list[RunResults], key: str) -> tuple[list[int], list[tuple[str, dict[int, float]]]]:
+    """Layers (union over runs) and ``(run name, {layer: value})`` for a per-layer statistic.
+
+    ``key`` is an analysis.json per-layer key, or ``cka_to_last`` (last row of ``cka_matrix``).
+    """
+    rows = []
+    for r in runs:
+        if not r.analysis:
+            continue
+        s = row_to_last(r.analysis, "cka_matrix") if key == "cka_to_last" else layer_series(r.analysis, key)
+        if s:
+            rows.append((r.name, s))
+    layers = sorted({layer for _, s in rows for layer in s})
+    return layers, rows
+
+
+def overview_rows(runs: list[RunResults]) -> list[dict[str, Any]]:
+    """One row per run: name, mode, L, samples, final-layer accuracy, effective depth, params."""
+    out = []
+    for r in runs:
+        a = r.analysis or {}
+        acc = layer_series(a, "accuracy") if a else {}
+        final = acc[max(acc)] if acc else None
+        if final is None:
+            full = [number(ex.get("full_accuracy")) for ex in r.exits.values()]
+            final = next((f for f in full if f is not None), None)
+        ed = effective_depth(a)[0] if a else None
+        out.append({
+            "run": r.name,
+            "mode": r.mode or "–",
+            "n_layers": r.n_layers,
+            "n_samples": a.get("n_samples"),
+            "final_accuracy": final,
+            "effective_depth": number(ed),
+            "params": run_params(r),
+        })
+    return out
