@@ -185,3 +185,18 @@ def test_registry_lists_the_encoder_families():
                 "BertForSequenceClassification", "RobertaForSequenceClassification",
                 "DistilBertForSequenceClassification", "ElectraForSequenceClassification"):
         assert cls in names
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", ["vit", "deit_teacher", "bert"])
+def test_trace_on_cuda_bf16_matches_model(tiny, family):
+    model, batch = tiny.build(family)
+    model = model.to("cuda", torch.bfloat16)
+    adapter = adapt(model)
+    inputs = {k: v.cuda() for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        trace = adapter.trace(inputs)
+        logits = model(**inputs).logits
+    assert trace.logits.device.type == "cuda" and trace.logits.dtype == torch.bfloat16
+    assert_close(trace.logits[-1], logits)
