@@ -56,12 +56,13 @@ def _centre(x: np.ndarray, center: str) -> np.ndarray:
 
 
 def naive_cos(x: np.ndarray, y: np.ndarray, center: str = "mean") -> float:
-    """Mean over samples of cos(x_i - c_x, y_i - c_y), looping over samples; zero vectors skipped."""
+    """Mean over samples of cos(x_i - c_x, y_i - c_y), looping over samples; zero vectors skipped
+    (a vector counts as zero when it equals its centre up to a relative 1e-10)."""
     xc, yc = _centre(x, center), _centre(y, center)
     values = []
     for i in range(x.shape[0]):
         nx, ny = np.linalg.norm(xc[i]), np.linalg.norm(yc[i])
-        if nx > 1e-10 * np.linalg.norm(x[i]) and ny > 1e-10 * np.linalg.norm(y[i]):
+        if nx > 1e-10 * np.linalg.norm(x[i] - xc[i]) and ny > 1e-10 * np.linalg.norm(y[i] - yc[i]):
             values.append(float(xc[i] @ yc[i]) / (nx * ny))
     return float(np.mean(values)) if values else 0.0
 

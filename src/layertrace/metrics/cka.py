@@ -124,10 +124,26 @@ def linear_cka_matrix(features: Any, space: str = "auto") -> np.ndarray:
 # --------------------------------------------------------------------------- minibatch (unbiased HSIC)
 
 
+def _batched_gram(x: torch.Tensor, rows_per_block: int = 64) -> torch.Tensor:
+    """Gram matrices x x^T for a stack (L, b, d) -> (L, b, b), exactly symmetric.
+
+    Computed one block of rows at a time against the rows from that block on (the upper block
+    triangle) and mirrored: ~30% less work than the full batched product for b = 256.
+    """
+    n_layers, b, _ = x.shape
+    out = torch.empty(n_layers, b, b, dtype=x.dtype, device=x.device)
+    for start in range(0, b, rows_per_block):
+        rows = slice(start, min(b, start + rows_per_block))
+        block = x[:, rows] @ x[:, start:].transpose(1, 2)  # (L, r, b - start)
+        out[:, rows, start:] = block
+        out[:, start:, rows] = block.transpose(1, 2)
+    return out
+
+
 def _u_centre(grams: torch.Tensor) -> torch.Tensor:
-    """U-centre a stack of Gram matrices (L, b, b) in place-free fashion (Szekely & Rizzo 2014)."""
+    """U-centre a stack of Gram matrices (L, b, b) in place (Szekely & Rizzo 2014) and return it."""
     b = grams.shape[-1]
-    k = grams.clone()
+    k = grams
     k.diagonal(dim1=1, dim2=2).zero_()
     row = k.sum(dim=2)  # (L, b)
     total = row.sum(dim=1)  # (L,)
@@ -156,7 +172,7 @@ def _unbiased_hsic(xc: torch.Tensor, space: str = "auto") -> torch.Tensor:
     n_layers, b, dim = xc.shape
     space = _hsic_space(n_layers, b, dim, space)
     if space == "sample":
-        u = _u_centre(xc @ xc.transpose(1, 2)).reshape(n_layers, -1)
+        u = _u_centre(_batched_gram(xc)).reshape(n_layers, -1)
         return (u @ u.T) / (b * (b - 3))
     # Feature space: Song et al.'s three terms from feature sums, with K~ = K - diag(K):
     #   tr(K~ L~)    = ||X^T Y||_F^2 - sum_i |x_i|^2 |y_i|^2
@@ -223,11 +239,11 @@ class MinibatchCKA:
                 f"MinibatchCKA.update: batch of {b} samples; the unbiased HSIC needs at least 4 "
                 f"(use a larger batch or fold the last small batch into the previous one)"
             )
-        x64 = x.to(torch.float64)
-        mean = x64.mean(dim=1, keepdim=True)
-        xc = x64 - mean
-        centred_sq = xc.pow(2).sum(dim=(1, 2))
-        self.raw_sq += (centred_sq + b * mean.pow(2).sum(dim=(1, 2))).cpu()
+        xc = x.to(torch.float64, copy=True)  # (mixed-dtype arithmetic is much slower than a copy first)
+        mean = xc.mean(dim=1, keepdim=True)
+        xc -= mean
+        centred_sq = torch.linalg.vector_norm(xc, dim=(1, 2)).square()
+        self.raw_sq += (centred_sq + b * mean.square().sum(dim=(1, 2))).cpu()
         self.centred_sq += centred_sq.cpu()
         self.hsic += _unbiased_hsic(xc, self.space).cpu()
         self.n_batches += 1

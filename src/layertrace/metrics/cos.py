@@ -11,8 +11,8 @@ All pairs come from one product: centred vectors are normalised per sample and l
 vectors ``u`` (L, n, d); ``sum_x u_l(x) . u_m(x)`` for every (l, m) is ``U U^T`` with ``U`` the
 (L, n*d) reshape, i.e. the per-sample Gram matrices across layers summed over samples.
 
-Zero-norm vectors after centering (the vector equals its centre up to float64 rounding, see
-``ZERO_NORM_RTOL``) have no direction: they are excluded, never turned into NaN. ``COS(l, m)`` averages
+Zero-norm vectors after centering (exactly zero, or equal to their centre c up to float64 rounding:
+``|x - c| <= ZERO_NORM_RTOL |c|``) have no direction: they are excluded, never turned into NaN. ``COS(l, m)`` averages
 over the samples whose vectors are non-zero at both l and m; ``return_zero_count=True`` returns the
 per-layer number of excluded vectors. A layer whose vectors are all zero (e.g. the [CLS] embedding at
 layer 0 under mean centering, which does not depend on the input) gets COS 0 with every other layer and
@@ -51,33 +51,33 @@ def _check_center(center: str, allowed: tuple[str, ...] = CENTERS) -> str:
     return center
 
 
-def _centred(raw: torch.Tensor, center: str, means: torch.Tensor | None) -> torch.Tensor:
-    """Centre a float64 chunk (L, b, d): subtract given per-layer means, per-vector means, or nothing."""
-    if center == "mean":
-        return raw - means[:, None, :]
-    if center == "feature":
-        return raw - raw.mean(dim=2, keepdim=True)
-    return raw
-
-
-def _unit_vectors(raw: torch.Tensor, centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, b, d) centred chunk -> unit vectors (zero where excluded) and the (L, b) validity mask."""
-    norms = torch.linalg.vector_norm(centred, dim=2)
-    raw_norms = torch.linalg.vector_norm(raw, dim=2)
-    valid = norms > ZERO_NORM_RTOL * raw_norms
-    safe = torch.where(valid, norms, torch.ones_like(norms))
-    unit = centred / safe[..., None] * valid[..., None]
-    return unit, valid
-
-
 def _unit_chunks(x: torch.Tensor, center: str, means: torch.Tensor | None = None):
-    """Yield (unit vectors, valid mask) for consecutive sample chunks of features x (L, n, d)."""
+    """Yield (unit vectors (L, b, d), valid mask (L, b)) for cache-sized sample chunks of x (L, n, d).
+
+    A centred vector ``v = x - c`` counts as zero (excluded) when ``|v| <= ZERO_NORM_RTOL * |c|``:
+    exactly zero for ``"none"``, or equal to its centre up to float64 rounding. ``c`` is the layer
+    mean (``"mean"``) or the vector's own coordinate mean times the ones vector (``"feature"``).
+    """
     n_layers, n_samples, dim = x.shape
     if center == "mean" and means is None:
         means = layer_means(x)
+    if center == "mean":
+        centre_norms = torch.linalg.vector_norm(means, dim=1)[:, None]  # (L, 1)
     for part in sample_chunks(n_samples, n_layers, dim):
-        raw = x[:, part].to(torch.float64)
-        yield _unit_vectors(raw, _centred(raw, center, means))
+        # a fresh float64 copy, centred in place (mixed-dtype arithmetic is much slower than a copy)
+        centred = x[:, part].to(torch.float64, copy=True)
+        if center == "mean":
+            centred -= means[:, None, :]
+        elif center == "feature":
+            own_mean = centred.mean(dim=2, keepdim=True)
+            centred -= own_mean
+            centre_norms = own_mean[..., 0].abs() * dim**0.5
+        else:
+            centre_norms = 0.0
+        norms = torch.linalg.vector_norm(centred, dim=2)
+        valid = norms > ZERO_NORM_RTOL * centre_norms
+        inverse = torch.where(valid, 1.0 / torch.where(valid, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+        yield centred.mul_(inverse[..., None]), valid  # scaled in place: one pass
 
 
 def _resolve_ref(ref: int, n_layers: int) -> int:
