@@ -20,8 +20,9 @@ What is timed (wall clock, median of interleaved repetitions):
 
 Memory of the streaming path (``--memory``): for each n, a fresh subprocess streams batches of
 generated features through MeanAccumulator (first pass), then CosAccumulator (mean-given),
-StreamingLinearCKA and MinibatchCKA (second pass), never holding more than one batch; its peak RSS
-(``resource.getrusage``) is reported.
+StreamingLinearCKA and MinibatchCKA (second pass), never holding more than one batch; its RSS before
+the second pass and its peak RSS during it (/proc/self/status VmRSS and VmHWM, the peak reset with
+/proc/self/clear_refs just before the pass) are reported.
 
 Command (results in benchmarks/results/metrics.md):
     .venv/bin/pip install --no-deps -c constraints.txt -r benchmarks/requirements.txt
@@ -49,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads for every method")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS of the streaming path")
     p.add_argument("--memory-samples", default="2000,10000,40000")
+    p.add_argument("--memory-only", action="store_true", help="skip the timings, only measure streaming memory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--_stream-child", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -181,10 +183,18 @@ def timed(fn):
 # ----------------------------------------------------------------------------- streaming memory
 
 
-def stream_child(n_samples: int) -> None:
-    """Stream n samples through every accumulator, one generated batch at a time; print peak RSS."""
-    import resource
+def _proc_status_mib(field: str) -> float:
+    """VmRSS / VmHWM of this process from /proc (VmHWM is this address space's own peak; getrusage's
+    ru_maxrss would also count the parent's memory inherited at fork)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
+
+def stream_child(n_samples: int) -> None:
+    """Stream n samples through every accumulator, one generated batch at a time; print RSS figures."""
     from layertrace.metrics import CosAccumulator, MeanAccumulator, MinibatchCKA, StreamingLinearCKA
 
     stream = ResidualStream(ARGS.layers, ARGS.dim, ARGS.offset, ARGS.seed)
@@ -196,7 +206,9 @@ def stream_child(n_samples: int) -> None:
     cos = CosAccumulator(ARGS.layers, centers=means.compute())
     exact = StreamingLinearCKA(ARGS.layers, ARGS.dim)
     minibatch = MinibatchCKA(ARGS.layers)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _proc_status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM: measure the streaming pass alone
+        fh.write("5")
     for start in range(0, n_samples, batch):
         features = stream.batch(start, min(n_samples, start + batch))
         cos.update(features)
@@ -204,14 +216,14 @@ def stream_child(n_samples: int) -> None:
         if features.shape[1] >= 4:
             minibatch.update(features)
     cos.compute(), exact.compute(), minibatch.compute()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{n_samples} {rss_before / 1024:.1f} {peak / 1024:.1f} {time.perf_counter() - start_time:.1f}")
+    peak = _proc_status_mib("VmHWM")
+    print(f"{n_samples} {rss_before:.1f} {peak:.1f} {time.perf_counter() - start_time:.1f}")
 
 
 def memory_table() -> list[str]:
     lines = ["", "Streaming path, peak resident memory (one subprocess per n; batches generated on the fly):", "",
-             "| samples n | features if held in memory (float32, MiB) | peak RSS before streaming (MiB) "
-             "| peak RSS after streaming (MiB) | wall s (2 passes + generation) |",
+             "| samples n | features if held in memory (float32, MiB) | RSS before the streaming pass (MiB) "
+             "| peak RSS during the streaming pass (MiB) | wall s (2 passes + generation) |",
              "|---:|---:|---:|---:|---:|"]
     for n in [int(v) for v in ARGS.memory_samples.split(",")]:
         cmd = [sys.executable, __file__, "--_stream-child", str(n)] + _forwarded_args()
@@ -232,6 +244,9 @@ def _forwarded_args() -> list[str]:
 def main() -> None:
     if ARGS._stream_child is not None:
         stream_child(ARGS._stream_child)
+        return
+    if ARGS.memory_only:
+        print("\n".join(memory_table()))
         return
     from layertrace.metrics import cos_matrix, linear_cka_matrix
 

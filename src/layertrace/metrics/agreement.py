@@ -38,6 +38,8 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if np.ptp(a) == 0.0 or np.ptp(b) == 0.0:  # constant: undefined (rounding would fake a value)
+        return float("nan")
     a = a - a.mean()
     b = b - b.mean()
     denom = math.sqrt(float(a @ a) * float(b @ b))

@@ -320,7 +320,7 @@ class StreamingLinearCKA:
     over the stacked (L d) features, updated with Chan et al.'s pairwise formula (numerically stable,
     no cancellation from large means). ``compute()`` equals :func:`linear_cka_matrix` on all samples.
 
-    Memory: (L d)^2 float64 (e.g. 13 x 384 -> 191 MiB, 13 x 768 -> 761 MiB, 25 x 1024 -> 4.9 GiB).
+    Memory: (L d)^2 float64 (e.g. 13 x 384 -> 190 MiB, 13 x 768 -> 761 MiB, 25 x 1024 -> 4.9 GiB).
     Construction refuses above ``max_bytes`` (default 2 GiB): use :class:`MinibatchCKA` or fewer layers.
     Only the upper block triangle is filled (half the work per batch).
 
