@@ -258,3 +258,19 @@ def test_agreement_ignores_the_diagonal_and_reports_undefined_as_nan():
         agreement(np.eye(3), np.eye(4))
     with pytest.raises(LayertraceError, match="square"):
         agreement(np.ones((3, 2)), np.ones((3, 2)))
+
+
+def test_accumulators_never_modify_their_batches():
+    features = torch.from_numpy(make_features(14, 3, 9, 4, offset=2.0))
+    before = features.clone()
+    stream, minibatch, cos = StreamingLinearCKA(3, 4), MinibatchCKA(3), CosAccumulator(3, centers=np.ones((3, 4)))
+    for start in range(0, 9):  # contiguous single-sample batches: their (1, L d) reshape is a view
+        batch = features[:, start:start + 1].contiguous()
+        batch_before = batch.clone()
+        stream.update(batch)
+        cos.update(batch)
+        torch.testing.assert_close(batch, batch_before, rtol=0, atol=0)
+    minibatch.update(features)
+    unbiased_hsic_matrix(features)
+    torch.testing.assert_close(features, before, rtol=0, atol=0)
+    np.testing.assert_allclose(stream.compute(), linear_cka_matrix(before), atol=1e-10)

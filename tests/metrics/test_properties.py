@@ -233,3 +233,14 @@ def test_constant_layer_gives_zero_not_nan_with_warning(name):
     assert any(issubclass(w.category, DegenerateLayerWarning) and "[0]" in str(w.message) for w in caught)
     np.testing.assert_array_equal(sim[0, 1:], 0.0)
     assert sim[0, 0] == 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_input_is_never_modified(name, n_layers):
+    """Metrics centre and scale private float64 copies, even when a reshape of the input is a view."""
+    features = torch.from_numpy(make_features(13, n_layers, 12, 4, offset=2.0))
+    before = features.clone()
+    sim = get_metric(name)(features)
+    assert sim.shape == (n_layers, n_layers)
+    torch.testing.assert_close(features, before, rtol=0, atol=0)

@@ -108,6 +108,11 @@ def check_finite(x: torch.Tensor, *, name: str = "features") -> None:
             )
 
 
+def fresh_float64(x: torch.Tensor) -> torch.Tensor:
+    """A new contiguous float64 copy of ``x``, never a view of it: safe to centre or scale in place."""
+    return x.to(torch.float64, memory_format=torch.contiguous_format, copy=True)
+
+
 def sample_chunks(n_samples: int, n_layers: int, dim: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[slice]:
     """Yield slices over the sample axis so that one float64 chunk (L, b, d) is about ``chunk_bytes``."""
     size = max(1, chunk_bytes // max(1, 8 * n_layers * dim))

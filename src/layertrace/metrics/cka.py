@@ -45,8 +45,8 @@ from ._input import (
     check_layer_count,
     degenerate_layers,
     finish_similarity,
+    fresh_float64,
     layer_means,
-    sample_chunks,
     warn_degenerate,
 )
 
@@ -69,7 +69,7 @@ def _centred_stack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     """Column-centre features exactly: (L, n, d) -> float64 (n, L d) stack, centred and raw sq norms (L,)."""
     n_layers, n_samples, dim = x.shape
     means = layer_means(x)
-    stacked = x.permute(1, 0, 2).reshape(n_samples, n_layers * dim).to(torch.float64)
+    stacked = fresh_float64(x.permute(1, 0, 2)).reshape(n_samples, n_layers * dim)
     stacked -= means.reshape(1, -1)
     centred_sq = stacked.pow(2).sum(dim=0).reshape(n_layers, dim).sum(dim=1)
     raw_sq = centred_sq + n_samples * means.pow(2).sum(dim=1)
@@ -199,8 +199,8 @@ def unbiased_hsic_matrix(batch_features: Any, space: str = "auto") -> np.ndarray
     x = as_features(batch_features, name="batch_features")
     if x.shape[1] < 4:
         raise LayertraceError(f"unbiased HSIC needs a batch of at least 4 samples, got {x.shape[1]}")
-    xc = x.to(torch.float64)
-    xc = xc - xc.mean(dim=1, keepdim=True)
+    xc = fresh_float64(x)
+    xc -= xc.mean(dim=1, keepdim=True)
     return _unbiased_hsic(xc, _check_space(space)).cpu().numpy()
 
 
@@ -239,7 +239,7 @@ class MinibatchCKA:
                 f"MinibatchCKA.update: batch of {b} samples; the unbiased HSIC needs at least 4 "
                 f"(use a larger batch or fold the last small batch into the previous one)"
             )
-        xc = x.to(torch.float64, copy=True)  # (mixed-dtype arithmetic is much slower than a copy first)
+        xc = fresh_float64(x)  # centred in place (mixed-dtype arithmetic is much slower than a copy first)
         mean = xc.mean(dim=1, keepdim=True)
         xc -= mean
         centred_sq = torch.linalg.vector_norm(xc, dim=(1, 2)).square()
@@ -361,7 +361,7 @@ class StreamingLinearCKA:
         b = x.shape[1]
         if self.n_samples == 0 and self.comoment.device != x.device:  # state follows the first batch
             self.mean, self.comoment = self.mean.to(x.device), self.comoment.to(x.device)
-        stacked = x.permute(1, 0, 2).reshape(b, -1).to(device=self.comoment.device, dtype=torch.float64)
+        stacked = fresh_float64(x.permute(1, 0, 2).to(self.comoment.device)).reshape(b, -1)
         batch_mean = stacked.mean(dim=0)
         stacked -= batch_mean
         d = self.dim

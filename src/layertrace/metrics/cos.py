@@ -37,6 +37,7 @@ from ._input import (
     ZERO_NORM_RTOL,
     as_features,
     check_layer_count,
+    fresh_float64,
     layer_means,
     sample_chunks,
     warn_degenerate,
@@ -65,7 +66,7 @@ def _unit_chunks(x: torch.Tensor, center: str, means: torch.Tensor | None = None
         centre_norms = torch.linalg.vector_norm(means, dim=1)[:, None]  # (L, 1)
     for part in sample_chunks(n_samples, n_layers, dim):
         # a fresh float64 copy, centred in place (mixed-dtype arithmetic is much slower than a copy)
-        centred = x[:, part].to(torch.float64, copy=True)
+        centred = fresh_float64(x[:, part])
         if center == "mean":
             centred -= means[:, None, :]
         elif center == "feature":
