@@ -54,6 +54,8 @@ def cases():
         "toy-none-minibatch": (toy_adapter, lambda: toy_batches(n_batches=5), {"center": "none", "cka": "minibatch"}),
         "toy-disk-layers": (toy_adapter, lambda: toy_batches(n_batches=5), {"cache": "disk", "layers": "1::2"}),
         "gpt2-tokens": (gpt2_adapter, lm_batches, {"tokens_per_sample": 4}),
+        # each process passes only its own share (batches rank::2), as a training loop's evaluation would
+        "toy-presharded": (toy_adapter, lambda: toy_batches(n_batches=5), {"shard": "presharded", "cka": "minibatch"}),
     }
 
 
@@ -63,8 +65,12 @@ def main() -> None:
     created = init_from_env("cpu")
     assert created and DistContext.current().world_size == 2
     results = {}
+    ctx = DistContext.current()
     for name, (make_adapter, make_batches, options) in cases().items():
-        results[name] = analyze(make_adapter(), make_batches(), **options)
+        batches = make_batches()
+        if options.get("shard") == "presharded":
+            batches = batches[ctx.rank::ctx.world_size]
+        results[name] = analyze(make_adapter(), batches, **options)
     if DistContext.current().is_main:
         Path(sys.argv[1]).write_bytes(pickle.dumps(results))
     shutdown()

@@ -221,3 +221,14 @@ def test_model_is_left_in_its_mode(setup):
     fresh = ToyAdapter(adapter.model)
     analyze(fresh, batches, similarity=False)
     assert not adapter.model.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_autocast_on_gpu_is_close_to_fp32(toy_model):
+    adapter = ToyAdapter(toy_model).cuda()
+    batches = toy_batches()
+    ref = analyze(adapter, batches)
+    half = analyze(adapter, batches, precision="bf16")
+    np.testing.assert_allclose(half.cos_matrix, ref.cos_matrix, atol=0.05)
+    np.testing.assert_allclose(half.true_class_prob, ref.true_class_prob, atol=0.05)
+    assert half.config["precision"] == "bf16"

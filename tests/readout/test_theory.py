@@ -52,8 +52,8 @@ def test_straight_lines_never_violate_theorem_2_1(center):
 
 def test_straight_uniform_line_is_straight_and_geodesic():
     x = straight_lines()
-    np.testing.assert_allclose(trajectory_straightness(x).numpy(), 1.0, rtol=1e-12)
-    np.testing.assert_allclose(geodesic_residual(x, list(range(7))).numpy(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(trajectory_straightness(x), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(geodesic_residual(x, list(range(7))), 0.0, atol=1e-12)
 
 
 def test_straight_line_at_non_uniform_speed():
@@ -61,10 +61,10 @@ def test_straight_line_at_non_uniform_speed():
     layers = list(range(5))
     u = torch.arange(5, dtype=torch.float64) / 4
     x = straight_lines(n_layers=5, speed=u**2)
-    np.testing.assert_allclose(trajectory_straightness(x).numpy(), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(trajectory_straightness(x), 1.0, rtol=1e-12)
     expected = float((u - u**2)[1:-1].abs().mean())  # (3/16 + 4/16 + 3/16) / 3 = 10/48
     assert expected == pytest.approx(10 / 48)
-    np.testing.assert_allclose(geodesic_residual(x, layers).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(geodesic_residual(x, layers), expected, rtol=1e-12)
 
 
 def test_quarter_turns_violate_half_the_triples():
@@ -74,7 +74,7 @@ def test_quarter_turns_violate_half_the_triples():
     assert theorem_2_1_violations(cos).tolist() == [5, 5, 5]
     assert naive_violations(cos[0].numpy()) == 5
     # a closed loop: zero end-to-end distance -> straightness 0; path = 4 chords of length sqrt(2)
-    np.testing.assert_allclose(trajectory_straightness(x).numpy(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(trajectory_straightness(x), 0.0, atol=1e-12)
     # mean centring keeps the picture (every sample turns alike, so the centres turn too) -> here the
     # centres equal the vectors and every centred vector is zero: nothing is evaluated
     cos_c, valid = per_sample_cos_matrices(x, x.mean(dim=1), "mean")
@@ -96,7 +96,7 @@ def test_small_rotation_steps_only_violate_past_half_a_turn():
     x = rotating(n_layers=5, step_deg=30.0)
     cos, _ = per_sample_cos_matrices(x, None, "none")
     assert theorem_2_1_violations(cos).sum() == 0
-    assert trajectory_straightness(x)[0].item() < 1.0
+    assert trajectory_straightness(x)[0] < 1.0
 
 
 def test_theorem_2_2_hand_made():
@@ -117,7 +117,7 @@ def test_theorem_2_2_hand_made():
 
 def test_norm_ratio_hand_made():
     x = torch.tensor([[[3.0, 4.0]], [[3.0, 5.0]], [[3.0, 5.0]]], dtype=torch.float64)  # (S=3, n=1, d=2)
-    r = norm_ratios(x).numpy()
+    r = norm_ratios(x)
     assert r.shape == (1, 2)
     assert r[0, 0] == pytest.approx(5.0)      # ||h0|| / ||h1 - h0|| = 5 / 1
     assert math.isinf(r[0, 1])                # no update: infinite ratio

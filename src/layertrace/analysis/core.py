@@ -41,11 +41,13 @@ from ..readout import (
     saturation_cumulative,
     saturation_histogram,
     saturation_positions,
+    stacked_readout,
     theorem_2_1_violations,
     theorem_2_2_cooccurrence,
     trajectory_straightness,
 )
-from ..trace import FeatureCache, check_finite, next_token_targets, subsample_tokens, trace_batch
+from ..models.base import Adapter
+from ..trace import FeatureCache, autocast, check_finite, next_token_targets, subsample_tokens, trace_batch
 from .dist import DistContext
 from .result import AnalysisResult
 from .similarity import SimilarityStage
@@ -57,6 +59,8 @@ _CACHE = ("auto", "ram", "disk", "none")
 # Classifier logits (n, S, K) are saved in the .npz up to this size with save_logits="auto".
 _AUTO_LOGITS_BYTES = 64 << 20
 _QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# Rows per chunk when cached features are read back for the centred statistics.
+_CHUNK_ROWS = 1024
 
 
 @dataclass
@@ -92,8 +96,11 @@ class AnalysisOptions:
         precision: autocast on the model's device: None / ``"fp32"``, ``"bf16"``, ``"fp16"``
             (resolve ``"auto"`` at the CLI edge with :func:`layertrace.trace.resolve_precision`).
         progress: show a tqdm bar (rank 0 only).
-        shard: ``"auto"``: when ``torch.distributed`` is initialised, deal batches round-robin to
-            the processes and merge; ``False``: analyse every batch here.
+        shard: ``"auto"``: when ``torch.distributed`` is initialised, every process iterates the
+            same ``batches``, keeps batch b when ``b % world_size == rank``, and the results are
+            merged; ``"presharded"``: each process passes its own share (e.g. a training loop's
+            evaluation shard), analyses all of it, and the results are merged (its batch b counts as
+            global batch ``b * world_size + rank``); ``False``: no merging, analyse every batch here.
         tolerance: slack of the strict comparisons of the theory checks.
         max_batches: stop after this many (global) batches.
     """
@@ -238,6 +245,9 @@ class _Pass:
         self.layers = layers
         self.S = len(layers)
         self.is_lm = adapter.kind == "causal_lm"
+        # Classifier adapters whose similarity feature is the readout's own input (pool = identity)
+        # get one readout call on the stacked (S, B, d) features instead of one per layer.
+        self._stacked_readout = not self.is_lm and type(adapter).pool is Adapter.pool
         self.dist = DistContext.current(opts.shard)
         self.readout = ReadoutAccumulator(self.S)
         self.records: dict[int, _BatchRecord] = {}
@@ -325,7 +335,7 @@ class _Pass:
                 if self.opts.max_batches is not None and b >= self.opts.max_batches:
                     break
                 if self.dist.owns(b):
-                    yield b, batch
+                    yield self.dist.global_index(b), batch
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -359,21 +369,28 @@ class _Pass:
     def _classifier_batch(self, b: int, batch: Mapping[str, Any]) -> tuple[Tensor, _BatchRecord]:
         labels = self._check_labels(batch, b)
         t0 = time.perf_counter()
-        trace = trace_batch(self.adapter, batch, self.layers, with_logits=True,
-                            precision=self.opts.precision, batch_index=b)
+        if self._stacked_readout:
+            # the traced features are the readout's input: one readout call over the S * B rows
+            # (the readout maps (n, d) -> (n, K) row by row, so this equals S separate calls)
+            trace = trace_batch(self.adapter, batch, self.layers, with_logits=False,
+                                precision=self.opts.precision, batch_index=b)
+            s_, b_, d_ = trace.features.shape
+            with autocast(self.opts.precision, trace.features.device):
+                logits = self.adapter.readout(trace.features.reshape(s_ * b_, d_)).reshape(s_, b_, -1)
+            logits = logits.float()
+            check_finite(logits, "logits", self.layers, b)
+        else:
+            trace = trace_batch(self.adapter, batch, self.layers, with_logits=True,
+                                precision=self.opts.precision, batch_index=b)
+            logits = trace.logits
         self.forward_s += time.perf_counter() - t0
-        logits = trace.logits
         labels = labels.to(logits.device)
         n = labels.shape[0]
-        per = {k: np.empty((n, self.S), dtype=np.float32) for k in ("max_prob", "true_class_prob", "entropy")}
-        pred = np.empty((n, self.S), dtype=np.int64)
-        for i in range(self.S):
-            r = layer_readout(logits[i], labels)
-            self.readout.update(i, r)
-            pred[:, i] = r.pred.cpu().numpy()
-            for k in per:
-                per[k][:, i] = getattr(r, k).cpu().numpy()
+        r = stacked_readout(logits, labels)
+        self.readout.update_layers(r)
         self.readout.add_count(n)
+        pred = r.pred.T.cpu().numpy()
+        per = {k: getattr(r, k).T.to(torch.float32).cpu().numpy() for k in ("max_prob", "true_class_prob", "entropy")}
         positions = saturation_positions(pred)
         self.sat_hist += saturation_histogram(positions, self.S)
         rec = _BatchRecord(n_samples=n)
@@ -436,7 +453,8 @@ class _Pass:
             h = feats[i, rows, cols]  # (n_tok, d)
             for s in range(0, n_tok, chunk):
                 sl = slice(s, min(n_tok, s + chunk))
-                logits = self.adapter.readout(h[sl])
+                with autocast(self.opts.precision, h.device):
+                    logits = self.adapter.readout(h[sl])
                 check_finite(logits[None], "logits", [self.layers[i]], b)
                 r = layer_readout(logits, flat_targets[sl], compute_dtype=torch.float32)
                 self.readout.update(i, r)
@@ -466,29 +484,29 @@ class _Pass:
 
     def _similarity_samples(self, b: int, feats: Tensor, rec: _BatchRecord) -> None:
         """Raw-trajectory statistics of the similarity samples, then cache / inline similarity."""
-        x = feats.detach().to(torch.float64)
+        x = feats.detach().to("cpu", torch.float64).numpy()  # small: numpy, no thread-pool round trips
         if self.dim is None:
             self._plan(int(x.shape[-1]))
         k = x.shape[1]
         self.n_sim += k
-        self.feature_sum += x.sum(dim=1).cpu().numpy()
+        self.feature_sum += x.sum(axis=1)
         if self.S > 1:
-            ratios = norm_ratios(x).cpu().numpy() if self.S > 1 else np.zeros((k, 0))
+            ratios = norm_ratios(x)
             finite = np.isfinite(ratios)
             self.ratio_sum += np.where(finite, ratios, 0.0).sum(axis=0)
             self.ratio_count += finite.sum(axis=0)
             self.n_infinite_ratio += int((~finite).any(axis=1).sum())
             rec.arrays["norm_ratio"] = ratios.astype(np.float32)
         if self.opts.theory and self.S > 1:
-            rec.arrays["straightness"] = trajectory_straightness(x).cpu().numpy()
-            rec.arrays["geodesic_residual"] = geodesic_residual(x, self.layers).cpu().numpy()
+            rec.arrays["straightness"] = trajectory_straightness(x)
+            rec.arrays["geodesic_residual"] = geodesic_residual(x, self.layers)
         if not self.opts.similarity:
             return
         if self.cache is not None:
-            self.cache.append(feats)
+            self.cache.append(x)
             rec.arrays["_cached_rows"] = np.asarray([k])
         elif self.stage is not None:
-            rec.arrays.update(self.stage.update(x))
+            rec.arrays.update(self.stage.update(torch.from_numpy(x)))
 
     # ------------------------------------------------------------------ after the pass
     def _finish(self, batches: Iterable, n_batches: int | None) -> AnalysisResult:
@@ -524,8 +542,11 @@ class _Pass:
             if self.stage is None:
                 self.stage = SimilarityStage(self.S, self.dim, o.center, centers if o.center == "mean" else None,
                                              "none" if cka_from_cache else self.cka_mode, o.theory, o.tolerance)
-                for b, chunk in self._centred_chunks(batches, n_batches):
-                    self.records[b].arrays.update(self.stage.update(chunk))
+                for group, sizes, chunk in self._centred_chunks(batches, n_batches):
+                    per_sample = self.stage.update(chunk)
+                    starts = np.cumsum([0, *sizes])
+                    for b, lo, hi in zip(group, starts[:-1], starts[1:]):
+                        self.records[b].arrays.update({k: v[lo:hi] for k, v in per_sample.items()})
             stages = d.gather(self.stage)
             merged = stages[0]
             for other in stages[1:]:
@@ -582,12 +603,24 @@ class _Pass:
         result.samples = self._public_samples(samples, result) if o.per_sample else None
         return result
 
-    def _centred_chunks(self, batches: Iterable, n_batches: int | None) -> Iterator[tuple[int, np.ndarray | Tensor]]:
-        """Similarity-sample features per original batch, from the cache or from a second pass."""
-        own = sorted(b for b, rec in self.records.items())
+    def _centred_chunks(self, batches: Iterable, n_batches: int | None
+                        ) -> Iterator[tuple[list[int], list[int], np.ndarray | Tensor]]:
+        """``(batch indices, their row counts, features (S, rows, d))`` for the centred statistics,
+        from the cache or from a second pass. Cached rows come in groups of consecutive batches of
+        about ``_CHUNK_ROWS`` rows (fewer, larger products), except for minibatch CKA, whose estimate
+        depends on the batches and so reads them one by one."""
+        own = sorted(self.records)
         if self.cache is not None:
             sizes = [int(self.records[b].arrays["_cached_rows"][0]) for b in own]
-            yield from zip(own, self.cache.chunks(boundaries=sizes))
+            groups: list[list[int]] = []
+            for b in own:
+                if (not groups or self.cka_mode == "minibatch"
+                        or sum(int(self.records[x].arrays["_cached_rows"][0]) for x in groups[-1]) >= _CHUNK_ROWS):
+                    groups.append([])
+                groups[-1].append(b)
+            group_sizes = [[int(self.records[b].arrays["_cached_rows"][0]) for b in g] for g in groups]
+            chunks = self.cache.chunks(boundaries=[sum(g) for g in group_sizes])
+            yield from zip(groups, group_sizes, chunks)
             return
         # cache="none": run the model again (features only); same batches, same token subsample
         for b, batch in self._own_batches(batches, n_batches, "analyze (pass 2)"):
@@ -600,7 +633,7 @@ class _Pass:
                 _, scored = next_token_targets(batch, trace.mask if trace.mask is not None else batch.get("attention_mask"))
                 srow, scol = subsample_tokens(scored, self.opts.tokens_per_sample, self.opts.seed, b)
                 feats = feats[:, srow.to(feats.device), scol.to(feats.device)]
-            yield b, feats
+            yield [b], [int(feats.shape[1])], feats
 
     def _extra_matrices(self) -> dict[str, np.ndarray]:
         """RBF CKA / Procrustes on a seeded subsample of the cached similarity samples (all processes)."""

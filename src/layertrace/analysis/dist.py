@@ -24,6 +24,7 @@ class DistContext:
 
     rank: int = 0
     world_size: int = 1
+    presharded: bool = False
 
     @property
     def active(self) -> bool:
@@ -38,15 +39,24 @@ class DistContext:
         """The running process group (if any). ``shard=False`` analyses everything in this process."""
         if shard is False or str(shard).lower() in ("false", "no", "off"):
             return cls()
+        if str(shard).lower() not in ("auto", "true", "presharded"):
+            from ..errors import LayertraceError
+
+            raise LayertraceError(f"shard={shard!r}: use 'auto', 'presharded' or False")
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
+            return cls(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                       presharded=str(shard).lower() == "presharded")
         return cls()
 
     def owns(self, batch_index: int) -> bool:
-        """Whether this rank analyses global batch ``batch_index``."""
-        return batch_index % self.world_size == self.rank
+        """Whether this rank analyses the ``batch_index``-th batch it iterates."""
+        return self.presharded or batch_index % self.world_size == self.rank
+
+    def global_index(self, batch_index: int) -> int:
+        """The global position of this rank's ``batch_index``-th batch (seeds, ordering)."""
+        return batch_index * self.world_size + self.rank if self.presharded else batch_index
 
     # ------------------------------------------------------------------ collectives
     def _device(self) -> torch.device:

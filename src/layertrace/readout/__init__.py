@@ -16,7 +16,7 @@ from .saturation import (
     saturation_layers,
     saturation_positions,
 )
-from .stats import READOUT_FIELDS, LayerReadout, ReadoutAccumulator, layer_readout
+from .stats import READOUT_FIELDS, LayerReadout, ReadoutAccumulator, layer_readout, stacked_readout
 from .theory import (
     THEORY_TOLERANCE,
     geodesic_residual,
@@ -28,7 +28,7 @@ from .theory import (
 )
 
 __all__ = [
-    "READOUT_FIELDS", "LayerReadout", "ReadoutAccumulator", "layer_readout",
+    "READOUT_FIELDS", "LayerReadout", "ReadoutAccumulator", "layer_readout", "stacked_readout",
     "effective_depth", "effective_depths", "saturation_cumulative", "saturation_histogram",
     "saturation_layers", "saturation_positions",
     "THEORY_TOLERANCE", "geodesic_residual", "n_layer_triples", "norm_ratios",

@@ -70,6 +70,21 @@ def layer_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = 
     )
 
 
+def stacked_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = torch.float64) -> LayerReadout:
+    """:func:`layer_readout` of S layers at once (one call instead of S: fewer small kernels).
+
+    Args:
+        logits: (S, n, K) logits of every traced layer.
+        targets: (n,) targets shared by the layers.
+
+    Returns:
+        :class:`LayerReadout` whose fields are (S, n).
+    """
+    s, n, k = logits.shape
+    flat = layer_readout(logits.reshape(s * n, k), targets.to(logits.device).repeat(s), compute_dtype)
+    return LayerReadout(**{name: getattr(flat, name).reshape(s, n) for name in LayerReadout.__dataclass_fields__})
+
+
 class ReadoutAccumulator:
     """Streaming per-layer means of the readout values (float64 sums, mergeable).
 
@@ -92,6 +107,12 @@ class ReadoutAccumulator:
         for row, name in enumerate(READOUT_FIELDS):
             values = readout.correct if name == "accuracy" else getattr(readout, name)
             self.sums[row, layer_position] += float(values.sum())
+
+    def update_layers(self, readout: LayerReadout) -> None:
+        """Add the values of every layer at once (fields (S, n), from :func:`stacked_readout`)."""
+        for row, name in enumerate(READOUT_FIELDS):
+            values = readout.correct if name == "accuracy" else getattr(readout, name)
+            self.sums[row] += values.sum(dim=1).cpu().numpy()
 
     def add_count(self, n: int) -> None:
         """Count ``n`` predictions (call once per batch, not once per layer)."""

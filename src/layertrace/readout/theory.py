@@ -54,9 +54,10 @@ def theorem_2_1_violations(cos: Tensor | np.ndarray, tol: float = THEORY_TOLERAN
         c = c[None]
     n, s, _ = c.shape
     counts = torch.zeros(n, dtype=torch.int64, device=c.device)
+    upper_all = torch.triu(torch.ones(s, s, dtype=torch.bool, device=c.device), diagonal=1)
     for l3 in range(2, s):
         to_l3 = c[:, :l3, l3]  # (n, l3): cos(h_l, h_l3) for l < l3
-        upper = torch.triu(torch.ones(l3, l3, dtype=torch.bool, device=c.device), diagonal=1)
+        upper = upper_all[:l3, :l3]
         if count_evaluated:
             ok = torch.isfinite(to_l3)
             hit = ok[:, :, None] & ok[:, None, :]
@@ -68,22 +69,31 @@ def theorem_2_1_violations(cos: Tensor | np.ndarray, tol: float = THEORY_TOLERAN
     return out[0] if single else out
 
 
-def trajectory_straightness(traj: Tensor) -> Tensor:
+def _as_float64(traj) -> np.ndarray:
+    """(S, n, d) torch tensor or numpy array -> float64 numpy (these small per-batch statistics run in
+    numpy: no thread-pool round trips for tensors of a few thousand numbers)."""
+    if isinstance(traj, Tensor):
+        traj = traj.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(traj, dtype=np.float64)
+
+
+def trajectory_straightness(traj: Tensor | np.ndarray) -> np.ndarray:
     """End-to-end distance over path length for each sample's trajectory.
 
     Args:
         traj: (S, n, d) features of n samples at the S traced layers (in layer order).
 
     Returns:
-        (n,) float64 in [0, 1]; NaN where the path has zero length (the feature never moves).
+        (n,) float64 numpy in [0, 1]; NaN where the path has zero length (the feature never moves).
     """
-    x = traj.to(torch.float64)
-    steps = (x[1:] - x[:-1]).norm(dim=-1).sum(dim=0)  # (n,)
-    chord = (x[-1] - x[0]).norm(dim=-1)
-    return torch.where(steps > 0, chord / steps.clamp_min(torch.finfo(torch.float64).tiny), torch.nan)
+    x = _as_float64(traj)
+    steps = np.linalg.norm(np.diff(x, axis=0), axis=-1).sum(axis=0)  # (n,)
+    chord = np.linalg.norm(x[-1] - x[0], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(steps > 0, chord / np.where(steps > 0, steps, 1.0), np.nan)
 
 
-def geodesic_residual(traj: Tensor, layers: list[int]) -> Tensor:
+def geodesic_residual(traj: Tensor | np.ndarray, layers: list[int]) -> np.ndarray:
     """Mean relative distance of each h_l from the geodesic-assumption point on the chord.
 
     Args:
@@ -91,35 +101,38 @@ def geodesic_residual(traj: Tensor, layers: list[int]) -> Tensor:
         layers: the traced layer indices; t_l = (l - layers[0]) / (layers[-1] - layers[0]).
 
     Returns:
-        (n,) float64: mean over the inner traced layers of ||h_l - ((1-t_l) h_first + t_l h_last)||
-        divided by ||h_last - h_first||; 0 for a uniformly traversed straight line; NaN where the
-        chord has zero length or there is no inner layer.
+        (n,) float64 numpy: mean over the inner traced layers of
+        ||h_l - ((1-t_l) h_first + t_l h_last)|| divided by ||h_last - h_first||; 0 for a uniformly
+        traversed straight line; NaN where the chord has zero length or there is no inner layer.
     """
-    x = traj.to(torch.float64)
+    x = _as_float64(traj)
     if x.shape[0] < 3:
-        return torch.full((x.shape[1],), torch.nan, dtype=torch.float64, device=x.device)
-    lay = torch.as_tensor(layers, dtype=torch.float64, device=x.device)
+        return np.full(x.shape[1], np.nan)
+    lay = np.asarray(layers, dtype=np.float64)
     t = (lay - lay[0]) / (lay[-1] - lay[0])
     first, last = x[0], x[-1]
     expected = (1 - t)[1:-1, None, None] * first[None] + t[1:-1, None, None] * last[None]
-    dist = (x[1:-1] - expected).norm(dim=-1).mean(dim=0)  # (n,)
-    chord = (last - first).norm(dim=-1)
-    return torch.where(chord > 0, dist / chord.clamp_min(torch.finfo(torch.float64).tiny), torch.nan)
+    dist = np.linalg.norm(x[1:-1] - expected, axis=-1).mean(axis=0)  # (n,)
+    chord = np.linalg.norm(last - first, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(chord > 0, dist / np.where(chord > 0, chord, 1.0), np.nan)
 
 
-def norm_ratios(traj: Tensor) -> Tensor:
+def norm_ratios(traj: Tensor | np.ndarray) -> np.ndarray:
     """||h_i|| / ||h_{i+1} - h_i|| between consecutive traced layers.
 
     Args:
         traj: (S, n, d) raw (uncentred) features at the traced layers.
 
     Returns:
-        (n, S-1) float64; ``inf`` where the update is exactly zero (counted separately by callers).
+        (n, S-1) float64 numpy; ``inf`` where the update is exactly zero (counted separately by
+        callers), NaN for 0 / 0.
     """
-    x = traj.to(torch.float64)
-    norm = x[:-1].norm(dim=-1)
-    update = (x[1:] - x[:-1]).norm(dim=-1)
-    return (norm / update).T  # division by 0 gives inf (or nan for 0/0)
+    x = _as_float64(traj)
+    norm = np.linalg.norm(x[:-1], axis=-1)
+    update = np.linalg.norm(np.diff(x, axis=0), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (norm / update).T
 
 
 def theorem_2_2_cooccurrence(cos_to_last: np.ndarray, true_class_prob: np.ndarray,
