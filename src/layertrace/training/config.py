@@ -37,6 +37,8 @@ class DataSection:
         "dataset: fashion-mnist, mnist-5k, rotten-tomatoes, bbc-news, cifar10, hf:glue/sst2, a text corpus "
         "(wikitext / a local .txt) for causal LMs, ..."))
     root: Optional[str] = field(default=None, metadata=_h("local folder / file with the data (default: embedded copy)"))
+    loader_kwargs: dict = field(default_factory=dict, metadata=_h(
+        "extra options of the dataset loader, e.g. {config: sst2} for hf:glue, {config: wikitext-103-raw-v1}"))
     train_split: str = field(default="train", metadata=_h("split to train on"))
     eval_split: str = field(default="test", metadata=_h("split for the periodic and final layer-wise evaluation"))
     train_limit: Optional[int] = field(default=None, metadata=_h("use only the first N training samples (after the seeded shuffle)"))

@@ -280,7 +280,9 @@ def fit(
     model, optimizer = accelerator.prepare(objective, optimizer)
     log = MetricsLog(run_dir, state.step, is_main, cfg.tensorboard)
     if is_main:
-        print(f"[train] mode={mode} layers={layers} weights={[round(w, 4) for w in weights]} steps={total} "
+        shown = (f"layers={layers} weights={[round(w, 4) for w in weights]}" if mode != "standard"
+                 else f"layer={adapter.n_layers}")
+        print(f"[train] mode={mode} {shown} steps={total} "
               f"batch={cfg.batch_size} (x{world} proc, accum {cfg.grad_accum}) device={accelerator.device} "
               f"precision={accelerator.mixed_precision}"
               + (f" resumed at step {state.step}" if latest is not None else ""), flush=True)

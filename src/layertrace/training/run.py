@@ -174,7 +174,7 @@ def _lm_tensors(loaded, cfg: TrainConfig, split: str, limit: int | None) -> dict
             f"causal LM {cfg.model.spec!r} has no tokenizer; train a saved model folder that has tokenizer files"
         )
     source = cfg.data.root or cfg.data.name
-    docs = load_text_corpus(source, split, seed=cfg.train.seed)
+    docs = load_text_corpus(source, split, seed=cfg.train.seed, **cfg.data.loader_kwargs)
     sep = tok.eos_token or "\n\n"
     ids = tok(sep.join(docs))["input_ids"]
     blocks = torch.from_numpy(chunk_tokens(ids, cfg.data.max_length))
@@ -222,6 +222,27 @@ def _load_tokenizer(where: str):
                               f"give a folder with tokenizer files") from None
 
 
+def _lm_tokenizer(cfg: TrainConfig, out: Path):
+    """``model.tokenizer``: a folder / hub name, or ``bpe:N`` = a byte-level BPE of N tokens trained on
+    the training split of the corpus (once; kept in ``RUN_DIR/tokenizer`` so a resume reuses it)."""
+    spec = str(cfg.model.tokenizer)
+    if not spec.startswith("bpe:"):
+        return _load_tokenizer(spec)
+    folder = out / "tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        from ..data import load_text_corpus
+        from ..lm.tokenizer import train_bpe_tokenizer
+
+        try:
+            vocab = int(spec[4:])
+        except ValueError:
+            raise LayertraceError(f"model.tokenizer {spec!r}: give the vocabulary size, e.g. bpe:2048") from None
+        docs = load_text_corpus(cfg.data.root or cfg.data.name, cfg.data.train_split, shuffle=False,
+                                **cfg.data.loader_kwargs)
+        train_bpe_tokenizer(docs, vocab_size=vocab, out_dir=folder)
+    return _load_tokenizer(str(folder))
+
+
 def _task_of(adapter, ds) -> str:
     if adapter.kind == "causal_lm":
         return "causal-lm"
@@ -257,14 +278,14 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
     # model (seeded: the same config gives the same initial weights) and data of its task
     train_ds = eval_ds = None
     if _model_kind(cfg.model.spec) == "causal_lm":
-        tokenizer = _load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else None
+        tokenizer = _lm_tokenizer(cfg, out) if cfg.model.tokenizer else None
         vocab = cfg.model.num_classes or (len(tokenizer) if tokenizer is not None else None)
         loaded = load_model(cfg.model.spec, num_classes=vocab, final_norm=cfg.model.final_norm, seed=cfg.train.seed)
         if tokenizer is not None:
             loaded.tokenizer = tokenizer
     else:
         train_ds = load_dataset(cfg.data.name, cfg.data.train_split, root=cfg.data.root, seed=cfg.train.seed,
-                                limit=cfg.data.train_limit)
+                                limit=cfg.data.train_limit, **cfg.data.loader_kwargs)
         loaded = load_model(cfg.model.spec, num_classes=cfg.model.num_classes or train_ds.num_classes,
                             final_norm=cfg.model.final_norm, seed=cfg.train.seed)
     adapter = loaded.adapter
@@ -281,7 +302,7 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
                 f"{adapter.num_outputs}; set model.num_classes {train_ds.num_classes} (a fresh head) or pick matching data"
             )
         eval_ds = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, seed=cfg.train.seed,
-                               limit=cfg.data.eval_limit)
+                               limit=cfg.data.eval_limit, **cfg.data.loader_kwargs)
         train_data = _classification_tensors(train_ds, loaded, cfg)
         eval_data = _classification_tensors(eval_ds, loaded, cfg)
         if cfg.data.augment and "pixel_values" in train_data:

@@ -1,0 +1,215 @@
+"""Training-cost benchmarks of aligned training against standard training.
+
+    .venv/bin/python benchmarks/bench_training.py steps   [--trials 15] [--threads 2]
+    .venv/bin/python benchmarks/bench_training.py memory  [--batch 4] [--seq 256] [--vocab 30000] [--naive]
+
+``steps``: wall time of one full optimizer step (forward, backward, AdamW) of the training objective
+in ``standard`` and ``aligned`` mode, on the demo ViT (vit-demo, batch 64 Fashion-MNIST images) and on
+the bundled MiniLM (minilm-cls, batch 32 Rotten Tomatoes sentences, max 48 tokens). Trials are
+interleaved (standard, aligned, aligned, standard, ...) so that load drift on a shared machine hits
+both modes alike; we report the medians and the median of the per-trial ratios.
+
+``memory``: peak memory of one training step (forward + backward) of a GPT-2-shaped causal LM
+(12 layers, d=768, 12 heads) with a 30k vocabulary, standard vs aligned (head applied layer by
+layer under activation checkpointing), and optionally the naive aligned loss that stacks all
+(L, B, T, V) logits. Each mode runs in a fresh subprocess: peak resident memory (VmHWM) of the step,
+and its increase over the resident memory just before the step (after a warm-up step, so the
+parameters and AdamW state are already there). ``MALLOC_MMAP_THRESHOLD_`` is fixed so that freed
+large tensors return to the system and resident memory follows live tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# --------------------------------------------------------------------------- step time
+def _vit_setup():
+    import torch
+
+    from layertrace.data import load_dataset, make_batches
+    from layertrace.models import load_model
+
+    loaded = load_model("vit-demo", seed=0)
+    ds = load_dataset("fashion-mnist", "train", limit=64, seed=0)
+    pp = loaded.preprocess
+    batch = next(iter(make_batches(ds, 64, image_mean=pp["image_mean"], image_std=pp["image_std"])))
+    return loaded.adapter, batch
+
+
+def _minilm_setup():
+    from layertrace.data import load_dataset, make_batches
+    from layertrace.models import load_model
+
+    loaded = load_model("minilm-cls", seed=0)
+    ds = load_dataset("rotten-tomatoes", "train", limit=32, seed=0)
+    batch = next(iter(make_batches(ds, 32, tokenizer=loaded.tokenizer, max_length=48)))
+    return loaded.adapter, batch
+
+
+def bench_steps(trials: int, steps_per_trial: int, threads: int) -> dict:
+    import torch
+
+    from layertrace.training.losses import weights_for_layers
+    from layertrace.training.objective import TrainingObjective
+
+    torch.set_num_threads(threads)
+    results = {}
+    for name, setup in (("vit-demo (batch 64)", _vit_setup), ("minilm-cls (batch 32 x <=48 tokens)", _minilm_setup)):
+        adapter, batch = setup()
+        adapter.train()
+        layers = list(range(1, adapter.n_layers + 1))
+        objectives = {mode: TrainingObjective(adapter, mode, layers, weights_for_layers("linear", adapter.n_layers, layers))
+                      for mode in ("standard", "aligned")}
+        optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-5)
+
+        def one_trial(mode: str) -> float:
+            start = time.perf_counter()
+            for _ in range(steps_per_trial):
+                objectives[mode](batch, step=2).total.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            return (time.perf_counter() - start) / steps_per_trial
+
+        for mode in objectives:  # warm-up
+            one_trial(mode)
+        times = {"standard": [], "aligned": []}
+        ratios = []
+        for t in range(trials):
+            order = ("standard", "aligned") if t % 2 == 0 else ("aligned", "standard")
+            got = {mode: one_trial(mode) for mode in order}
+            for mode in got:
+                times[mode].append(got[mode])
+            ratios.append(got["aligned"] / got["standard"])
+        med = {mode: statistics.median(v) for mode, v in times.items()}
+        results[name] = {
+            "standard_s": med["standard"], "aligned_s": med["aligned"],
+            "ratio_of_medians": med["aligned"] / med["standard"], "median_trial_ratio": statistics.median(ratios),
+            "trials": trials, "steps_per_trial": steps_per_trial,
+        }
+        print(f"{name}: standard {med['standard'] * 1e3:.1f} ms, aligned {med['aligned'] * 1e3:.1f} ms, "
+              f"ratio of medians {med['aligned'] / med['standard']:.3f}, median per-trial ratio "
+              f"{statistics.median(ratios):.3f}", flush=True)
+    return results
+
+
+# --------------------------------------------------------------------------- LM memory
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def memory_child(mode: str, batch: int, seq: int, vocab: int, threads: int) -> dict:
+    """One training step of the GPT-2-shaped model in ``mode``; runs in its own process."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from layertrace.models import adapt
+    from layertrace.training.losses import aligned_loss, causal_lm_labels, weights_for_layers
+    from layertrace.training.objective import TrainingObjective, run_layers
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=max(seq, 256), vocab_size=vocab))
+    model.train()
+    adapter = adapt(model)
+    layers = list(range(1, 13))
+    weights = weights_for_layers("linear", 12, layers)
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    if mode == "aligned-naive":
+        def loss_fn():
+            labels = causal_lm_labels(data)
+            feats, _ = run_layers(adapter, data, layers)
+            logits = torch.stack([adapter.readout(h) for h in feats])  # (L, B, T, V) at once
+            return aligned_loss(logits, labels, weights).total
+    else:
+        objective = TrainingObjective(adapter, mode, layers, weights, lm_checkpoint=True)
+
+        def loss_fn():
+            return objective(data, step=2).total
+
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: AdamW state exists from here on
+    before = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to the current RSS
+        fh.write("5")
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    peak = _rss_kib("VmHWM")
+    params = sum(p.numel() for p in model.parameters())
+    return {"mode": mode, "peak_mib": peak / 1024, "before_step_mib": before / 1024,
+            "step_increase_mib": (peak - before) / 1024, "step_s": seconds, "params": params,
+            "logits_one_layer_mib": batch * seq * vocab * 4 / 2**20}
+
+
+def bench_memory(batch: int, seq: int, vocab: int, naive: bool, threads: int) -> dict:
+    modes = ["standard", "aligned"] + (["aligned-naive"] if naive else [])
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": str(threads)}
+    out = {}
+    for mode in modes:
+        proc = subprocess.run([sys.executable, __file__, "memory-child", mode, str(batch), str(seq), str(vocab),
+                               str(threads)], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-2000:])
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = out[mode]
+        print(f"{mode:14s} peak {r['peak_mib']:8.0f} MiB  before step {r['before_step_mib']:8.0f} MiB  "
+              f"step increase {r['step_increase_mib']:8.0f} MiB  step {r['step_s']:.1f} s", flush=True)
+    std = out["standard"]
+    for mode in modes[1:]:
+        r = out[mode]
+        print(f"{mode} / standard: peak {r['peak_mib'] / std['peak_mib']:.3f}x, "
+              f"step increase {r['step_increase_mib'] / std['step_increase_mib']:.3f}x", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p_steps = sub.add_parser("steps")
+    p_steps.add_argument("--trials", type=int, default=15)
+    p_steps.add_argument("--steps-per-trial", type=int, default=3)
+    p_steps.add_argument("--threads", type=int, default=2)
+    p_mem = sub.add_parser("memory")
+    p_mem.add_argument("--batch", type=int, default=4)
+    p_mem.add_argument("--seq", type=int, default=256)
+    p_mem.add_argument("--vocab", type=int, default=30000)
+    p_mem.add_argument("--threads", type=int, default=2)
+    p_mem.add_argument("--naive", action="store_true", help="also the naive stacked aligned loss")
+    p_child = sub.add_parser("memory-child")
+    p_child.add_argument("mode")
+    p_child.add_argument("batch", type=int)
+    p_child.add_argument("seq", type=int)
+    p_child.add_argument("vocab", type=int)
+    p_child.add_argument("threads", type=int)
+    args = parser.parse_args()
+    if args.what == "steps":
+        print(json.dumps(bench_steps(args.trials, args.steps_per_trial, args.threads), indent=2))
+    elif args.what == "memory":
+        print(json.dumps(bench_memory(args.batch, args.seq, args.vocab, args.naive, args.threads), indent=2))
+    else:
+        print(json.dumps(memory_child(args.mode, args.batch, args.seq, args.vocab, args.threads)))
+
+
+if __name__ == "__main__":
+    main()
