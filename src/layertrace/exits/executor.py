@@ -101,19 +101,21 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
     if not policy.causal:
         raise LayertraceError(f"policy {policy.name!r} is not causal (it needs later layers or labels); "
                               f"simulate it with layertrace.exits.sweep instead")
-    read = resolve_readout(adapter, readout)
     n_layers = adapter.n_layers
-    candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
-    is_candidate = [False] * (n_layers + 1)
-    for l in candidates:
-        is_candidate[l] = True
+    if readout is None and layers is None:  # the shared head reads every layer
+        read, candidates, skip = (lambda layer, h: adapter.readout(h)), None, None
+    else:
+        read = resolve_readout(adapter, readout)
+        candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
+        skip = [l not in candidates for l in range(n_layers + 1)]
+        skip[n_layers] = False
     state = adapter.embed(batch)
     n_samples = state.batch_size
     device = state.hidden.device
 
     if isinstance(policy, FixedLayerPolicy):  # elastic depth: nothing to decide, no readout before k
         requested = int(policy.check_thresholds([threshold], n_layers)[0])
-        k = next(l for l in candidates if l >= requested)  # the first exit layer at or after k
+        k = requested if candidates is None else next(l for l in candidates if l >= requested)
         for layer in range(1, k + 1):
             state = adapter.block(layer, state)
         logits = read(k, adapter.features(state))
@@ -122,35 +124,41 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
     threshold_t = torch.tensor(float(threshold), dtype=torch.float32, device=device)  # 0-d: decide gives (b,)
     carry = policy.start(n_samples, device)
     active: Tensor | None = None   # positions of running samples in the batch; None = all of them
-    out_logits: Tensor | None = None
-    exit_layers = torch.full((n_samples,), n_layers, dtype=torch.long, device=device)
+    pieces: list[tuple[Tensor | None, Tensor, int]] = []  # (positions or None = all, their logits, exit layer)
     for layer in range(1, n_layers + 1):
         state = adapter.block(layer, state)
-        if not is_candidate[layer] and layer != n_layers:
+        if skip is not None and skip[layer]:
             continue
         logits = read(layer, adapter.features(state))
-        if out_logits is None:
-            out_logits = logits.new_empty((n_samples, logits.shape[-1]))
         if layer == n_layers:  # everyone still running exits at the last layer
-            out_logits[slice(None) if active is None else active] = logits
+            pieces.append((active, logits, layer))
             break
         exit_now, carry = policy.decide(layer, logits, threshold_t, carry)
         if not bool(exit_now.any()):  # the common case: one cheap check, nothing else to do
             continue
-        if bool(exit_now.all()):  # all remaining samples stop here
-            where = slice(None) if active is None else active
-            out_logits[where] = logits
-            exit_layers[where] = layer
+        leaving = exit_now.nonzero().squeeze(1)
+        if leaving.shape[0] == exit_now.shape[0]:  # all remaining samples stop here
+            pieces.append((active, logits, layer))
             break
         keep = (~exit_now).nonzero().squeeze(1)
-        leaving = exit_now.nonzero().squeeze(1)
-        positions = leaving if active is None else active[leaving]
-        out_logits[positions] = logits[leaving]
-        exit_layers[positions] = layer
+        pieces.append((leaving if active is None else active[leaving], logits[leaving], layer))
         active = keep if active is None else active[keep]
         state = state.select(keep)
         carry = {name: value[keep] for name, value in carry.items()}
-    assert out_logits is not None
+    return _assemble(pieces, n_samples, device)
+
+
+def _assemble(pieces: list[tuple[Tensor | None, Tensor, int]], n_samples: int, device: torch.device) -> ExitResult:
+    """Scatter the logits of each exit group back to batch order (at most L groups)."""
+    if len(pieces) == 1 and pieces[0][0] is None:  # the whole batch left together
+        _, logits, layer = pieces[0]
+        return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), layer, dtype=torch.long, device=device))
+    first = pieces[0][1]
+    out_logits = first.new_empty((n_samples, first.shape[-1]))
+    exit_layers = torch.empty(n_samples, dtype=torch.long, device=device)
+    for positions, logits, layer in pieces:
+        out_logits[positions] = logits
+        exit_layers[positions] = layer
     return ExitResult(out_logits, out_logits.argmax(-1), exit_layers)
 
 

@@ -1,0 +1,205 @@
+"""Benchmark of the runtime early-exit executor: measured wall-clock speed-up vs layer-count speed-up.
+
+The question (issue 7): does dropping finished samples at every layer turn the paper's layer-count
+speed-up ``L N / sum(exit layers)`` into wall-clock time, or does executor overhead (a readout and a
+policy check at every layer, slicing the batch) eat it? Criterion: measured >= 0.85x the layer
+speed-up at batch 64 and >= 0.8x at batch 1.
+
+Per model (``vit-demo`` on Fashion-MNIST, ``minilm-cls`` on Rotten Tomatoes):
+
+1. a few aligned-training steps (shared head, linear layer weights) so confidences grow with depth
+   and a confidence threshold spreads exits over the layers (random init puts every exit at layer 1
+   or L); what is measured is executor overhead, not accuracy;
+2. thresholds chosen on the timed test samples to give a range of layer speed-ups;
+3. ``measure_speedups``: the full model (the faster of the model's own forward and the adapter's
+   block-by-block forward) and the executor at every threshold run on the same batch back to back,
+   interleaved batch by batch, ``--repeats`` times; speed-up = median(full) / median(executor);
+4. the layer-count speed-up of exactly the samples timed, from the executor's own exit layers.
+
+    .venv/bin/python benchmarks/bench_exits.py                       # both models, writes the results file
+    .venv/bin/python benchmarks/bench_exits.py --models vit-demo --repeats 5 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+TRACKS = {
+    "vit-demo": {"data": "fashion-mnist", "lr": 1e-3, "train_batch": 64},
+    "minilm-cls": {"data": "rotten-tomatoes", "lr": 5e-5, "train_batch": 32},
+}
+TARGETS = (1.25, 1.5, 2.0, 2.5)
+
+
+def load_track(name: str, n_timed: int, n_single: int, max_length: int):
+    from layertrace.data import load_dataset, make_batches
+    from layertrace.models import load_model
+
+    spec = TRACKS[name]
+    test = load_dataset(spec["data"], "test", seed=0)
+    loaded = load_model(name, num_classes=test.num_classes, seed=0)
+    pre = loaded.preprocess or {}
+    if hasattr(test, "texts"):
+        kwargs = {"tokenizer": loaded.tokenizer, "max_length": max_length}
+    else:
+        kwargs = {"image_mean": pre.get("image_mean"), "image_std": pre.get("image_std")}
+    train = load_dataset(spec["data"], "train", seed=0, limit=4000)
+    train_batches = make_batches(train, spec["train_batch"], shuffle=True, seed=0, **kwargs)
+    timed = test.subset(np.arange(n_timed))
+    batches64 = list(make_batches(timed, 64, **kwargs))
+    batches1 = list(make_batches(test.subset(np.arange(n_single)), 1, **kwargs))
+    return loaded, train_batches, batches64, batches1
+
+
+def quick_aligned_training(adapter, batches, steps: int, lr: float) -> float:
+    """A few steps of the aligned loss (PAPER.md section 5) through the shared head; returns seconds."""
+    from layertrace.training import aligned_loss, layer_weights
+
+    weights = layer_weights("linear", adapter.n_layers)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=lr)
+    adapter.train()
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        for batch in batches:
+            trace = adapter.trace(batch, layers="1:")
+            loss = aligned_loss(trace.logits, batch["labels"], weights).total
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            if done >= steps:
+                break
+    adapter.eval()
+    return time.perf_counter() - start
+
+
+def pick_thresholds(logits: torch.Tensor, targets=TARGETS) -> list[float]:
+    """Confidence thresholds whose simulated layer speed-up on these samples is nearest each target."""
+    from layertrace.exits import simulate_exits, speedup
+
+    n_layers = logits.shape[0]
+    conf = logits.softmax(-1).amax(-1)[:-1].flatten()
+    candidates = sorted({round(float(q), 4) for q in torch.quantile(conf, torch.linspace(0.02, 0.98, 97))})
+    exits, _ = simulate_exits(logits, "confidence", candidates)
+    speeds = [speedup(e, n_layers) for e in exits]
+    chosen = []
+    for t in targets:
+        i = min(range(len(candidates)), key=lambda j: abs(speeds[j] - t))
+        if candidates[i] not in chosen:
+            chosen.append(candidates[i])
+    return sorted(chosen, reverse=True)
+
+
+def run_track(name: str, args) -> list[dict]:
+    from layertrace.exits import exit_histogram, layer_logits, speedup
+    from layertrace.exits.timing import measure_speedups
+
+    loaded, train_batches, batches64, batches1 = load_track(name, args.n_timed, args.n_single, args.max_length)
+    adapter = loaded.adapter
+    train_s = quick_aligned_training(adapter, train_batches, args.train_steps, TRACKS[name]["lr"])
+    logits, labels = layer_logits(adapter, batches64)
+    thresholds = pick_thresholds(logits)
+    print(f"{name}: {adapter.n_layers} layers, {args.train_steps} aligned steps in {train_s:.0f} s, "
+          f"layer accuracy {[round(float(a), 3) for a in (logits.argmax(-1) == labels).double().mean(1)]}, "
+          f"thresholds {thresholds}", flush=True)
+    rows = []
+    m64 = measure_speedups(adapter, batches64, "confidence", thresholds, repeats=args.repeats, return_results=True)
+    m1 = measure_speedups(adapter, batches1, "confidence", thresholds, repeats=args.repeats, return_results=True)
+    for i, thr in enumerate(thresholds):
+        e64 = m64.results[i].exit_layers
+        e1 = m1.results[i].exit_layers
+        row = {
+            "model": name, "threshold": thr, "n_layers": adapter.n_layers,
+            "exit_hist_64": exit_histogram(e64, adapter.n_layers).tolist(),
+            "layer_speedup_64": speedup(e64, adapter.n_layers), "measured_64": m64.speedups[i],
+            "layer_speedup_1": speedup(e1, adapter.n_layers), "measured_1": m1.speedups[i],
+            "baseline_64": m64.baseline, "baseline_1": m1.baseline,
+            "full_ms_64": {k: 1e3 * statistics.median(v) / len(batches64) for k, v in m64.full_seconds.items()},
+            "full_ms_1": {k: 1e3 * statistics.median(v) / len(batches1) for k, v in m1.full_seconds.items()},
+        }
+        row["ratio_64"] = row["measured_64"] / row["layer_speedup_64"]
+        row["ratio_1"] = row["measured_1"] / row["layer_speedup_1"]
+        rows.append(row)
+        print(f"  t={thr:<7} hist(b64)={row['exit_hist_64']}  b64: layers {row['layer_speedup_64']:.2f}x "
+              f"measured {row['measured_64']:.2f}x ratio {row['ratio_64']:.2f}  |  b1: layers "
+              f"{row['layer_speedup_1']:.2f}x measured {row['measured_1']:.2f}x ratio {row['ratio_1']:.2f}", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], args, command: str, wall_s: float) -> str:
+    date = datetime.date.today().isoformat()
+    lines = [
+        "# Early exit: measured wall-clock speed-up of the runtime executor",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"{args.threads} torch thread(s), shared with other jobs (interleaved medians).  ",
+        f"Date: {date}. Total benchmark time {wall_s:.0f} s.",
+        "",
+        "Policy: confidence (the paper's rule). Per model, a few aligned-training steps make confidence grow",
+        "with depth; thresholds are chosen on the timed samples for a range of layer speed-ups. Full model =",
+        "the faster of the model's own forward and the adapter's block-by-block forward (`baseline` column).",
+        f"Batch 64: the first {args.n_timed} test samples in batches of 64; batch 1: the first {args.n_single} "
+        f"samples one at a time; {args.repeats} interleaved repeats, medians. Layer speed-up = L N / sum(exit",
+        "layers) of exactly the samples timed (the executor's own exits). Criterion: ratio >= 0.85 (b64), >= 0.8 (b1).",
+        "",
+        "| model | threshold | exit histogram (b64 samples, layers 1..L) | layers b64 | measured b64 | ratio b64 "
+        "| layers b1 | measured b1 | ratio b1 | baseline b64 / b1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ok64 = "" if r["ratio_64"] >= 0.85 else " (below)"
+        ok1 = "" if r["ratio_1"] >= 0.8 else " (below)"
+        lines.append(
+            f"| {r['model']} | {r['threshold']} | {r['exit_hist_64']} | {r['layer_speedup_64']:.2f}x | "
+            f"{r['measured_64']:.2f}x | **{r['ratio_64']:.2f}**{ok64} | {r['layer_speedup_1']:.2f}x | "
+            f"{r['measured_1']:.2f}x | **{r['ratio_1']:.2f}**{ok1} | {r['baseline_64']} / {r['baseline_1']} |")
+    lines += ["", "Full-model time per batch (median, ms): " + "; ".join(
+        f"{r['model']} b64 {', '.join(f'{k} {v:.1f}' for k, v in r['full_ms_64'].items())}, b1 "
+        f"{', '.join(f'{k} {v:.2f}' for k, v in r['full_ms_1'].items())}"
+        for r in {r['model']: r for r in rows}.values()), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vit-demo,minilm-cls")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable on a shared box)")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--n-timed", type=int, default=512)
+    parser.add_argument("--n-single", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--out", default="benchmarks/results/exits.md")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    rows = []
+    for name in args.models.split(","):
+        rows += run_track(name.strip(), args)
+    command = "python benchmarks/bench_exits.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = markdown(rows, args, command.strip(), time.perf_counter() - start)
+    print(text)
+    if not args.no_write:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
