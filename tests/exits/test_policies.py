@@ -90,3 +90,28 @@ def test_bad_policy_and_thresholds():
         sweep(logits, "fixed", [7])
     with pytest.raises(LayertraceError, match="labels"):
         sweep(logits, "oracle", [])
+
+
+def test_sweep_from_the_analysis_pass_equals_own_cache(tmp_path):
+    """The analysis pass's saved per-layer logits give the same sweep as the exits' own cache."""
+    from layertrace import analyze
+    from layertrace.exits import layer_logits
+    from layertrace.exits.run import sweep_analysis
+    from layertrace.models import ToyConfig, ToyTransformerClassifier, adapt
+
+    from .helpers import scores, thresholds_in_gaps
+
+    torch.manual_seed(0)
+    adapter = adapt(ToyTransformerClassifier(ToyConfig(n_layers=5)).eval())
+    ids = torch.randint(2, 64, (40, 12))
+    ids[:, 0] = 1
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 3, (40,))}
+    analyze(adapter, [batch], save_logits="true", similarity=False, theory=False, progress=False).save(tmp_path)
+    logits, labels = layer_logits(adapter, [batch])
+    thresholds = thresholds_in_gaps(scores(logits[:-1], "confidence"), n=5)
+    from_analysis = sweep_analysis(tmp_path, "confidence", thresholds)
+    own = sweep(logits, "confidence", thresholds, labels)
+    assert from_analysis.layers == [1, 2, 3, 4, 5]
+    assert (from_analysis.exit_layers == own.exit_layers).all()
+    assert [p.accuracy for p in from_analysis.points] == [p.accuracy for p in own.points]
+    assert len({tuple(p.exit_hist) for p in own.points}) > 2

@@ -30,6 +30,8 @@ _LAZY = {
     "exit_from_config": "layertrace.exits.run",
     "evaluate_exits": "layertrace.exits.run",
     "compare_runs": "layertrace.exits.run",
+    "comparison_markdown": "layertrace.exits.run",
+    "sweep_analysis": "layertrace.exits.run",
 }
 
 __all__ = [

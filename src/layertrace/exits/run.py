@@ -412,3 +412,32 @@ def comparison_markdown(table: Mapping[str, Any]) -> str:
             f"| {fmt(r['measured_speedup_batch64'], '.2f')}x | {fmt((r['flops_per_sample'] or 0) / 1e9, '.4f')} "
             f"| {fmt(r['flops_speedup'], '.2f')}x | {r['params'] / 1e6:.2f}M |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- from an analysis pass
+def sweep_analysis(path: str | Path, policy: str = "confidence", thresholds: Sequence[float] | None = None,
+                   costs: Any = None) -> ExitSweep:
+    """Simulate a sweep from the per-sample arrays of ``layertrace analyze`` (no model needed).
+
+    Args:
+        path: an analysis output folder or its ``analysis_samples.npz``; it must hold ``logits``
+            (classifiers; ``analyze --save_logits true`` keeps them whatever their size) and ``labels``.
+        policy, thresholds: as in :func:`~layertrace.exits.simulate.sweep` (default: the policy's sweep).
+        costs: optional :class:`~layertrace.exits.simulate.LayerCosts` for expected FLOPs.
+    Returns:
+        :class:`ExitSweep` over the traced layers >= 1 (layer L is always traced).
+    """
+    p = Path(path)
+    npz = p / "analysis_samples.npz" if p.is_dir() else p
+    if not npz.is_file():
+        raise LayertraceError(f"{npz}: no analysis_samples.npz; run `layertrace analyze ... --out DIR` first")
+    with np.load(npz) as data:
+        if "logits" not in data or "labels" not in data:
+            raise LayertraceError(f"{npz} has no per-layer logits; re-run `layertrace analyze` with --save_logits true")
+        traced = [int(l) for l in data["layers"]]
+        keep = [i for i, l in enumerate(traced) if l >= 1]
+        logits = torch.from_numpy(np.ascontiguousarray(data["logits"][:, keep].transpose(1, 0, 2)))
+        labels = torch.from_numpy(data["labels"].astype(np.int64))
+    layers = [traced[i] for i in keep]
+    values = list(thresholds) if thresholds else default_thresholds(policy, layers[-1])
+    return sweep(logits, policy, values, labels, costs, layers)
