@@ -112,7 +112,14 @@ def write_run(root: Path, name: str, n_layers: int, accuracy: list[float], cos: 
     (d / "config.yaml").write_text(yaml.safe_dump({"mode": mode, "model": name.split("-")[1], "lr": 1e-3}))
     (d / "analysis.json").write_text(json.dumps(analysis_dict(n_layers, accuracy, cos, cka, seed=seed)))
     if with_exit:
-        (d / "exit.json").write_text(json.dumps(exit_dict(n_layers, accuracy)))
+        ex = exit_dict(n_layers, accuracy)
+        if mode == "multi-head":  # read through its own per-layer heads: a little better at shallow layers
+            ex["readout"] = "per-layer heads"
+            ex["exit_layers"] = list(range(1, n_layers + 1))
+            ex["layer_accuracy"] = [min(1.0, a + 0.02) for a in accuracy[1:]]
+        else:
+            ex["readout"] = "shared"
+        (d / "exit.json").write_text(json.dumps(ex))
     with open(d / "metrics.jsonl", "w") as fh:
         for row in metrics_rows(60, 0.3 + 0.1 * seed):
             fh.write(json.dumps(row) + "\n")

@@ -109,9 +109,10 @@ COMPARISON_COLUMNS: list[tuple[str, Callable[[ComparisonRow], str]]] = [
     ("speed-up (layers)", lambda r: _speed(r.speedup)),
     ("speed-up measured, batch 64", lambda r: _speed(r.measured_speedup)),
     ("speed-up measured, batch 1", lambda r: _speed(r.measured_speedup_batch1)),
-    ("ms/sample, batch 1", lambda r: fmt(r.ms_batch1, 3)),
-    ("ms/sample, batch 64", lambda r: fmt(r.ms_batch64, 3)),
+    ("measured ms/sample, batch 1", lambda r: fmt(r.ms_batch1, 3)),
+    ("measured ms/sample, batch 64", lambda r: fmt(r.ms_batch64, 3)),
     ("FLOPs/sample", lambda r: _flops(r.flops)),
+    ("speed-up in FLOPs", lambda r: _speed(r.flops_speedup)),
 ]
 
 

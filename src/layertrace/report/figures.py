@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .runs import RunResults
-from .series import effective_depth, layer_series, matrix, norm_ratio_series, number, row_to_last
+from .series import (effective_depth, layer_series, matrix, norm_ratio_series, number, own_heads_accuracy,
+                     row_to_last)
 from .style import LAYER_AXIS, LineStyle, run_styles, setup_matplotlib
 
 LAYER_NOTE = "Layer 0 is the embedding output and layer l the output of block l (L = last block)."
@@ -72,7 +73,8 @@ class Figures:
     def _layer_curve_figure(self, title: str, caption: str, ylabel: str,
                             get: Callable[[RunResults], dict[int, float]], *, ylim: tuple | None = None,
                             logy: bool = False, hline: float | None = None,
-                            xlabel: str = LAYER_AXIS) -> list[FigureItem]:
+                            xlabel: str = LAYER_AXIS,
+                            extra: Callable[[RunResults], dict[int, float]] | None = None) -> list[FigureItem]:
         groups = [(g, [r for r in rs if get(r)]) for g, rs in groups_of(self.runs).items()]
         groups = [(g, rs) for g, rs in groups if rs]
         if not groups:
@@ -83,6 +85,12 @@ class Figures:
                 s = get(r)
                 xs = sorted(s)
                 ax.plot(xs, [s[x] for x in xs], label=r.mode or r.name, **self.styles[r.name].kwargs())
+                if extra is not None and extra(r):
+                    e = extra(r)
+                    ex_xs = sorted(e)
+                    kw = self.styles[r.name].kwargs()
+                    kw.update(linestyle=":", markerfacecolor="none")
+                    ax.plot(ex_xs, [e[x] for x in ex_xs], label=f"{r.mode or r.name}, own heads", **kw)
             if hline is not None:
                 ax.axhline(hline, color="#000000", linewidth=0.8, linestyle=":")
             ax.set_title(group)
@@ -103,12 +111,14 @@ class Figures:
     def accuracy_curves(self) -> list[FigureItem]:
         return self._layer_curve_figure(
             "Layer-wise accuracy through the shared head",
-            "Test accuracy of argmax R(h_l), the model's own final head applied to layer l. Look for: aligned "
-            "training lifting the shallow and middle layers well above the standard run while the last layer "
-            "stays close; per-layer heads (multi-head) as the reference. " + LAYER_NOTE,
+            "Test accuracy of argmax R(h_l), the model's own final head applied to layer l. A run trained with "
+            "per-layer heads also shows, dotted with hollow markers, each layer read by its own head (from its "
+            "exit.json): the multi-exit reference. Look for: aligned training lifting the shallow and middle "
+            "layers well above the standard run while the last layer stays close, and how near the single "
+            "shared head comes to the per-layer heads. " + LAYER_NOTE,
             "accuracy (fraction of test samples)",
             lambda r: layer_series(r.analysis, "accuracy") if r.analysis else {},
-            ylim=(0.0, 1.02))
+            ylim=(0.0, 1.02), extra=lambda r: own_heads_accuracy(r.exits))
 
     def cos_to_last_curves(self) -> list[FigureItem]:
         return self._layer_curve_figure(

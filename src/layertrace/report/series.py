@@ -160,3 +160,14 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     if ra.std() == 0 or rb.std() == 0:
         return None
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def own_heads_accuracy(exits: dict) -> dict[int, float]:
+    """``{layer: accuracy}`` of per-layer heads, from an exit.json read through them
+    (``readout == "per-layer heads"``: ``layer_accuracy`` over ``exit_layers``); ``{}`` otherwise."""
+    for ex in exits.values():
+        if str(ex.get("readout", "")).startswith("per-layer"):
+            acc = ex.get("layer_accuracy") or []
+            layers = ex.get("exit_layers") or list(range(1, len(acc) + 1))
+            return {int(l): float(a) for l, a in zip(layers, acc) if number(a) is not None}
+    return {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .runs import RunResults
-from .series import effective_depth, layer_series, number, row_to_last
+from .series import effective_depth, layer_series, number, own_heads_accuracy, row_to_last
 
 DEFAULT_EXIT_TOLERANCE = 0.01  # accuracy loss (fraction) allowed at the comparison's operating point
 
@@ -44,6 +44,8 @@ def run_params(r: RunResults, ex: dict | None = None) -> int | None:
     sources = [ex] if ex is not None else list(r.exits.values())
     for src in sources:
         params = (src or {}).get("params") or {}
+        if number(params.get("this_run")) is not None:
+            return int(params["this_run"])
         key = "per_layer_heads" if r.mode == "multi-head" else "shared_head"
         if number(params.get(key)) is not None:
             return int(params[key])
@@ -81,6 +83,20 @@ class ComparisonRow:
     ms_batch1: float | None
     ms_batch64: float | None
     flops: float | None
+    flops_speedup: float | None = None
+
+
+def _ms_per_sample(ex: dict, which: str, threshold: float | None) -> float | None:
+    """Measured milliseconds per sample at ``threshold`` from exit.json's ``timing[which]``
+    (``which`` = ``batch`` or ``batch1``: the executor's median seconds over ``n_samples``)."""
+    t = ((ex.get("timing") or {}).get(which)) or {}
+    thresholds, seconds, n = t.get("thresholds"), t.get("exit_median_s"), number(t.get("n_samples"))
+    if threshold is None or not isinstance(thresholds, list) or not isinstance(seconds, list) or not n:
+        return None
+    for thr, sec in zip(thresholds, seconds):
+        if number(thr) is not None and abs(float(thr) - threshold) < 1e-12 and number(sec) is not None:
+            return 1000.0 * float(sec) / n
+    return None
 
 
 def comparison_rows(runs: list[RunResults], tolerance: float = DEFAULT_EXIT_TOLERANCE) -> list[ComparisonRow]:
@@ -98,11 +114,10 @@ def comparison_rows(runs: list[RunResults], tolerance: float = DEFAULT_EXIT_TOLE
                 speedup=number(p.get("speedup")),
                 measured_speedup=number(p.get("measured_speedup")),
                 measured_speedup_batch1=number(p.get("measured_speedup_batch1")),
-                ms_batch1=_first_number(p, ("ms_per_sample_batch1", "wall_clock_ms.batch1", "latency_ms_batch1",
-                                            "wall_ms_batch1")),
-                ms_batch64=_first_number(p, ("ms_per_sample_batch64", "wall_clock_ms.batch64", "latency_ms_batch64",
-                                             "wall_ms_batch64")),
+                ms_batch1=_ms_per_sample(ex, "batch1", number(p.get("threshold"))),
+                ms_batch64=_ms_per_sample(ex, "batch", number(p.get("threshold"))),
                 flops=_first_number(p, ("flops_per_sample", "flops")),
+                flops_speedup=number(p.get("flops_speedup")),
             ))
     return rows
 
@@ -119,6 +134,8 @@ def per_layer_table(runs: list[RunResults], key: str) -> tuple[list[int], list[t
         s = row_to_last(r.analysis, "cka_matrix") if key == "cka_to_last" else layer_series(r.analysis, key)
         if s:
             rows.append((r.name, s))
+        if key == "accuracy" and own_heads_accuracy(r.exits):
+            rows.append((f"{r.name} (own per-layer heads)", own_heads_accuracy(r.exits)))
     layers = sorted({layer for _, s in rows for layer in s})
     return layers, rows
 

@@ -1,0 +1,485 @@
+"""``layertrace demo``: the paper's comparisons on the embedded data, end to end, then the report.
+
+Stages (each skipped when its output is already there with the same settings, so an interrupted demo
+resumes and a finished one is reused):
+
+1. vision: the demo ViT on Fashion-MNIST trained standard / aligned / with per-layer heads;
+2. the 9-layer MLP with and without residual connections (where CKA misleads);
+3. text: the bundled MiniLM on Rotten Tomatoes, standard / aligned (per-layer heads in ``paper``);
+4. the analysis pass on each model's test split and the early-exit sweep of each;
+5. optionally (``--with-lm``) the causal-LM track;
+6. ``report.html`` + ``summary.md``.
+
+Output layout (DESIGN.md section 3)::
+
+    OUT/config.yaml                 the resolved demo config
+    OUT/report.html, OUT/summary.md
+    OUT/<data>-<model>-<mode>/      config.yaml, model/, analysis.json, exit.json, metrics.jsonl, ...
+    OUT/demo_timings.json           measured seconds per stage (the next run's time estimates)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..config import _flatten, add_config_args, load_config, overrides_from_args, read_yaml, save_config
+from ..errors import LayertraceError, did_you_mean
+from ..experiments.mlp_residual import MLPExperimentConfig
+
+HELP = ("train, analyze and early-exit the paper's comparisons on the embedded data, then write report.html "
+        "and summary.md. --preset quick (default) runs on a 2-core CPU in about 20 minutes; --preset paper "
+        "holds paper-scale settings meant for a GPU (12-layer DeiT-S-sized ViT, longer schedules, full test "
+        "sets) and takes hours")
+
+MODES = ("standard", "aligned", "aligned-alternating", "multi-head", "cos-reg")
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class TrackSection:
+    """One model / dataset comparison (the demo's ``vision`` and ``text`` sections)."""
+
+    enabled: bool = field(default=True, metadata=_h("run this comparison"))
+    name: str = field(default="", metadata=_h("run folder prefix <data>-<model> (folders: <name>-<mode>)"))
+    recipe: str = field(default="", metadata=_h(
+        "training config (YAML of `layertrace train`) every mode starts from; relative paths are looked up "
+        "in the current folder, then in the layertrace checkout"))
+    modes: list = field(default_factory=list, metadata=_h(
+        "training modes to compare: standard, aligned, aligned-alternating, multi-head, cos-reg"))
+    overrides: dict = field(default_factory=dict, metadata=_h(
+        "dotted `layertrace train` keys applied on top of the recipe for every mode, e.g. {train.steps: 300}"))
+    analyze_limit: Optional[int] = field(default=None, metadata=_h(
+        "analyze at most N test samples (none = the whole test split)"))
+    exit_limit: Optional[int] = field(default=None, metadata=_h(
+        "early-exit sweep on at most N test samples (none = the whole test split)"))
+
+
+def _vision() -> TrackSection:
+    return TrackSection(name="fmnist-vit", recipe="configs/demo/vit-fmnist.yaml",
+                        modes=["standard", "aligned", "multi-head"])
+
+
+def _text() -> TrackSection:
+    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned"])
+
+
+@dataclass
+class AnalysisSection:
+    """Settings of the analysis pass shared by every model."""
+
+    split: str = field(default="test", metadata=_h("split the analysis and early exit run on"))
+    batch_size: int = field(default=128, metadata=_h("samples per forward pass"))
+    cka: str = field(default="auto", metadata=_h("CKA estimator: auto | exact | minibatch"))
+
+
+@dataclass
+class ExitSection:
+    """Settings of the early-exit sweep shared by every model."""
+
+    policy: str = field(default="confidence", metadata=_h(
+        "exit policy: confidence (the paper's max-probability rule), entropy, patience"))
+    measure: bool = field(default=True, metadata=_h("also measure wall-clock speed-ups (batched executor)"))
+    measure_samples: int = field(default=256, metadata=_h("samples timed at batch size 64 per threshold"))
+    measure_samples_batch1: int = field(default=32, metadata=_h("samples timed at batch size 1 per threshold"))
+    repeats: int = field(default=3, metadata=_h("interleaved timing repeats (medians are reported)"))
+    tolerance: float = field(default=0.01, metadata=_h(
+        "accuracy loss (fraction) allowed at the report's operating point (0.01 = one point)"))
+
+
+@dataclass
+class DemoConfig:
+    """``layertrace demo`` config; ``configs/demo-quick.yaml`` and ``configs/demo-paper.yaml`` are the presets."""
+
+    preset: str = field(default="quick", metadata=_h(
+        "quick (2-core CPU, <= 20 min) | paper (GPU: 12-layer DeiT-S-sized ViT, longer schedules)"))
+    out: str = field(default="demo-out", metadata=_h("output folder (reused: finished stages are skipped)"))
+    with_lm: bool = field(default=False, metadata=_h("also run the causal-LM track (per-layer generation)"))
+    lm_preset: str = field(default="quick", metadata=_h("preset of the LM track (quick | paper)"))
+    device: str = field(default="auto", metadata=_h("auto | cpu | cuda"))
+    threads: Optional[int] = field(default=None, metadata=_h("torch CPU threads (default: all cores)"))
+    vision: TrackSection = field(default_factory=_vision)
+    text: TrackSection = field(default_factory=_text)
+    mlp: MLPExperimentConfig = field(default_factory=MLPExperimentConfig)
+    analysis: AnalysisSection = field(default_factory=AnalysisSection)
+    exits: ExitSection = field(default_factory=ExitSection)
+
+
+# Presets as dotted overrides of the DemoConfig defaults (which are the quick preset). The YAML files
+# configs/demo-<preset>.yaml spell the same settings out in full (a test keeps them equal).
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "paper": {
+        "preset": "paper",
+        "device": "auto",
+        "lm_preset": "paper",
+        "vision.overrides": {"model.spec": "deit-s-fmnist", "train.epochs": 100, "train.batch_size": 256,
+                             "train.lr": 5e-4, "train.weight_decay": 0.05, "train.schedule": "cosine",
+                             "train.precision": "auto", "data.augment": True, "data.train_limit": None,
+                             "data.eval_limit": None},
+        "vision.modes": ["standard", "aligned", "aligned-alternating", "multi-head"],
+        "text.overrides": {"train.epochs": 3, "data.train_limit": None, "data.eval_limit": None,
+                           "train.precision": "auto"},
+        "text.modes": ["standard", "aligned", "multi-head"],
+        "mlp.epochs": 30.0,
+        "mlp.width": 256,
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------- config
+def resolve_config(config_path: str | None, overrides: dict[str, Any]) -> DemoConfig:
+    """defaults < preset < ``--config`` YAML < command-line overrides."""
+    # Validate the user's file and options first: unknown keys and bad values fail with their origin.
+    load_config(DemoConfig, config_path, overrides)
+    user_file = _flatten(read_yaml(config_path)) if config_path else {}
+    preset = str(overrides.get("preset", user_file.get("preset", "quick")))
+    if preset not in PRESETS:
+        raise LayertraceError(f"unknown demo preset {preset!r}{did_you_mean(preset, PRESETS)}; "
+                              f"choose one of {', '.join(PRESETS)}")
+    return load_config(DemoConfig, None, {**PRESETS[preset], **user_file, **overrides})
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def find_file(path: str, what: str) -> Path:
+    """``path`` as given (absolute or relative to the current folder), else inside the checkout."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.is_absolute() and (_repo_root() / p).is_file():
+        return _repo_root() / p
+    raise LayertraceError(f"{what} {path} not found (looked in {Path.cwd()} and {_repo_root()}); "
+                          f"run from the layertrace checkout or pass an existing file")
+
+
+# ---------------------------------------------------------------------------------------- progress
+# Seconds per stage on the 2-core CPU reference machine for the quick preset (measured; see
+# docs/demo.md). A finished stage costs ~0; a later run uses the timings it measured itself.
+DEFAULT_ESTIMATES = {
+    "train:fmnist-vit": 75.0, "train:rt-minilm": 240.0, "train:mlp": 15.0,
+    "analyze:fmnist-vit": 20.0, "analyze:rt-minilm": 25.0,
+    "exit:fmnist-vit": 25.0, "exit:rt-minilm": 40.0,
+    "lm": 300.0, "report": 15.0,
+}
+
+
+@dataclass
+class Stage:
+    """One unit of demo work: ``run()`` does it; ``done()`` says it can be skipped."""
+
+    key: str             # estimate key, e.g. "train:fmnist-vit"
+    label: str           # shown in the progress display
+    run: Callable[[], Any]
+    done: Callable[[], bool] = lambda: False
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    m, s = divmod(seconds, 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+    """Stage-by-stage progress with an estimate of the time left.
+
+    Estimates start from ``estimates`` (seconds per stage key) and are rescaled by how the finished
+    stages compared with their estimates, so the "left" figure tracks this machine's speed.
+    """
+
+    def __init__(self, stages: list[Stage], estimates: dict[str, float], stream=None):
+        self.stages = stages
+        self.estimates = estimates
+        self.stream = stream or sys.stderr
+        self.measured: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+        self.spent_est = 0.0
+        self.spent_real = 0.0
+
+    def _estimate(self, stage: Stage) -> float:
+        kind = stage.key
+        return float(self.estimates.get(kind, self.estimates.get(kind.split(":")[0], 30.0)))
+
+    def _scale(self) -> float:
+        if self.spent_est <= 0:
+            return 1.0
+        return min(3.0, max(0.33, self.spent_real / self.spent_est))
+
+    def left(self, from_index: int) -> float:
+        return self._scale() * sum(self._estimate(s) for s in self.stages[from_index:] if not s.done())
+
+    def say(self, text: str) -> None:
+        print(f"[demo {_fmt_s(time.perf_counter() - self.t0)}] {text}", file=self.stream, flush=True)
+
+    def run_all(self) -> dict[str, float]:
+        n = len(self.stages)
+        self.say(f"{n} stages; estimated total {_fmt_s(self.left(0))} (finished stages are reused)")
+        for i, stage in enumerate(self.stages):
+            if stage.done():
+                self.say(f"stage {i + 1}/{n}: {stage.label}: already done, reused")
+                continue
+            est = self._scale() * self._estimate(stage)
+            self.say(f"stage {i + 1}/{n}: {stage.label} (estimate {_fmt_s(est)}; about {_fmt_s(self.left(i))} left)")
+            t = time.perf_counter()
+            stage.run()
+            took = time.perf_counter() - t
+            self.measured[stage.label] = took
+            self.spent_est += self._estimate(stage)
+            self.spent_real += took
+            self.say(f"stage {i + 1}/{n}: {stage.label}: done in {_fmt_s(took)}; about {_fmt_s(self.left(i + 1))} left")
+        return self.measured
+
+
+# ---------------------------------------------------------------------------------------- stages
+def _stamp(path: Path, settings: dict) -> None:
+    from ..io import write_json
+
+    write_json(path, {"settings_sha1": _sha(settings), "settings": settings})
+
+
+def _sha(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stamped(path: Path, settings: dict, *outputs: Path) -> bool:
+    if not path.is_file() or not all(o.is_file() for o in outputs):
+        return False
+    try:
+        return json.loads(path.read_text()).get("settings_sha1") == _sha(settings)
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+class Demo:
+    """Plans and runs the demo's stages for one resolved :class:`DemoConfig`."""
+
+    def __init__(self, cfg: DemoConfig, log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+
+    # -- training ------------------------------------------------------------------------------
+    def train_config(self, track: TrackSection, mode: str) -> Any:
+        from ..training.config import TrainConfig
+
+        if mode not in MODES:
+            raise LayertraceError(f"unknown training mode {mode!r} in {track.name}.modes{did_you_mean(mode, MODES)}")
+        recipe = find_file(track.recipe, f"training recipe of {track.name}")
+        overrides = {**track.overrides, "train.mode": mode}
+        if self.cfg.device != "auto":
+            overrides.setdefault("train.device", self.cfg.device)
+        if self.cfg.threads:
+            overrides.setdefault("train.threads", self.cfg.threads)
+        return load_config(TrainConfig, recipe, overrides)
+
+    def run_dir(self, track: TrackSection, mode: str) -> Path:
+        return self.out / f"{track.name}-{mode}"
+
+    def _train_stage(self, track: TrackSection, mode: str) -> Stage:
+        from ..training.run import SUMMARY_FILE
+
+        cfg = self.train_config(track, mode)
+        run_dir = self.run_dir(track, mode)
+
+        def run() -> None:
+            from ..training.run import train_from_config
+
+            train_from_config(cfg, run_dir)
+
+        def done() -> bool:
+            from ..training.run import config_differences
+
+            if not (run_dir / SUMMARY_FILE).is_file() or not (run_dir / "config.yaml").is_file():
+                return False
+            from ..training.config import TrainConfig
+
+            try:
+                saved = load_config(TrainConfig, run_dir / "config.yaml")
+            except LayertraceError:
+                return False
+            return not config_differences(saved, cfg)
+
+        return Stage(f"train:{track.name}", f"train {run_dir.name}", run, done)
+
+    # -- analysis --------------------------------------------------------------------------------
+    def analyze_settings(self, track: TrackSection, run_dir: Path) -> dict:
+        train_cfg = self.train_config(track, run_dir.name[len(track.name) + 1:])
+        a = self.cfg.analysis
+        return {"model": str(run_dir), "data": train_cfg.data.name, "data_root": train_cfg.data.root,
+                "split": a.split, "limit": track.analyze_limit, "batch_size": a.batch_size, "cka": a.cka,
+                "device": self.cfg.device, "max_length": train_cfg.data.max_length}
+
+    def _analyze_stage(self, track: TrackSection, run_dir: Path) -> Stage:
+        stamp = run_dir / ".demo-analyze.json"
+
+        def run() -> None:
+            from ..analysis import analyze_from_config
+            from ..analysis.config import AnalyzeConfig
+
+            settings = self.analyze_settings(track, run_dir)
+            cfg = AnalyzeConfig(**settings, out=str(run_dir), progress=False)
+            # write=False: analyze's own writer would put its config.yaml over the training config of
+            # the run folder; the analysis settings go to analyze-config.yaml instead.
+            result = analyze_from_config(cfg, write=False)
+            result.save(run_dir)
+            save_config(cfg, run_dir, name="analyze-config.yaml")
+            _stamp(stamp, settings)
+
+        return Stage(f"analyze:{track.name}", f"analyze {run_dir.name} ({self.cfg.analysis.split} split)", run,
+                     lambda: _stamped(stamp, self.analyze_settings(track, run_dir), run_dir / "analysis.json"))
+
+    # -- early exit ------------------------------------------------------------------------------
+    def exit_settings(self, track: TrackSection, run_dir: Path) -> dict:
+        s = self.analyze_settings(track, run_dir)
+        return {"model": s["model"], "data": s["data"], "data_root": s["data_root"], "split": s["split"],
+                "limit": track.exit_limit, "policy": self.cfg.exits.policy, "measure": self.cfg.exits.measure,
+                "device": self.cfg.device, "max_length": s["max_length"],
+                "measure_samples": self.cfg.exits.measure_samples,
+                "measure_samples_batch1": self.cfg.exits.measure_samples_batch1, "repeats": self.cfg.exits.repeats}
+
+    def _exit_stage(self, track: TrackSection, run_dir: Path) -> Stage:
+        stamp = run_dir / ".demo-exit.json"
+
+        def run() -> None:
+            from ..exits.run import EXIT_FILE, ExitConfig, exit_from_config
+            from ..io import write_json
+
+            settings = self.exit_settings(track, run_dir)
+            cfg = ExitConfig(**_exit_keys(settings), out=str(run_dir))
+            # write=False for the same reason as the analysis: keep the run folder's training config.yaml.
+            body = exit_from_config(cfg, write=False)
+            write_json(run_dir / EXIT_FILE, body)
+            save_config(cfg, run_dir, name="exit-config.yaml")
+            _stamp(stamp, settings)
+
+        return Stage(f"exit:{track.name}", f"early-exit sweep {run_dir.name}", run,
+                     lambda: _stamped(stamp, self.exit_settings(track, run_dir), run_dir / "exit.json"))
+
+    # -- the plan --------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        cfg = self.cfg
+        out: list[Stage] = []
+        tracks = [t for t in (cfg.vision, cfg.text) if t.enabled]
+        for track in tracks[:1]:
+            out += [self._train_stage(track, m) for m in track.modes]
+        if cfg.mlp.enabled:
+            from ..experiments.mlp_residual import run_name, train_mlp
+
+            for residual in (True, False):
+                d = self.out / run_name(cfg.mlp, residual)
+                out.append(Stage("train:mlp", f"MLP {'with' if residual else 'without'} residuals ({d.name})",
+                                 lambda residual=residual, d=d: train_mlp(cfg.mlp, residual, d, log=self.log),
+                                 lambda residual=residual, d=d: _mlp_done(cfg.mlp, residual, d)))
+        for track in tracks[1:]:
+            out += [self._train_stage(track, m) for m in track.modes]
+        for track in tracks:
+            for m in track.modes:
+                run_dir = self.run_dir(track, m)
+                out.append(self._analyze_stage(track, run_dir))
+                out.append(self._exit_stage(track, run_dir))
+        if cfg.with_lm:
+            lm_dir = self.out / "lm"
+            out.append(Stage("lm", f"causal-LM track ({cfg.lm_preset})",
+                             lambda: _run_lm(lm_dir, cfg.lm_preset), lambda: (lm_dir / "lm.json").is_file()))
+        out.append(Stage("report", "report.html + summary.md", self.report))
+        return out
+
+    def run_dirs(self) -> list[Path]:
+        from ..experiments.mlp_residual import run_name
+
+        dirs = []
+        for track in (self.cfg.vision, self.cfg.text):
+            if track.enabled:
+                dirs += [self.run_dir(track, m) for m in track.modes]
+        if self.cfg.mlp.enabled:
+            dirs += [self.out / run_name(self.cfg.mlp, r) for r in (True, False)]
+        if self.cfg.with_lm:
+            dirs.append(self.out / "lm")
+        return dirs
+
+    def report(self) -> Path:
+        from ..report import build_report
+
+        notes = [f"Produced by `layertrace demo --preset {self.cfg.preset}`; the resolved settings are in "
+                 f"{self.out / 'config.yaml'}."]
+        paths = build_report([d for d in self.run_dirs() if d.is_dir()], self.out / "report.html",
+                             title=f"layertrace demo ({self.cfg.preset})", exit_tolerance=self.cfg.exits.tolerance,
+                             notes=notes)
+        return paths.html
+
+    def run(self) -> Path:
+        """Run every stage (skipping finished ones); returns the report path."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out)
+        timings_path = self.out / "demo_timings.json"
+        estimates = dict(DEFAULT_ESTIMATES)
+        if self.cfg.preset == "quick" and timings_path.is_file():
+            try:
+                estimates.update(json.loads(timings_path.read_text()).get("estimates", {}))
+            except (json.JSONDecodeError, OSError):
+                pass
+        stages = self.stages()
+        progress = Progress(stages, estimates)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            # Layer 0 of a ViT is the same [CLS] embedding for every image: its similarity is
+            # undefined by construction, which the analysis records; no need to warn in the demo.
+            from ..metrics._input import DegenerateLayerWarning
+
+            warnings.simplefilter("ignore", DegenerateLayerWarning)
+            measured = progress.run_all()
+        total = time.perf_counter() - t0
+        from ..io import write_json
+
+        per_key: dict[str, list[float]] = {}
+        for stage in stages:
+            if stage.label in measured:
+                per_key.setdefault(stage.key, []).append(measured[stage.label])
+        write_json(timings_path, {"total_s": total, "stages_s": measured,
+                                  "estimates": {k: sum(v) / len(v) for k, v in per_key.items()}})
+        progress.say(f"finished in {_fmt_s(total)}: {self.out / 'report.html'}")
+        return self.out / "report.html"
+
+
+def _exit_keys(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _mlp_done(cfg: MLPExperimentConfig, residual: bool, run_dir: Path) -> bool:
+    from ..experiments.mlp_residual import _is_finished, _resolved
+
+    return _is_finished(run_dir, _resolved(cfg, residual))
+
+
+def _run_lm(out_dir: Path, preset: str) -> None:
+    from ..lm.demo import run_lm_track
+
+    run_lm_track(out_dir, preset=preset)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser, DemoConfig)
+    parser.epilog = ("presets: configs/demo-quick.yaml (default) and configs/demo-paper.yaml; "
+                     "example: layertrace demo --preset quick --out demo-out")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(getattr(args, "config", None), overrides_from_args(args))
+    report = Demo(cfg).run()
+    print(f"report: {report}\nsummary: {report.parent / 'summary.md'}")
+    return 0
