@@ -153,11 +153,17 @@ def test_early_exit_skips_blocks_and_reports_quality():
     # prefill runs 4 blocks for both rows; afterwards every token exits at layer 1
     assert ee.blocks_run == 4 * 2 + 1 * 2 * 4
     assert (ee.exit_layers == 1).all()
-    sweep = early_exit_sweep(lm, ids, taus=[0.0, 2.0], max_new_tokens=5, decode=lambda t: " ".join(map(str, t)))
-    assert sweep["points"][1]["perplexity"] == pytest.approx(sweep["full"]["perplexity"])
-    assert sweep["points"][1]["avg_exit_layer"] == 4 and sweep["points"][0]["avg_exit_layer"] == 1
-    assert sweep["points"][0]["blocks_fraction"] < 0.5
-    assert 0 <= sweep["full"]["diversity"] <= 1
+    for batch_size in (None, 1):
+        sweep = early_exit_sweep(lm, ids, taus=[0.0, 2.0], max_new_tokens=5, batch_size=batch_size, repeats=2,
+                                 decode=lambda t: " ".join(map(str, t)))
+        never = sweep["points"][1]
+        assert never["perplexity"] == pytest.approx(sweep["full"]["perplexity"]) and never["perplexity_ratio"] == 1.0
+        assert never["avg_exit_layer"] == 4 and sweep["points"][0]["avg_exit_layer"] == 1
+        assert sweep["points"][0]["layer_speedup"] == 4.0
+        assert sweep["points"][0]["blocks_fraction"] < 0.5 and never["blocks_fraction"] == 1.0
+        assert never["diversity"] == sweep["full"]["diversity"] and 0 <= never["diversity"] <= 1
+        assert sweep["n_prompts"] == 2 and sweep["full"]["n_tokens"] == 10
+        assert sweep["selected"] is not None and sweep["selected"]["perplexity_ratio"] <= 1.1
 
 
 def test_sequence_perplexity_matches_a_naive_sum(lm):

@@ -25,9 +25,9 @@ readout is tried on the last prompt position layer by layer).
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -112,46 +112,47 @@ def early_exit_generate(
     mask_out: list[Tensor] = []
     exits_out: list[Tensor] = []
     blocks_run = 0
+    rows_all = torch.arange(batch, device=ids.device)
     for step in range(max_new_tokens):
         state = adapter.embed({"input_ids": step_input, "attention_mask": mask, "past_key_values": cache})
         prefill = step == 0
-        rows_all = torch.arange(batch, device=ids.device)
-        # the position that predicts the next token: each prompt's last real token, then the new one
-        read_at = last_real_positions(mask) if prefill else torch.zeros(batch, dtype=torch.long, device=ids.device)
+        # the position that predicts the next token: each prompt's last real token, then the new token
+        read_at = last_real_positions(mask) if prefill else None
         # finished rows need no decision: they count as exited at layer 0 and only keep the cache valid
         exited = ~unfinished
+        n_exited = batch - int(unfinished.sum())
         exit_layer = torch.zeros(batch, dtype=torch.long, device=ids.device)
-        exit_hidden = state.hidden[rows_all, read_at].clone()
+        h = state.hidden[rows_all, read_at] if prefill else state.hidden[:, -1]
+        exit_hidden = h.clone()
         step_logits = torch.zeros(batch, vocab, dtype=torch.float32, device=ids.device)
-        h_prev = exit_hidden
         for layer in range(1, n_layers + 1):
-            if not prefill and bool(exited.all()):
+            if not prefill and n_exited == batch:  # everyone exited: only fill the skipped layers' cache
                 adapter.fill_cache(layer, state.replace(exit_hidden[:, None]))
                 continue
-            if not prefill and bool(exited.any()):  # CALM copy: exited rows feed their exit state
+            if not prefill and n_exited:  # CALM copy: exited rows feed their exit state to this layer
                 state = state.replace(torch.where(exited[:, None, None], exit_hidden[:, None], state.hidden))
             state = adapter.block(layer, state)
             blocks_run += batch
-            h = state.hidden[rows_all, read_at]
-            active = (~exited).nonzero().squeeze(1)
+            h_prev = h
+            h = state.hidden[rows_all, read_at] if prefill else state.hidden[:, -1]
+            if n_exited == batch:  # (prefill only) every row decided; deeper blocks only build the cache
+                continue
+            active = rows_all if n_exited == 0 else (~exited).nonzero().squeeze(1)
             if layer == n_layers:
                 step_logits[active] = adapter.readout(h[active]).float()
                 exit_layer[active] = layer
-            elif layer >= min_layer and active.numel() > 0:
+            elif layer >= min_layer:
                 conf, logits = layer_confidence(adapter, h[active], h_prev[active], confidence)
                 leave = conf >= tau
-                if bool(leave.any()):
+                n_leave = int(leave.sum())
+                if n_leave:
                     rows = active[leave]
-                    if logits is None:
-                        logits = adapter.readout(h[rows]).float()
-                        step_logits[rows] = logits
-                    else:
-                        step_logits[rows] = logits[leave]
+                    step_logits[rows] = adapter.readout(h[rows]).float() if logits is None else logits[leave]
                     exit_layer[rows] = layer
                     exit_hidden[rows] = h[rows]
                     exited = exited.clone()
                     exited[rows] = True
-            h_prev = h
+                    n_exited += n_leave
         token = choose_tokens(step_logits, sampling, generator)
         token = torch.where(unfinished, token, torch.full_like(token, pad))
         tokens_out.append(token)
@@ -172,63 +173,29 @@ def early_exit_generate(
 
 
 @torch.no_grad()
-def sequence_perplexity(model: Any, sequences: Tensor, attention_mask: Tensor, score_mask: Tensor) -> float:
-    """Perplexity of the scored tokens of ``sequences`` under the full model.
+def sequence_nll(model: Any, sequences: Tensor, attention_mask: Tensor, score_mask: Tensor) -> tuple[float, int]:
+    """(sum of negative log-likelihoods in nats, number of scored tokens) under the full model.
 
     Args:
         sequences: (B, T) prompt + generated tokens.
         attention_mask: (B, T) real tokens (prompt padding 0).
         score_mask: (B, T) 1 for the tokens to score (the generated ones); a token is scored only when
             it and the token before it are real (position 0 and a row's first real token never are).
-    Returns:
-        exp(mean negative log-likelihood over the scored tokens), accumulated in float64.
     """
     adapter = as_causal_adapter(model)
     device = adapter.device
     sequences, attention_mask, score_mask = sequences.to(device), attention_mask.to(device), score_mask.to(device)
     logits = adapter({"input_ids": sequences, "attention_mask": attention_mask})
     logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    target = sequences[:, 1:]
-    nll = -logp.gather(-1, target[..., None]).squeeze(-1)
+    nll = -logp.gather(-1, sequences[:, 1:, None]).squeeze(-1)
     weight = (score_mask[:, 1:] * attention_mask[:, :-1] * attention_mask[:, 1:]).double()  # real context only
-    if float(weight.sum()) == 0:
-        return float("nan")
-    return float(torch.exp((nll * weight).sum() / weight.sum()))
+    return float((nll * weight).sum()), int(weight.sum())
 
 
-@dataclass
-class DecodingPoint:
-    """One decoding run summarised: speed, depth and quality of its text."""
-
-    tau: float | None
-    tokens_per_s: float
-    avg_exit_layer: float
-    blocks_fraction: float
-    perplexity: float
-    diversity: float | None = None
-    coherence: float | None = None
-    n_tokens: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def summarize_run(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, result: GenerationResult,
-                  n_layers: int) -> DecodingPoint:
-    """Tokens/s, mean exit layer (L for full decoding), fraction of blocks run and full-model perplexity."""
-    gen_mask = result.new_mask.to(prompt_mask.device)
-    full_mask = torch.cat([prompt_mask, gen_mask], dim=1)
-    score = torch.cat([torch.zeros_like(prompt_mask), gen_mask], dim=1)
-    ppl = sequence_perplexity(model, result.sequences, full_mask, score)
-    n = result.n_generated
-    if result.exit_layers is not None:
-        avg_exit = float(result.exit_layers[result.new_mask.bool()].double().mean()) if n else float("nan")
-    else:
-        avg_exit = float(result.layer or n_layers)
-    steps = result.new_tokens.shape[1]
-    total_blocks = n_layers * prompt_ids.shape[0] * max(steps, 1)
-    return DecodingPoint(tau=None, tokens_per_s=result.tokens_per_second, avg_exit_layer=avg_exit,
-                         blocks_fraction=result.blocks_run / total_blocks, perplexity=ppl, n_tokens=n)
+def sequence_perplexity(model: Any, sequences: Tensor, attention_mask: Tensor, score_mask: Tensor) -> float:
+    """exp(mean NLL) of the scored tokens under the full model (see :func:`sequence_nll`); NaN if none."""
+    total, count = sequence_nll(model, sequences, attention_mask, score_mask)
+    return math.exp(total / count) if count else float("nan")
 
 
 def early_exit_sweep(
@@ -242,55 +209,110 @@ def early_exit_sweep(
     max_new_tokens: int = 32,
     sampling: SamplingConfig | None = None,
     eos_token_id: int | None = None,
+    batch_size: int | None = None,
     repeats: int = 1,
-    decode: Any = None,
+    max_ppl_increase: float = 0.10,
+    decode: Callable[[list[int]], str] | None = None,
     encoder: Any = None,
 ) -> dict[str, Any]:
     """Early-exit decoding at several ``tau`` against full-depth decoding, measured side by side.
 
-    For each repeat the full-depth run and every tau run execute interleaved; tokens/s is the median
-    over repeats. Quality of each run's text: perplexity under the full model, and when ``decode``
-    (token ids -> str) is given, diversity and coherence (prompt vs continuation, ``encoder``).
+    The prompts are decoded in chunks of ``batch_size`` (default all at once). For every repeat and
+    every chunk, the full-depth run and each tau run execute back to back (interleaved), so machine
+    noise hits all settings alike; tokens/s of a setting is (its tokens) / (its decoding time) per
+    repeat, and the reported value is the median over repeats. Quality of each setting's text
+    (first repeat): perplexity under the full model, mean exit layer, and with ``decode`` (ids ->
+    str) diversity and, with ``encoder`` too, coherence of prompt and continuation.
 
     Returns:
-        ``{"full": DecodingPoint dict, "points": [DecodingPoint dict per tau], "confidence": ...}``.
+        ``{"full": point, "points": [point per tau], "selected": point or None, ...}``, a point being
+        ``{tau, tokens_per_s, speedup_measured, avg_exit_layer, layer_speedup, blocks_fraction,
+        perplexity, perplexity_ratio, diversity, coherence, n_tokens}``; ``selected`` is the point
+        with the highest measured speed among those whose perplexity is at most
+        ``(1 + max_ppl_increase)`` times full decoding's.
     """
     import statistics
 
+    from .generate import generate
     from .quality import coherence as coherence_fn
     from .quality import diversity as diversity_fn
-    from .generate import generate
 
     adapter = as_causal_adapter(model)
+    n_layers = adapter.n_layers
     sampling = sampling or SamplingConfig(strategy="greedy")
     ids, mask = prepare_prompt(input_ids, attention_mask, adapter.device)
-    runs: dict[Any, list[GenerationResult]] = {"full": [], **{t: [] for t in taus}}
-    for _ in range(max(1, repeats)):
-        runs["full"].append(generate(adapter, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling,
-                                     eos_token_id=eos_token_id))
-        for t in taus:
-            runs[t].append(early_exit_generate(adapter, ids, mask, tau=t, confidence=confidence,
-                                               min_layer=min_layer, max_new_tokens=max_new_tokens,
-                                               sampling=sampling, eos_token_id=eos_token_id))
+    step = int(batch_size or ids.shape[0])
+    chunks = [(ids[i:i + step], mask[i:i + step]) for i in range(0, ids.shape[0], step)]
+    keys: list[Any] = ["full", *taus]
+    timing: dict[Any, list[tuple[int, float]]] = {k: [] for k in keys}
+    first: dict[Any, list[tuple[Tensor, Tensor, GenerationResult]]] = {k: [] for k in keys}
+
+    def run(key: Any, cid: Tensor, cmask: Tensor) -> GenerationResult:
+        if key == "full":
+            return generate(adapter, cid, cmask, max_new_tokens=max_new_tokens, sampling=sampling,
+                            eos_token_id=eos_token_id)
+        return early_exit_generate(adapter, cid, cmask, tau=key, confidence=confidence, min_layer=min_layer,
+                                   max_new_tokens=max_new_tokens, sampling=sampling, eos_token_id=eos_token_id)
+
+    for rep in range(max(1, repeats)):
+        totals = {k: [0, 0.0] for k in keys}
+        for cid, cmask in chunks:
+            for key in keys:
+                res = run(key, cid, cmask)
+                totals[key][0] += res.n_generated
+                totals[key][1] += res.seconds
+                if rep == 0:
+                    first[key].append((cid, cmask, res))
+        for key in keys:
+            timing[key].append((totals[key][0], totals[key][1]))
 
     def point(key: Any) -> dict[str, Any]:
-        results = runs[key]
-        p = summarize_run(adapter, ids, mask, results[0], adapter.n_layers)
-        p.tau = None if key == "full" else float(key)
-        p.tokens_per_s = statistics.median(r.tokens_per_second for r in results)
-        if decode is not None:
-            texts = [decode(row[m.bool()].tolist()) for row, m in zip(results[0].new_tokens, results[0].new_mask)]
-            prompts = [decode(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
-            p.diversity = diversity_fn(texts)
-            if encoder is not None:
-                p.coherence = coherence_fn(prompts, texts, encoder)
-        return p.to_dict()
+        speeds = [n / s for n, s in timing[key] if s > 0]
+        nll = count = exit_sum = blocks = slots = 0.0
+        texts: list[str] = []
+        prompts: list[str] = []
+        for cid, cmask, res in first[key]:
+            gen_mask = res.new_mask.to(cmask.device)
+            total, n = sequence_nll(adapter, res.sequences, torch.cat([cmask, gen_mask], 1),
+                                    torch.cat([torch.zeros_like(cmask), gen_mask], 1))
+            nll += total
+            count += n
+            layers = res.exit_layers if res.exit_layers is not None else torch.full_like(res.new_tokens, n_layers)
+            exit_sum += float(layers[res.new_mask.bool()].sum())
+            blocks += res.blocks_run
+            slots += n_layers * cid.shape[0] * max(1, res.new_tokens.shape[1])
+            if decode is not None:
+                texts += [decode(r[m.bool()].tolist()) for r, m in zip(res.new_tokens, res.new_mask)]
+                prompts += [decode(r[m.bool()].tolist()) for r, m in zip(cid, cmask)]
+        n_tok = sum(int(res.new_mask.sum()) for _, _, res in first[key])
+        avg_exit = exit_sum / n_tok if n_tok else float("nan")
+        out = {
+            "tau": None if key == "full" else float(key),
+            "tokens_per_s": statistics.median(speeds) if speeds else float("nan"),
+            "avg_exit_layer": avg_exit,
+            "layer_speedup": n_layers / avg_exit if n_tok else float("nan"),
+            "blocks_fraction": blocks / slots if slots else float("nan"),
+            "perplexity": math.exp(nll / count) if count else float("nan"),
+            "diversity": diversity_fn(texts) if decode is not None else None,
+            "coherence": coherence_fn(prompts, texts, encoder) if (decode is not None and encoder is not None) else None,
+            "n_tokens": n_tok,
+        }
+        return out
 
+    full = point("full")
+    points = [point(t) for t in taus]
+    full_speeds = [n / s for n, s in timing["full"]]
+    for p_, t in zip(points, taus):
+        ratios = [(n / s) / fs for (n, s), fs in zip(timing[t], full_speeds)]
+        p_["speedup_measured"] = statistics.median(ratios)
+        p_["perplexity_ratio"] = p_["perplexity"] / full["perplexity"]
+    full["speedup_measured"] = 1.0
+    full["perplexity_ratio"] = 1.0
+    ok = [p_ for p_ in points if p_["perplexity_ratio"] <= 1.0 + max_ppl_increase]
+    selected = max(ok, key=lambda p_: p_["speedup_measured"]) if ok else None
     return {
-        "confidence": confidence,
-        "min_layer": min_layer,
-        "max_new_tokens": max_new_tokens,
-        "batch_size": int(ids.shape[0]),
-        "full": point("full"),
-        "points": [point(t) for t in taus],
+        "confidence": confidence, "min_layer": min_layer, "max_new_tokens": max_new_tokens,
+        "sampling": sampling.strategy, "batch_size": step, "n_prompts": int(ids.shape[0]), "repeats": repeats,
+        "n_layers": n_layers, "max_ppl_increase": max_ppl_increase,
+        "full": full, "points": points, "selected": selected,
     }

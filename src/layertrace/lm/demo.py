@@ -1,0 +1,446 @@
+"""The embedded LM demo: a small GPT-2 trained standard vs aligned on the bundled text corpus.
+
+``run_lm_track(out_dir)`` does, in order (every stage reuses its output when it is already there):
+
+1. corpus: the embedded Rotten Tomatoes + BBC News documents (``load_text_corpus("embedded")``,
+   the classification splits), a seeded subset of the train split sized to the training budget,
+   written as ``lm-corpus/corpus.{train,valid,test}.txt``;
+2. tokenizer: byte-level BPE trained offline on the train file (``lm-tokenizer/``);
+3. base model: a GPT-2-shaped model built from config, seeded, saved with the tokenizer
+   (``lm-base/``); both runs start from these same weights;
+4. training: ``layertrace.training.train_from_config`` in the modes ``standard`` and ``aligned``
+   (the paper's linear layer weights) -> run folders ``corpus-gpt2-standard`` / ``corpus-gpt2-aligned``;
+5. per run: the analysis pass on test blocks (``analysis.json``: per-layer next-token accuracy,
+   perplexity, saturation, COS / CKA), text generated from every layer k (nucleus p = 0.95,
+   seeded) scored for diversity and coherence (bundled MiniLM), and early-exit decoding at several
+   tau against full decoding (``lm_eval.json``);
+6. ``lm.json`` in ``out_dir``: everything above side by side plus the comparison with the paper's
+   GPT-2 trends (schema: docs/lm.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import LayertraceError, did_you_mean
+from ..io import read_json, write_json
+
+LM_JSON = "lm.json"
+SCHEMA = "layertrace.lm/1"
+DATA_NAME = "rt-bbc-corpus"
+RUN_NAME = "corpus-gpt2-{mode}"
+MODES = ("standard", "aligned")
+# The paper's GPT-2 small on WikiText-103 (PAPER.md section 7), next-token accuracy read off its plot.
+PAPER_GPT2 = {"layers": [1, 11, 12], "standard": [0.057, 0.186, 0.40], "aligned": [0.083, 0.335, 0.39]}
+
+
+@dataclass
+class LMTrackPreset:
+    """Sizes and budgets of one LM-track run.
+
+    Attributes:
+        train_docs / test_docs: documents of the embedded train / test splits used (seeded subset).
+        vocab_size: byte-level BPE vocabulary.
+        n_layers, hidden, heads, block_size: the GPT-2 shape (block_size = positions = training block).
+        steps, batch_size, lr: training budget (AdamW, cosine, 5% warmup) for each mode.
+        eval_blocks: test blocks of ``block_size`` tokens for the per-layer metrics.
+        n_prompts, prompt_tokens, new_tokens: generation from every layer (nucleus p = 0.95).
+        exit_prompts, exit_batch_size, exit_repeats, taus: the early-exit decoding sweep (greedy).
+    """
+
+    name: str = "custom"
+    train_docs: int = 4000
+    test_docs: int = 600
+    vocab_size: int = 1024
+    n_layers: int = 6
+    hidden: int = 128
+    heads: int = 4
+    block_size: int = 64
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 3e-3
+    eval_blocks: int = 128
+    n_prompts: int = 32
+    prompt_tokens: int = 16
+    new_tokens: int = 32
+    top_p: float = 0.95
+    exit_prompts: int = 8
+    exit_batch_size: int = 1
+    exit_repeats: int = 2
+    taus: tuple = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+    seed: int = 0
+
+
+PRESETS: dict[str, LMTrackPreset] = {
+    # about 8 minutes on 2 CPU cores, the budget of `layertrace demo --with-lm`. Tuned on this machine:
+    # at an equal time budget, 600 steps of 8 x 64 tokens reached a lower test loss (5.32) than 300 of
+    # 8 x 128 (5.68) or 150 of 16 x 128 (5.90); lr 3e-3 beat 6e-3; tied embeddings beat untied.
+    "quick": LMTrackPreset("quick"),
+    # a longer CPU run (~1 h): all the training text, a deeper and wider model, more steps
+    "full": LMTrackPreset("full", train_docs=12052, test_docs=1489, vocab_size=2048, n_layers=8, hidden=192,
+                          heads=6, block_size=128, steps=3000, batch_size=16, lr=2e-3, eval_blocks=256,
+                          n_prompts=64, prompt_tokens=24, new_tokens=48, exit_prompts=16, exit_repeats=3),
+    # GPU: the paper's GPT-2 small shape (12 x 768) trained from scratch on the embedded corpus (the
+    # paper fine-tunes the pretrained GPT-2 on WikiText-103, which is not available offline)
+    "paper": LMTrackPreset("paper", train_docs=12052, test_docs=1489, vocab_size=8192, n_layers=12, hidden=768,
+                           heads=12, block_size=256, steps=20000, batch_size=32, lr=6e-4, eval_blocks=512,
+                           n_prompts=128, prompt_tokens=32, new_tokens=64, exit_prompts=32, exit_repeats=3,
+                           taus=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
+    # seconds: exercises every stage (tests)
+    "smoke": LMTrackPreset("smoke", train_docs=200, test_docs=60, vocab_size=300, n_layers=2, hidden=32, heads=2,
+                           block_size=32, steps=2, batch_size=4, eval_blocks=4, n_prompts=3, prompt_tokens=6,
+                           new_tokens=5, exit_prompts=2, exit_repeats=1, taus=(0.0, 2.0)),
+}
+
+
+def get_preset(preset: str | Path | LMTrackPreset) -> LMTrackPreset:
+    """A copy of a preset by name (``quick``, ``full``, ``paper``, ``smoke``), a YAML file of preset
+    fields (``configs/lm-quick.yaml``), or the preset itself."""
+    if isinstance(preset, LMTrackPreset):
+        return preset
+    if str(preset).endswith((".yaml", ".yml")):
+        from ..config import load_config
+
+        return load_config(LMTrackPreset, preset)
+    if preset not in PRESETS:
+        raise LayertraceError(f"unknown LM-track preset {preset!r}{did_you_mean(preset, PRESETS)}; "
+                              f"choose one of {', '.join(PRESETS)} or a .yaml file")
+    return replace(PRESETS[preset])
+
+
+def _reporter(progress: Any) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    if progress is False:
+        return lambda msg: None
+    return lambda msg: print(f"[lm] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- stages 1-3
+def prepare_corpus(folder: Path, p: LMTrackPreset) -> dict[str, Any]:
+    """Write the corpus files (train / valid / test) of the preset; returns their document counts."""
+    from ..data import load_text_corpus
+
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split, fname, limit in (("train", "corpus.train.txt", p.train_docs),
+                                ("validation", "corpus.valid.txt", max(1, p.test_docs // 4)),
+                                ("test", "corpus.test.txt", p.test_docs)):
+        path = folder / fname
+        if not path.is_file():
+            docs = load_text_corpus("embedded", split, seed=p.seed)[:limit]
+            # one document per blank-line-separated block: inner blank lines would split documents
+            text = "\n\n".join(" ".join(line.strip() for line in d.splitlines() if line.strip()) for d in docs)
+            from ..io import atomic_path
+
+            with atomic_path(path) as tmp:
+                tmp.write_text(text + "\n")
+        counts[split] = sum(1 for block in path.read_text().split("\n\n") if block.strip())
+    return counts
+
+
+def prepare_tokenizer(folder: Path, corpus_dir: Path, p: LMTrackPreset) -> Any:
+    """The byte-level BPE tokenizer of the preset (trained once, then loaded from ``folder``)."""
+    from transformers import AutoTokenizer
+
+    from ..data import load_text_corpus
+    from .tokenizer import train_bpe_tokenizer
+
+    if not (folder / "tokenizer.json").is_file():
+        docs = load_text_corpus(corpus_dir, "train", shuffle=False)
+        train_bpe_tokenizer(docs, vocab_size=p.vocab_size, out_dir=folder)
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def prepare_base_model(folder: Path, tokenizer: Any, p: LMTrackPreset) -> Path:
+    """Build the seeded GPT-2 of the preset (no dropout: short CPU runs) and save it with the tokenizer."""
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    eos = int(tokenizer.eos_token_id)
+    cfg = GPT2Config(n_layer=p.n_layers, n_embd=p.hidden, n_head=p.heads, n_positions=p.block_size,
+                     vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(p.seed)
+    model = GPT2LMHeadModel(cfg)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def train_config(base: Path, corpus_dir: Path, mode: str, p: LMTrackPreset, threads: int | None,
+                 device: str = "auto"):
+    """The ``TrainConfig`` of one run (also written as the run's ``config.yaml``)."""
+    from ..training.config import DataSection, ModelSection, TrainConfig, TrainSection
+
+    return TrainConfig(
+        model=ModelSection(spec=str(base)),
+        data=DataSection(name=DATA_NAME, root=str(corpus_dir), eval_split="test", max_length=p.block_size,
+                         eval_limit=min(p.eval_blocks, 32)),
+        train=TrainSection(mode=mode, steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=0.01,
+                           warmup_ratio=0.05, schedule="cosine", seed=p.seed, eval_batch_size=16,
+                           log_every=10, checkpoint_every=0 if p.steps < 1000 else 500, progress=False,
+                           threads=threads, device=device),
+    )
+
+
+# --------------------------------------------------------------------------- stage 5
+def _encode_docs(tokenizer: Any, docs: list[str]) -> list[list[int]]:
+    return tokenizer(docs, add_special_tokens=False)["input_ids"]
+
+
+def eval_blocks_of(tokenizer: Any, docs: list[str], block_size: int, n_blocks: int) -> torch.Tensor:
+    """(n, block_size) token blocks of the test documents joined by eos (the training layout)."""
+    from ..data import chunk_tokens
+
+    eos = int(tokenizer.eos_token_id)
+    stream: list[int] = []
+    for ids in _encode_docs(tokenizer, docs):
+        stream.extend(ids + [eos])
+        if len(stream) >= block_size * (n_blocks + 1):
+            break
+    return torch.from_numpy(chunk_tokens(stream, block_size)[:n_blocks])
+
+
+def make_prompts(tokenizer: Any, docs: list[str], n: int, length: int, seed: int) -> torch.Tensor:
+    """(n, length) prompts: the first ``length`` tokens of a seeded choice of long-enough test documents."""
+    encoded = [ids for ids in _encode_docs(tokenizer, docs) if len(ids) >= length + 4]
+    if not encoded:
+        raise LayertraceError(f"no test document has {length + 4} tokens for the prompts; lower prompt_tokens")
+    order = np.random.default_rng(seed).permutation(len(encoded))[:n]
+    return torch.tensor([encoded[i][:length] for i in order], dtype=torch.long)
+
+
+def generation_by_layer(adapter: Any, tokenizer: Any, prompts: torch.Tensor, p: LMTrackPreset,
+                        encoder: Any) -> dict[str, Any]:
+    """Text generated from every layer k = 1..L (nucleus sampling), scored for diversity and coherence."""
+    from .generate import SamplingConfig, generate
+    from .quality import coherence_per_sample, diversity
+
+    sampling = SamplingConfig("nucleus", top_p=p.top_p, seed=p.seed)
+    prompt_text = tokenizer.batch_decode(prompts, skip_special_tokens=True)
+    out: dict[str, Any] = {"layers": [], "diversity": [], "coherence": [], "coherence_std": [], "samples": [],
+                           "sampling": asdict(sampling), "max_new_tokens": p.new_tokens}
+    for k in range(1, adapter.n_layers + 1):
+        res = generate(adapter, prompts, layer=k, max_new_tokens=p.new_tokens, sampling=sampling)
+        texts = tokenizer.batch_decode(res.new_tokens, skip_special_tokens=True)
+        coh = coherence_per_sample(prompt_text, texts, encoder) if encoder is not None else None
+        out["layers"].append(k)
+        out["diversity"].append(diversity(texts))
+        out["coherence"].append(float(coh.mean()) if coh is not None else None)
+        out["coherence_std"].append(float(coh.std()) if coh is not None else None)
+        out["samples"].append({"layer": k, "prompt": prompt_text[0], "continuation": texts[0]})
+    return out
+
+
+def evaluate_run(run_dir: Path, tokenizer: Any, blocks: torch.Tensor, prompts: torch.Tensor, p: LMTrackPreset,
+                 encoder: Any, say: Callable[[str], None], device: str = "cpu") -> dict[str, Any]:
+    """Analysis pass + generation per layer + early-exit sweep of one trained run (writes its files)."""
+    from ..analysis import analyze
+    from ..models import load_model
+    from .early_exit import early_exit_sweep
+
+    loaded = load_model(run_dir)
+    adapter = loaded.adapter.to(device).eval()
+    batches = [{"input_ids": blocks[i:i + 16], "attention_mask": torch.ones_like(blocks[i:i + 16])}
+               for i in range(0, blocks.shape[0], 16)]
+    t0 = time.perf_counter()
+    result = analyze(adapter, batches, model_name=run_dir.name, data_name=DATA_NAME + ":test", seed=p.seed)
+    result.save(run_dir)
+    say(f"{run_dir.name}: analysis done ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter()
+    generation = generation_by_layer(adapter, tokenizer, prompts, p, encoder)
+    say(f"{run_dir.name}: generation from every layer done ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter()
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    sweep = early_exit_sweep(adapter, prompts[: p.exit_prompts], taus=p.taus, max_new_tokens=p.new_tokens,
+                             batch_size=p.exit_batch_size, repeats=p.exit_repeats, decode=decode, encoder=encoder)
+    say(f"{run_dir.name}: early-exit sweep done ({time.perf_counter() - t0:.1f} s)")
+    evaluation = {
+        "layers": list(result.layers),
+        "accuracy": result.accuracy.tolist(),
+        "perplexity": result.perplexity.tolist(),
+        "cross_entropy": result.cross_entropy.tolist(),
+        "saturation_hist": result.saturation_hist.tolist() if result.saturation_hist is not None else None,
+        "cos_to_last": result.cos_to_last.tolist() if getattr(result, "cos_to_last", None) is not None else None,
+        "n_tokens": int(result.n_predictions),
+        "generation": generation,
+        "early_exit": sweep,
+    }
+    write_json(run_dir / "lm_eval.json", evaluation)
+    return evaluation
+
+
+# --------------------------------------------------------------------------- stage 6
+def compare_with_paper(standard: dict[str, Any], aligned: dict[str, Any]) -> dict[str, Any]:
+    """The paper's GPT-2 trends checked on our runs: aligned better at shallow layers, ~equal at the last.
+
+    Shallow layers = 1..ceil(L/2). "About equal" at the last layer: accuracy within 0.02 absolute.
+    """
+    layers = standard["layers"]
+    n_layers = max(layers)
+    acc_s, acc_a = np.asarray(standard["accuracy"]), np.asarray(aligned["accuracy"])
+    ppl_s, ppl_a = np.asarray(standard["perplexity"]), np.asarray(aligned["perplexity"])
+    shallow = [i for i, l in enumerate(layers) if 1 <= l <= math.ceil(n_layers / 2)]
+    last = layers.index(n_layers)
+    gap = acc_a - acc_s
+    return {
+        "shallow_layers": [layers[i] for i in shallow],
+        "accuracy_gain_per_layer": gap.tolist(),
+        "perplexity_ratio_per_layer": (ppl_a / ppl_s).tolist(),
+        "mean_shallow_accuracy_gain": float(gap[shallow].mean()),
+        "last_layer_accuracy_gap": float(gap[last]),
+        "aligned_better_at_shallow_layers": bool((gap[shallow] > 0).all()),
+        "about_equal_at_last_layer": bool(abs(gap[last]) <= 0.02),
+        "paper_gpt2_wikitext103": PAPER_GPT2,
+    }
+
+
+def _train_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "train_summary.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", progress: Any = None,
+                 threads: int | None = None, encoder: Any = "default", device: str = "auto",
+                 **overrides: Any) -> dict[str, Any]:
+    """Train the demo LM standard vs aligned and evaluate both; writes ``lm.json`` into ``out_dir``.
+
+    Args:
+        out_dir: folder for the corpus, tokenizer, base model, the two run folders and ``lm.json``.
+        preset: ``"quick"`` (~8 min on 2 CPU cores), ``"full"`` (~1 h on CPU), ``"paper"`` (GPT-2 small
+            shape, for a GPU) or ``"smoke"`` (seconds), or an :class:`LMTrackPreset`.
+        progress: ``None`` / ``True`` prints ``[lm] ...`` lines, ``False`` is silent, a callable gets
+            each message.
+        threads: torch CPU threads for training and evaluation (``None``: leave torch's setting).
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; timings in ``lm.json`` are
+            measured there.
+        encoder: sentence encoder for coherence: ``"default"`` (bundled MiniLM, mean pooling),
+            ``None`` (skip coherence) or any callable ``list[str] -> (n, d)``.
+        overrides: fields of the preset to change (e.g. ``steps=300``).
+
+    Returns:
+        the ``lm.json`` content (schema in docs/lm.md).
+    """
+    p = replace(get_preset(preset), **overrides) if overrides else get_preset(preset)
+    say = _reporter(progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    corpus_dir = out / "lm-corpus"
+    docs_count = prepare_corpus(corpus_dir, p)
+    tokenizer = prepare_tokenizer(out / "lm-tokenizer", corpus_dir, p)
+    base = prepare_base_model(out / "lm-base", tokenizer, p)
+    seconds["prepare"] = time.perf_counter() - t0
+    say(f"corpus {docs_count}, tokenizer vocab {len(tokenizer)}, base model {base} ({seconds['prepare']:.1f} s)")
+
+    from ..data import load_text_corpus
+    from ..training import train_from_config
+
+    test_docs = load_text_corpus(corpus_dir, "test", shuffle=False)
+    blocks = eval_blocks_of(tokenizer, test_docs, p.block_size, p.eval_blocks)
+    prompts = make_prompts(tokenizer, test_docs, p.n_prompts, p.prompt_tokens, p.seed)
+    if encoder == "default":
+        from .quality import default_encoder
+
+        try:
+            encoder = default_encoder()
+        except LayertraceError as exc:
+            say(f"coherence skipped: {exc}")
+            encoder = None
+
+    runs: dict[str, Any] = {}
+    for mode in MODES:
+        run_dir = out / RUN_NAME.format(mode=mode)
+        t0 = time.perf_counter()
+        say(f"training {mode} ({p.steps} steps, batch {p.batch_size} x {p.block_size} tokens)")
+        summary = train_from_config(train_config(base, corpus_dir, mode, p, threads, device), run_dir)
+        seconds[f"train_{mode}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        evaluation = evaluate_run(run_dir, tokenizer, blocks, prompts, p, encoder, say, device)
+        seconds[f"evaluate_{mode}"] = time.perf_counter() - t0
+        runs[mode] = {
+            "run_dir": str(run_dir),
+            "train_steps": int(summary.steps),
+            "train_wall_time_s": float(summary.wall_time_s),
+            "reused": bool(summary.reused),
+            **{k: v for k, v in evaluation.items() if k != "early_exit"},
+        }
+        acc = evaluation["accuracy"]
+        say(f"{mode}: next-token accuracy per layer " + " ".join(f"{a:.3f}" for a in acc))
+
+    n_params = sum(t.numel() for t in _load_params(base))
+    seconds["total"] = time.perf_counter() - start
+    lm = {
+        "schema": SCHEMA,
+        "preset": asdict(p),
+        "corpus": {"source": "embedded: Rotten Tomatoes sentences + BBC News articles (classification splits)",
+                   "documents": docs_count, "test_blocks": int(blocks.shape[0]), "block_size": p.block_size,
+                   "eval_tokens": runs["standard"]["n_tokens"]},
+        "tokenizer": {"kind": "byte-level BPE (tokenizers), trained on the train split", "vocab_size": len(tokenizer),
+                      "dir": str(out / "lm-tokenizer")},
+        "model": {"family": "gpt2", "n_layers": p.n_layers, "hidden_size": p.hidden, "heads": p.heads,
+                  "positions": p.block_size, "params": n_params, "base_dir": str(base)},
+        "layers": runs["standard"]["layers"],
+        "runs": runs,
+        "early_exit": {mode: read_json(Path(runs[mode]["run_dir"]) / "lm_eval.json")["early_exit"] for mode in MODES},
+        "paper_comparison": compare_with_paper(runs["standard"], runs["aligned"]),
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
+    write_json(out / LM_JSON, lm)
+    say(f"wrote {out / LM_JSON} ({seconds['total']:.0f} s)")
+    return lm
+
+
+def _load_params(base: Path):
+    from safetensors.torch import load_file
+
+    files = sorted(base.glob("*.safetensors"))
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state.values()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m layertrace.lm.demo --out DIR [--preset quick|full|paper|smoke|FILE.yaml]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m layertrace.lm.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output folder (reused stage by stage when it exists)")
+    parser.add_argument("--preset", default="quick", help="quick | full | paper | smoke | a YAML file of preset fields")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-coherence", action="store_true", help="skip the MiniLM coherence score")
+    args = parser.parse_args(argv)
+    try:
+        run_lm_track(args.out, args.preset, threads=args.threads, device=args.device,
+                     encoder=None if args.no_coherence else "default")
+    except LayertraceError as exc:
+        print(f"error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

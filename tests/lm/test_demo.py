@@ -1,0 +1,87 @@
+"""The LM-track demo end to end on the 'smoke' preset (seconds), and its figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layertrace.io import read_json
+
+
+def _letters(sentences):
+    """A cheap deterministic sentence encoder (letter counts) instead of MiniLM."""
+    return np.array([[s.lower().count(c) + 1e-3 for c in "etaoinshr"] for s in sentences], dtype=float)
+
+
+@pytest.fixture(scope="module")
+def smoke_track(tmp_path_factory):
+    from layertrace.lm.demo import run_lm_track
+
+    out = tmp_path_factory.mktemp("lm-track")
+    lm = run_lm_track(out, "smoke", progress=False, encoder=_letters)
+    return out, lm
+
+
+def test_run_lm_track_writes_runs_and_lm_json(smoke_track):
+    out, lm = smoke_track
+    assert read_json(out / "lm.json") == read_json(out / "lm.json")  # valid JSON on disk
+    assert lm["schema"] == "layertrace.lm/1" and lm["layers"] == [0, 1, 2]
+    for mode in ("standard", "aligned"):
+        run = out / f"corpus-gpt2-{mode}"
+        for name in ("config.yaml", "train_summary.json", "analysis.json", "lm_eval.json", "model/config.json"):
+            assert (run / name).is_file(), name
+        r = lm["runs"][mode]
+        assert len(r["accuracy"]) == len(r["perplexity"]) == 3
+        assert r["generation"]["layers"] == [1, 2] and len(r["generation"]["coherence"]) == 2
+        assert all(-1 <= c <= 1 for c in r["generation"]["coherence"])
+        sweep = lm["early_exit"][mode]
+        assert [p["tau"] for p in sweep["points"]] == [0.0, 2.0]
+        assert sweep["points"][1]["avg_exit_layer"] == 2 and sweep["points"][1]["perplexity_ratio"] == 1.0
+    comp = lm["paper_comparison"]
+    assert comp["shallow_layers"] == [1] and len(comp["accuracy_gain_per_layer"]) == 3
+    assert (out / "lm-tokenizer" / "tokenizer.json").is_file()
+
+
+def test_run_lm_track_reuses_finished_stages(smoke_track):
+    from layertrace.lm.demo import run_lm_track
+
+    out, lm = smoke_track
+    again = run_lm_track(out, "smoke", progress=False, encoder=_letters)
+    assert all(again["runs"][m]["reused"] for m in ("standard", "aligned"))
+    assert again["runs"]["aligned"]["accuracy"] == lm["runs"]["aligned"]["accuracy"]
+
+
+def test_lm_figures(smoke_track):
+    from layertrace.lm.plots import lm_figures
+
+    out, lm = smoke_track
+    figures = lm_figures(out)
+    assert [t for t, _, _ in figures] == [
+        "LM: next-token accuracy per layer", "LM: perplexity per layer",
+        "LM: quality of text generated from each layer", "LM: early-exit decoding"]
+    for _, fig, caption in figures:
+        assert fig.axes and caption
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_unknown_preset_is_a_one_line_error(tmp_path):
+    from layertrace.errors import LayertraceError
+    from layertrace.lm.demo import run_lm_track
+
+    with pytest.raises(LayertraceError, match="quick"):
+        run_lm_track(tmp_path, "quik")
+
+
+def test_config_file_matches_the_quick_preset():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from layertrace.lm.demo import PRESETS, get_preset
+
+    path = Path(__file__).parents[2] / "configs" / "lm-quick.yaml"
+    from_file = asdict(get_preset(str(path)))
+    preset = asdict(PRESETS["quick"])
+    preset["taus"] = list(preset["taus"])
+    assert from_file == preset
