@@ -212,7 +212,11 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             f.default_factory() if f.default_factory is not _MISSING else None  # type: ignore[misc]
         )
         help_text = f.metadata.get("help", "")
-        tname = getattr(ftype, "__name__", str(ftype).replace("typing.", ""))
+        shown = ftype
+        if typing.get_origin(ftype) in (typing.Union, types.UnionType):
+            non_none = [a for a in typing.get_args(ftype) if a is not type(None)]
+            shown = non_none[0] if len(non_none) == 1 else ftype  # Optional[int] shows as INT
+        tname = getattr(shown, "__name__", str(shown).replace("typing.", ""))
         opts = [f"--{name}"]
         if "_" in name:
             opts.append(f"--{name.replace('_', '-')}")
