@@ -116,8 +116,10 @@ def run_track(name: str, args) -> list[dict]:
           f"layer accuracy {[round(float(a), 3) for a in (logits.argmax(-1) == labels).double().mean(1)]}, "
           f"thresholds {thresholds}", flush=True)
     rows = []
-    m64 = measure_speedups(adapter, batches64, "confidence", thresholds, repeats=args.repeats, return_results=True)
-    m1 = measure_speedups(adapter, batches1, "confidence", thresholds, repeats=args.repeats, return_results=True)
+    m64 = measure_speedups(adapter, batches64, "confidence", thresholds, repeats=args.repeats, return_results=True,
+                           clock=args.clock)
+    m1 = measure_speedups(adapter, batches1, "confidence", thresholds, repeats=args.repeats, return_results=True,
+                          clock=args.clock)
     for i, thr in enumerate(thresholds):
         e64 = m64.results[i].exit_layers
         e1 = m1.results[i].exit_layers
@@ -146,7 +148,7 @@ def markdown(rows: list[dict], args, command: str, wall_s: float) -> str:
         "",
         f"Command: `{command}`  ",
         f"Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-        f"{args.threads} torch thread(s), shared with other jobs (interleaved medians).  ",
+        f"{args.threads} torch thread(s), clock: {args.clock}, shared with other jobs (interleaved medians).  ",
         f"Date: {date}. Total benchmark time {wall_s:.0f} s.",
         "",
         "Policy: confidence (the paper's rule). Per model, a few aligned-training steps make confidence grow",
@@ -184,6 +186,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/exits.md")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: perf_counter (the criterion); cpu: this thread's CPU time (robust to other jobs)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

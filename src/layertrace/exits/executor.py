@@ -79,7 +79,6 @@ def _check_classifier(adapter: Adapter) -> None:
                               f"(causal-LM early exit lives in layertrace.lm)")
 
 
-@torch.no_grad()
 def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | ExitPolicy = "confidence",
                    threshold: float = 0.9, readout: Readout | None = None,
                    layers: Sequence[int] | None = None) -> ExitResult:
@@ -96,6 +95,9 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
     Returns:
         :class:`ExitResult` with (B, K) logits, (B,) predictions and (B,) 1-based exit layers.
     """
+    if torch.is_grad_enabled():  # entering no_grad costs a little; skip it when the caller already did
+        with torch.no_grad():
+            return run_early_exit(adapter, batch, policy, threshold, readout, layers)
     _check_classifier(adapter)
     policy = get_policy(policy)
     if not policy.causal:
@@ -103,7 +105,7 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
                               f"simulate it with layertrace.exits.sweep instead")
     n_layers = adapter.n_layers
     if readout is None and layers is None:  # the shared head reads every layer
-        read, candidates, skip = (lambda layer, h: adapter.readout(h)), None, None
+        read, candidates, skip = _shared_reader(adapter), None, None
     else:
         read = resolve_readout(adapter, readout)
         candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
@@ -121,7 +123,7 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
         logits = read(k, adapter.features(state))
         return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), k, dtype=torch.long, device=device))
 
-    threshold_t = torch.tensor(float(threshold), dtype=torch.float32, device=device)  # 0-d: decide gives (b,)
+    threshold_t = _threshold_tensor(float(threshold), device)  # 0-d: decide gives (b,)
     carry = policy.start(n_samples, device)
     active: Tensor | None = None   # positions of running samples in the batch; None = all of them
     pieces: list[tuple[Tensor | None, Tensor, int]] = []  # (positions or None = all, their logits, exit layer)
@@ -134,10 +136,16 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
             pieces.append((active, logits, layer))
             break
         exit_now, carry = policy.decide(layer, logits, threshold_t, carry)
+        running = exit_now.shape[0]
+        if running == 1:  # batch 1 (or the last sample): one check, no indexing
+            if bool(exit_now):
+                pieces.append((active, logits, layer))
+                break
+            continue
         if not bool(exit_now.any()):  # the common case: one cheap check, nothing else to do
             continue
         leaving = exit_now.nonzero().squeeze(1)
-        if leaving.shape[0] == exit_now.shape[0]:  # all remaining samples stop here
+        if leaving.shape[0] == running:  # all remaining samples stop here
             pieces.append((active, logits, layer))
             break
         keep = (~exit_now).nonzero().squeeze(1)
@@ -146,6 +154,29 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
         state = state.select(keep)
         carry = {name: value[keep] for name, value in carry.items()}
     return _assemble(pieces, n_samples, device)
+
+
+def _shared_reader(adapter: Adapter) -> Readout:
+    """``readout(layer, h)`` of the shared head, calling ``adapter.head`` directly when the adapter
+    does not override ``readout`` (one Python call less per layer on the hot path)."""
+    if type(adapter).readout is Adapter.readout:
+        head = adapter.head
+        return lambda layer, h: head(h)
+    return lambda layer, h: adapter.readout(h)
+
+
+_THRESHOLDS: dict[tuple[float, str], Tensor] = {}
+
+
+def _threshold_tensor(value: float, device: torch.device) -> Tensor:
+    """A cached 0-d float32 threshold on ``device`` (same dtype as the simulation compares with)."""
+    key = (value, str(device))
+    t = _THRESHOLDS.get(key)
+    if t is None:
+        if len(_THRESHOLDS) > 256:
+            _THRESHOLDS.clear()
+        t = _THRESHOLDS[key] = torch.tensor(value, dtype=torch.float32, device=device)
+    return t
 
 
 def _assemble(pieces: list[tuple[Tensor | None, Tensor, int]], n_samples: int, device: torch.device) -> ExitResult:

@@ -64,10 +64,10 @@ class ExitConfig:
     seed: int = field(default=0, metadata={"help": "seeds the limit subsample and preset init"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     measure: bool = field(default=True, metadata={"help": "measure wall-clock speed-up of the runtime executor"})
-    measure_samples: int = field(default=512, metadata={
+    measure_samples: int = field(default=256, metadata={
         "help": "samples timed at --batch_size (the first ones of the split)"})
-    measure_samples_batch1: int = field(default=64, metadata={"help": "samples timed at batch size 1 (0: skip)"})
-    repeats: int = field(default=5, metadata={"help": "interleaved timing repeats (medians are reported)"})
+    measure_samples_batch1: int = field(default=32, metadata={"help": "samples timed at batch size 1 (0: skip)"})
+    repeats: int = field(default=3, metadata={"help": "interleaved timing repeats (medians are reported)"})
 
 
 # ----------------------------------------------------------------------------- core evaluation
@@ -130,8 +130,8 @@ def _agreement(measured_results: list, sweep_result: ExitSweep) -> list[float]:
 
 def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], policy: str = "confidence",
                    thresholds: Sequence[float] | None = None, readout: Readout | None = None, *,
-                   oracle: bool = True, measure: bool = True, measure_samples: int = 512,
-                   batch1_batches: Sequence[Mapping[str, Any]] | None = None, repeats: int = 5,
+                   oracle: bool = True, measure: bool = True, measure_samples: int = 256,
+                   batch1_batches: Sequence[Mapping[str, Any]] | None = None, repeats: int = 3,
                    measure_thresholds: Sequence[float] | None = None) -> ExitEvaluation:
     """Simulate a sweep over ``batches`` and (optionally) time the runtime executor.
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..errors import LayertraceError
 from ..models.base import Adapter
 from .executor import ExitResult, Readout, run_early_exit
 from .policies import ExitPolicy, get_policy
@@ -29,12 +30,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 @dataclass
@@ -50,6 +54,7 @@ class SpeedupMeasurement:
         exit_seconds: [threshold][repeat] seconds of the executor.
         speedups: median(baseline) / median(executor), per threshold.
         results: the executor's outputs of the warm-up pass (when asked), one per threshold.
+        clock: ``"wall"`` or ``"cpu"`` (see :func:`measure_speedups`).
     """
 
     batch_size: int
@@ -61,9 +66,10 @@ class SpeedupMeasurement:
     exit_seconds: list[list[float]]
     speedups: list[float] = field(default_factory=list)
     results: list[ExitResult] = field(default_factory=list, repr=False)
+    clock: str = "wall"
 
     def to_dict(self) -> dict:
-        return {"batch_size": self.batch_size, "n_samples": self.n_samples, "repeats": self.repeats,
+        return {"batch_size": self.batch_size, "n_samples": self.n_samples, "repeats": self.repeats, "clock": self.clock,
                 "thresholds": self.thresholds, "baseline": self.baseline,
                 "full_median_s": {k: statistics.median(v) for k, v in self.full_seconds.items()},
                 "exit_median_s": [statistics.median(s) for s in self.exit_seconds], "speedups": self.speedups}
@@ -78,7 +84,7 @@ def batch_len(batch: Mapping[str, Any]) -> int:
 def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], policy: str | ExitPolicy,
                      thresholds: Sequence[float], readout: Readout | None = None, repeats: int = 5,
                      baseline: Callable[[Mapping[str, Any]], Any] | None = None,
-                     return_results: bool = False) -> SpeedupMeasurement:
+                     return_results: bool = False, clock: str = "wall") -> SpeedupMeasurement:
     """Wall-clock speed-up of :func:`run_early_exit` at each threshold over the full model.
 
     Args:
@@ -92,11 +98,17 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
             ``adapter.model_logits`` and ``adapter.forward`` (both timed).
         return_results: keep the executor's outputs of the warm-up pass (``.results``, one
             :class:`~layertrace.exits.executor.ExitResult` per threshold over all batches).
+        clock: ``"wall"`` (``time.perf_counter``, the default) or ``"cpu"`` (``time.thread_time``: this
+            thread's CPU time, which ignores time spent descheduled by other processes; meaningful for
+            one intra-op thread on a CPU, e.g. ``torch.set_num_threads(1)``).
     Returns:
         :class:`SpeedupMeasurement`.
     """
     policy = get_policy(policy)
     device = adapter.device
+    if clock not in CLOCKS:
+        raise LayertraceError(f"clock={clock!r}: use 'wall' or 'cpu'")
+    tick = CLOCKS[clock]
     inputs = [adapter.model_inputs(b) for b in batches]
     fulls: dict[str, Callable[[Mapping[str, Any]], Any]] = (
         {"baseline": baseline} if baseline is not None
@@ -119,9 +131,9 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
         exit_totals = [0.0] * len(thresholds)
         for b in inputs:
             for name, f in fulls.items():
-                full_totals[name] += _timed(lambda: f(b), device)
+                full_totals[name] += _timed(lambda: f(b), device, tick)
             for i, thr in enumerate(thresholds):
-                exit_totals[i] += _timed(lambda: run_early_exit(adapter, b, policy, thr, readout), device)
+                exit_totals[i] += _timed(lambda: run_early_exit(adapter, b, policy, thr, readout), device, tick)
         for name, total in full_totals.items():
             full_s[name].append(total)
         for i, total in enumerate(exit_totals):
@@ -132,4 +144,5 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
     return SpeedupMeasurement(
         batch_size=max(sizes), n_samples=sum(sizes), repeats=max(1, repeats),
         thresholds=[float(t) for t in thresholds], baseline=baseline_name, full_seconds=full_s,
-        exit_seconds=exit_s, speedups=[full_median / statistics.median(s) for s in exit_s], results=results)
+        exit_seconds=exit_s, speedups=[full_median / statistics.median(s) for s in exit_s], results=results,
+        clock=clock)
