@@ -110,3 +110,13 @@ def test_example_config_parses_and_names_its_command():
     assert first.startswith("# layertrace analyze --config configs/analyze.yaml")
     cfg = load_config(AnalyzeConfig, path)
     assert cfg.model == "minilm-cls" and cfg.limit == 2000 and cfg.epsilons == [0.01, 0.025, 0.05, 0.1]
+
+
+def test_too_little_data_for_similarity(adapter):
+    one = toy_batches(n_batches=1, batch_size=1, pad=False)
+    with pytest.raises(LayertraceError, match="at least 2 samples, got 1"):
+        analyze(adapter, one)
+    assert analyze(adapter, one, similarity=False).n_samples == 1   # the readout alone works
+    small = toy_batches(n_batches=2, batch_size=3)
+    with pytest.raises(LayertraceError, match="batches of at least 4 samples"):
+        analyze(adapter, small, cka="minibatch")

@@ -534,6 +534,9 @@ class _Pass:
         # ---- similarity needing the centres: read the cache back (or a second pass)
         cos_matrix = cka_matrix = None
         extra: dict[str, np.ndarray] = {}
+        if o.similarity and n_sim < 2:
+            raise LayertraceError(f"similarity statistics need at least 2 samples, got {n_sim}: analyse more data "
+                                  f"or pass similarity=False")
         if o.similarity:
             # one process with the whole cache in RAM: exact CKA straight from it (the metrics pick
             # sample or feature space); otherwise the streaming accumulator sees every chunk

@@ -104,8 +104,7 @@ class SimilarityStage:
             out["theorem_2_1_triples"] = theorem_2_1_violations(cos, self.tolerance, count_evaluated=True)
         self.cos_acc.update(x)
         if self.cka_acc is not None and (self.cka != "minibatch" or x.shape[1] >= 4):
-            # a private copy: the accumulator may centre a contiguous view of its input in place
-            self.cka_acc.update(x.clone())
+            self.cka_acc.update(x)
         return out
 
     @property
@@ -122,6 +121,15 @@ class SimilarityStage:
 
     def compute(self) -> tuple[np.ndarray, np.ndarray | None]:
         """``(cos_matrix (S, S), cka_matrix (S, S) or None)``."""
+        from ..errors import LayertraceError
+
         cos = np.asarray(self.cos_acc.compute(), dtype=np.float64)
-        cka = None if self.cka_acc is None else np.asarray(self.cka_acc.compute(), dtype=np.float64)
-        return cos, cka
+        if self.cka_acc is None:
+            return cos, None
+        if self.cka == "minibatch" and self.cka_acc.n_batches == 0:
+            raise LayertraceError("minibatch CKA needs batches of at least 4 samples and every batch had fewer: "
+                                  "use a larger batch_size or cka='exact'")
+        if self.cka_acc.n_samples < 2:
+            raise LayertraceError(f"CKA needs at least 2 samples, got {self.cka_acc.n_samples}: analyse more data "
+                                  f"or pass cka='none'")
+        return cos, np.asarray(self.cka_acc.compute(), dtype=np.float64)
