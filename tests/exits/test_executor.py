@@ -224,3 +224,21 @@ def test_heads_on_some_layers_exit_only_there():
     fixed = run_early_exit(adapter, batch, "fixed", 3, readout=spy)
     assert (fixed.exit_layers == 4).all()  # the first head at or after layer 3
     assert simulate_exits(logits, "fixed", [3], layers=[2, 4, 6])[0].unique().tolist() == [4]
+
+
+def test_tiny_deit_with_two_token_head_runtime_equals_simulation():
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("layertrace.models.hf_vision")
+    from layertrace.models import adapt
+
+    torch.manual_seed(0)
+    cfg = transformers.DeiTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=4,
+                                  num_attention_heads=4, intermediate_size=64, num_labels=4, initializer_range=0.2)
+    adapter = adapt(transformers.DeiTForImageClassificationWithTeacher(cfg).eval())
+    batches = [{"pixel_values": torch.randn(20, 1, 16, 16, generator=torch.Generator().manual_seed(3))}]
+    logits, _ = layer_logits(adapter, batches)
+    thresholds = thresholds_in_gaps(scores(logits[:-1], "confidence"), n=8) + [1.01]
+    assert len(assert_runtime_equals_simulation(adapter, batches, "confidence", thresholds)) >= 3
+    full = run_early_exit(adapter, batches[0], "confidence", 1.01)
+    with torch.no_grad():
+        torch.testing.assert_close(full.logits, adapter.model_logits(batches[0]))
