@@ -108,3 +108,26 @@ def test_exit_cli_errors(tmp_path, capsys):
     assert main(["exit", "--model", "vit-demo", "--data", "fashion-mnist", "--policy", "confidense",
                  "--out", str(tmp_path)]) == 2
     assert "did you mean 'confidence'" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_exit_cli_compare_writes_table(tmp_path):
+    runs = [make_run(tmp_path / "fmnist-vit-standard", multi_head=False, seed=1),
+            make_run(tmp_path / "fmnist-vit-multi-head", multi_head=True)]
+    out = tmp_path / "cmp"
+    code = main(["exit", "--compare", ",".join(map(str, runs)), "--data", "fashion-mnist", "--limit", "32",
+                 "--thresholds", "0.3,0.6,0.9,1.01", "--target_speedup", "1.2", "--measure", "false",
+                 "--batch_size", "16", "--out", str(out)])
+    assert code == 0
+    table = read_json(out / "comparison.json")
+    assert (out / "comparison.md").read_text().count("fmnist-vit-") == 2 and (out / "config.yaml").is_file()
+    assert [r["readout"] for r in table["rows"]] == ["shared", "per-layer heads"]
+    assert table["target"] == {"min_speedup": 1.2}
+    for row in table["rows"]:
+        points = table["runs"][row["run"]]["points"]
+        fast_enough = [p for p in points if p["speedup"] >= 1.2]
+        if fast_enough:  # the most accurate point at >= 1.2x layer speed-up
+            assert row["speedup"] >= 1.2 and row["accuracy"] == max(p["accuracy"] for p in fast_enough)
+        assert row["measured_speedup_batch64"] is None
+    assert main(["exit", "--compare", ",".join(map(str, runs)), "--model", "vit-demo", "--data", "fashion-mnist",
+                 "--out", str(out)]) == 2

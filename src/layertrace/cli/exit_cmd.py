@@ -1,11 +1,14 @@
 """``layertrace exit --model RUN_DIR --data NAME [--split test] [--limit N] --policy confidence
---thresholds 0.5,0.7,0.9 --out DIR [--config FILE.yaml]``.
+--thresholds 0.5,0.7,0.9 --out DIR [--config FILE.yaml]``, or
+``layertrace exit --compare RUN1,RUN2,RUN3 --data NAME --target_accuracy_drop 0.01 --out DIR``.
 
 Early-exit sweep of a classifier: simulated over cached per-layer readouts (accuracy, the paper's
 layer-count speed-up, exit histogram, expected FLOPs, Pareto flags, oracle) and measured with the
 runtime executor (wall-clock speed-up at ``--batch_size`` and at batch 1). A run folder with
 ``heads.safetensors`` (multi-head training) is read through its per-layer heads. Writes ``exit.json``
-(schema: docs/exits.md) and the resolved ``config.yaml`` into ``--out``.
+(schema: docs/exits.md) and the resolved ``config.yaml`` into ``--out``. With ``--compare`` it
+evaluates several runs under the same protocol (standard vs aligned vs per-layer heads: the
+paper's ImageNet table) and writes ``comparison.json`` and ``comparison.md`` instead.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(ExitConfig, args)
     body = exit_from_config(cfg)
+    if cfg.compare:
+        from ..exits.run import comparison_markdown
+
+        print(comparison_markdown(body), end="")
+        print(f"-> {cfg.out}/comparison.json, comparison.md")
+        return 0
     print(f"{body['model']} on {body['data']} ({body['split']}): {body['n_samples']} samples, {body['n_layers']} "
           f"layers, {body['readout']} readout, full accuracy {body['full_accuracy']:.4f} -> {cfg.out}")
     print(f"{'threshold':>10} {'accuracy':>9} {'speed-up':>9} {'wall b=' + str(cfg.batch_size):>10} {'wall b=1':>9}"

@@ -34,6 +34,7 @@ from .policies import default_thresholds, get_policy
 from .simulate import ExitSweep, sweep
 
 EXIT_FILE = "exit.json"
+COMPARISON_FILE = "comparison.json"
 SCHEMA = "layertrace-exit-1"
 HEADS_FILE = "heads.safetensors"
 
@@ -68,6 +69,13 @@ class ExitConfig:
         "help": "samples timed at --batch_size (the first ones of the split)"})
     measure_samples_batch1: int = field(default=32, metadata={"help": "samples timed at batch size 1 (0: skip)"})
     repeats: int = field(default=3, metadata={"help": "interleaved timing repeats (medians are reported)"})
+    compare: list[str] | None = field(default=None, metadata={
+        "help": "comma list of run folders to compare under this protocol (instead of --model): writes "
+                "comparison.json + comparison.md"})
+    target_accuracy_drop: float | None = field(default=None, metadata={
+        "help": "--compare: per run, the fastest threshold within this accuracy drop of its full model"})
+    target_speedup: float | None = field(default=None, metadata={
+        "help": "--compare: per run, the most accurate threshold with at least this layer speed-up"})
 
 
 # ----------------------------------------------------------------------------- core evaluation
@@ -195,7 +203,9 @@ def _rows(result: ExitSweep, index: list[int]) -> ExitSweep:
 
 # ----------------------------------------------------------------------------- loading
 def _check(cfg: ExitConfig) -> None:
-    if not cfg.model:
+    if cfg.compare and cfg.model:
+        raise LayertraceError("give either --model (one sweep) or --compare RUN1,RUN2,... (a comparison), not both")
+    if not cfg.model and not cfg.compare:
         raise LayertraceError("no model given: pass --model (a training run folder, a model folder or a preset)")
     if not cfg.data:
         raise LayertraceError("no data given: pass --data (e.g. fashion-mnist, rotten-tomatoes)")
@@ -267,6 +277,8 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     if write and not cfg.out:
         raise LayertraceError("no output folder: pass --out DIR")
     get_policy(cfg.policy)
+    if cfg.compare:
+        return compare_from_config(cfg, write)
     loaded = _load(cfg)
     evaluation = evaluate_exits(loaded.adapter, loaded.batches, cfg.policy, cfg.thresholds, loaded.readout,
                                 oracle=cfg.oracle, measure=cfg.measure, measure_samples=cfg.measure_samples,
@@ -389,6 +401,31 @@ def compare_runs(run_dirs: Sequence[str | Path], data: str, policy: str = "confi
     return {"policy": get_policy(policy).name, "data": data, "split": split, "limit": limit,
             "thresholds": used_thresholds, "target": dict(target) if target else None,
             "batch_size": batch_size, "columns": list(rows[0]) if rows else [], "rows": rows, "runs": runs}
+
+
+def compare_from_config(cfg: ExitConfig, write: bool = True) -> dict:
+    """``layertrace exit --compare RUN1,RUN2,...``: :func:`compare_runs` with the config's protocol;
+    writes ``comparison.json``, ``comparison.md`` and ``config.yaml`` into ``cfg.out``."""
+    from ..config import config_to_dict, save_config
+    from ..io import atomic_path, write_json
+
+    if cfg.target_accuracy_drop is not None and cfg.target_speedup is not None:
+        raise LayertraceError("give at most one of --target_accuracy_drop and --target_speedup")
+    target = ({"max_accuracy_drop": cfg.target_accuracy_drop} if cfg.target_accuracy_drop is not None
+              else {"min_speedup": cfg.target_speedup} if cfg.target_speedup is not None else None)
+    options = {k: v for k, v in config_to_dict(cfg).items() if k not in (
+        "model", "data", "split", "limit", "policy", "thresholds", "measure", "out", "compare",
+        "target_accuracy_drop", "target_speedup")}
+    table = compare_runs(cfg.compare, cfg.data, cfg.policy, cfg.thresholds, target, split=cfg.split,
+                         limit=cfg.limit, measure=cfg.measure, **options)
+    table["config"] = config_to_dict(cfg)
+    if write and cfg.out:
+        out = Path(cfg.out)
+        write_json(out / COMPARISON_FILE, table)
+        with atomic_path(out / "comparison.md") as tmp:
+            tmp.write_text(comparison_markdown(table))
+        save_config(cfg, out)
+    return table
 
 
 def comparison_markdown(table: Mapping[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 Public names (imported lazily by their modules; nothing here imports transformers):
 
-* :func:`layertrace.lm.metrics.layerwise_lm_metrics` -> :class:`~layertrace.lm.metrics.LMMetrics`
+* per-layer next-token accuracy / perplexity / saturation: the analysis pass (``layertrace.analyze``)
 * :func:`layertrace.lm.generate.generate`, :class:`~layertrace.lm.generate.SamplingConfig`
 * :func:`layertrace.lm.early_exit.early_exit_generate`, :func:`~layertrace.lm.early_exit.early_exit_sweep`
 * :func:`layertrace.lm.quality.diversity`, :func:`~layertrace.lm.quality.coherence`,
@@ -12,10 +12,9 @@ Public names (imported lazily by their modules; nothing here imports transformer
 
 from .early_exit import early_exit_generate, early_exit_sweep
 from .generate import GenerationResult, SamplingConfig, generate
-from .metrics import LMMetrics, layerwise_lm_metrics
 from .quality import coherence, diversity
 
 __all__ = [
-    "GenerationResult", "LMMetrics", "SamplingConfig", "coherence", "diversity", "early_exit_generate",
-    "early_exit_sweep", "generate", "layerwise_lm_metrics",
+    "GenerationResult", "SamplingConfig", "coherence", "diversity", "early_exit_generate", "early_exit_sweep",
+    "generate",
 ]

@@ -52,7 +52,8 @@ class LMTrackPreset:
         steps, batch_size, lr: training budget (AdamW, cosine, 5% warmup) for each mode.
         eval_blocks: test blocks of ``block_size`` tokens for the per-layer metrics.
         n_prompts, prompt_tokens, new_tokens: generation from every layer (nucleus p = 0.95).
-        exit_prompts, exit_batch_size, exit_repeats, taus: the early-exit decoding sweep (greedy).
+        exit_prompts, exit_batch_size, exit_repeats, taus: the early-exit decoding sweep (nucleus
+            sampling with the same seed as full decoding, so tau > 1 reproduces it).
     """
 
     name: str = "custom"
@@ -71,10 +72,10 @@ class LMTrackPreset:
     prompt_tokens: int = 16
     new_tokens: int = 32
     top_p: float = 0.95
-    exit_prompts: int = 8
+    exit_prompts: int = 12
     exit_batch_size: int = 1
     exit_repeats: int = 2
-    taus: tuple = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+    taus: tuple = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
     seed: int = 0
 
 
@@ -223,21 +224,31 @@ def generation_by_layer(adapter: Any, tokenizer: Any, prompts: torch.Tensor, p: 
                         encoder: Any) -> dict[str, Any]:
     """Text generated from every layer k = 1..L (nucleus sampling), scored for diversity and coherence."""
     from .generate import SamplingConfig, generate
-    from .quality import coherence_per_sample, diversity
+    from .quality import diversity, paired_cosine
 
     sampling = SamplingConfig("nucleus", top_p=p.top_p, seed=p.seed)
     prompt_text = tokenizer.batch_decode(prompts, skip_special_tokens=True)
     out: dict[str, Any] = {"layers": [], "diversity": [], "coherence": [], "coherence_std": [], "samples": [],
                            "sampling": asdict(sampling), "max_new_tokens": p.new_tokens}
+    continuations: list[list[str]] = []
     for k in range(1, adapter.n_layers + 1):
         res = generate(adapter, prompts, layer=k, max_new_tokens=p.new_tokens, sampling=sampling)
         texts = tokenizer.batch_decode(res.new_tokens, skip_special_tokens=True)
-        coh = coherence_per_sample(prompt_text, texts, encoder) if encoder is not None else None
+        continuations.append(texts)
         out["layers"].append(k)
         out["diversity"].append(diversity(texts))
-        out["coherence"].append(float(coh.mean()) if coh is not None else None)
-        out["coherence_std"].append(float(coh.std()) if coh is not None else None)
         out["samples"].append({"layer": k, "prompt": prompt_text[0], "continuation": texts[0]})
+    if encoder is not None:  # one encoder call for the prompts, one for every continuation of every layer
+        e_prompts = np.asarray(encoder(prompt_text), dtype=np.float64)
+        e_conts = np.asarray(encoder([t for texts in continuations for t in texts]), dtype=np.float64)
+        n = len(prompt_text)
+        for i in range(len(continuations)):
+            coh = paired_cosine(e_prompts, e_conts[i * n:(i + 1) * n])
+            out["coherence"].append(float(coh.mean()))
+            out["coherence_std"].append(float(coh.std()))
+    else:
+        out["coherence"] = [None] * len(continuations)
+        out["coherence_std"] = [None] * len(continuations)
     return out
 
 
@@ -247,6 +258,7 @@ def evaluate_run(run_dir: Path, tokenizer: Any, blocks: torch.Tensor, prompts: t
     from ..analysis import analyze
     from ..models import load_model
     from .early_exit import early_exit_sweep
+    from .generate import SamplingConfig
 
     loaded = load_model(run_dir)
     adapter = loaded.adapter.to(device).eval()
@@ -265,6 +277,7 @@ def evaluate_run(run_dir: Path, tokenizer: Any, blocks: torch.Tensor, prompts: t
         return tokenizer.decode(ids, skip_special_tokens=True)
 
     sweep = early_exit_sweep(adapter, prompts[: p.exit_prompts], taus=p.taus, max_new_tokens=p.new_tokens,
+                             sampling=SamplingConfig("nucleus", top_p=p.top_p, seed=p.seed),
                              batch_size=p.exit_batch_size, repeats=p.exit_repeats, decode=decode, encoder=encoder)
     say(f"{run_dir.name}: early-exit sweep done ({time.perf_counter() - t0:.1f} s)")
     evaluation = {

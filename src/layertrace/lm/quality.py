@@ -140,8 +140,14 @@ def coherence_per_sample(prefixes: Sequence[str], continuations: Sequence[str],
     if len(prefixes) == 0:
         return np.zeros(0)
     encoder = encoder or default_encoder()
-    a = _as_numpy(encoder(list(prefixes)))
-    b = _as_numpy(encoder(list(continuations)))
+    return paired_cosine(encoder(list(prefixes)), encoder(list(continuations)))
+
+
+def paired_cosine(a: Any, b: Any) -> np.ndarray:
+    """Row-wise cosine of two (n, d) embedding arrays / tensors -> (n,) float64 (zero rows give 0)."""
+    a, b = _as_numpy(a), _as_numpy(b)
+    if a.shape != b.shape:
+        raise LayertraceError(f"paired_cosine needs equal shapes, got {a.shape} and {b.shape}")
     na = np.linalg.norm(a, axis=1)
     nb = np.linalg.norm(b, axis=1)
     return (a * b).sum(1) / np.maximum(na * nb, 1e-12)

@@ -18,7 +18,7 @@ from ..errors import LayertraceError
 from .figures import Figures, FigureItem, groups_of
 from .findings import Finding, all_findings
 from .page import Html, Section, esc, render_page, table_html
-from .runs import RunResults, extra_files, load_runs, order_runs
+from .runs import RunResults, load_runs, order_runs
 from .series import fmt, fmt_pct, number
 from .tables import (DEFAULT_EXIT_TOLERANCE, ComparisonRow, comparison_rows, operating_point, overview_rows,
                      per_layer_table)
@@ -384,13 +384,16 @@ def build_report(run_dirs: Sequence[str | Path], out_html: str | Path, *, title:
     """
     from ..io import atomic_path
 
-    runs = order_runs(load_runs(list(run_dirs)))
-    if not runs:
+    loaded = order_runs(load_runs(list(run_dirs)))
+    if not loaded:
         raise LayertraceError("no run folders given; pass folders written by train/analyze/exit/demo")
+    # A folder holding only lm.json (the demo's LM track) has its own section, not a row in the tables.
+    lm_only = [r for r in loaded if r.lm is not None and not (r.analysis or r.exits or r.metrics)]
+    runs = [r for r in loaded if r not in lm_only]
     title = title or "layertrace report"
     findings = all_findings(runs, exit_tolerance)
     comparison = comparison_rows(runs, exit_tolerance)
-    lm_extra = [p for p in extra_files(list(run_dirs), "lm.json") if p.parent not in {r.path for r in runs}]
+    lm_extra = [r.path / "lm.json" for r in lm_only]
     sections = build_sections(runs, findings, comparison, exit_tolerance, _lm_items(runs, lm_extra), notes)
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     subtitle = (f"{len(runs)} run(s) in {len(groups_of(runs))} comparison group(s); generated {esc(stamp)} by "
