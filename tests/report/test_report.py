@@ -310,3 +310,19 @@ def test_report_from_real_analysis_and_exit_of_the_toy_model(tmp_path, toy_model
     assert int(rows[0][col["parameters"]].replace(",", "")) == body["params"]["this_run"]
     assert "measured ms/sample, batch 64" in col and "measured ms/sample, batch 1" in col
     assert len(_images(paths.html.read_text())) >= 8
+
+
+def test_lm_section_from_an_lm_json(tmp_path):
+    """A folder holding only lm.json (the demo's LM track) becomes the LM section, not a table row.
+    data/lm_smoke.json is the real output of `run_lm_track(out, preset="smoke")` (2 layers, 2 steps)."""
+    from layertrace.report import build_report
+
+    lm_dir = tmp_path / "lm"
+    lm_dir.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "lm_smoke.json", lm_dir / "lm.json")
+    write_run(tmp_path, "toy-vit-standard", 2, [0.1, 0.5, 0.6], [0.2, 0.5, 1.0], [0.3, 0.6, 1.0], "standard")
+    paths = build_report([tmp_path], tmp_path / "report.html")
+    html = paths.html.read_text()
+    assert "Causal language model track" in html
+    assert "Figure" in html.split("Causal language model track", 1)[1]
+    assert "| lm |" not in paths.summary.read_text()
