@@ -427,7 +427,11 @@ class Demo:
 
         notes = [f"Produced by `layertrace demo --preset {self.cfg.preset}`; the resolved settings are in "
                  f"{self.out / 'config.yaml'}."]
-        paths = build_report([d for d in self.run_dirs() if d.is_dir()], self.out / "report.html",
+        dirs = [d for d in self.run_dirs() if d.is_dir()]
+        if not dirs:
+            raise LayertraceError("nothing to report: vision, text and mlp are all disabled; enable one, "
+                                  "e.g. --mlp.enabled true")
+        paths = build_report(dirs, self.out / "report.html",
                              title=f"layertrace demo ({self.cfg.preset})", exit_tolerance=self.cfg.exits.tolerance,
                              notes=notes)
         return paths.html

@@ -1,0 +1,112 @@
+"""``layertrace demo`` in-process on a tiny budget (only the MLP experiment: seconds), its reuse of
+finished stages, its progress display, and the 9-layer MLP experiment itself."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from layertrace.cli.main import main
+
+pytestmark = pytest.mark.xdist_group("demo")
+
+TINY = ["--vision.enabled", "false", "--text.enabled", "false", "--mlp.epochs", "1", "--mlp.train_limit", "300",
+        "--mlp.test_limit", "100", "--mlp.width", "32"]
+
+
+def test_demo_end_to_end_and_reuse(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"stage 1/3: MLP with residuals \(mnist-mlp-residual\) \(estimate \d+s; about .* left\)", err)
+    assert "stage 3/3: report.html + summary.md" in err and "finished in" in err
+    for name in ("mnist-mlp-residual", "mnist-mlp-plain"):
+        run = out / name
+        for f in ("config.yaml", "analysis.json", "model/model.safetensors", "metrics.jsonl", "train_summary.json"):
+            assert (run / f).is_file(), f"{name}/{f}"
+    assert (out / "report.html").is_file() and (out / "summary.md").is_file()
+    saved = (out / "config.yaml").read_text()
+    assert "preset: quick" in saved and "train_limit: 300" in saved
+    timings = json.loads((out / "demo_timings.json").read_text())
+    assert set(timings["estimates"]) == {"train:mlp", "report"}
+    html = (out / "report.html").read_text()
+    assert "where CKA misleads" in html
+    # A second call reuses both trained models and only rebuilds the report.
+    before = (out / "mnist-mlp-plain" / "analysis.json").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.count("already done, reused") == 2
+    assert (out / "mnist-mlp-plain" / "analysis.json").stat().st_mtime_ns == before
+    # Changing a setting of the experiment retrains it.
+    assert main(["demo", "--out", str(out), *TINY, "--mlp.seed", "1"]) == 0
+    assert "already done, reused" not in capsys.readouterr().err
+
+
+def test_demo_with_nothing_enabled_is_a_user_error(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "d"), "--vision.enabled", "false", "--text.enabled", "false",
+               "--mlp.enabled", "false"])
+    assert rc == 2
+    assert "nothing to report" in capsys.readouterr().err
+
+
+def test_demo_plan_names_every_run_folder(tmp_path):
+    """The quick plan: three ViT modes, the MLP pair, two MiniLM modes, analysis + exit of each, report."""
+    pytest.importorskip("layertrace.training.config")
+    from layertrace.cli.demo import Demo, resolve_config
+
+    cfg = resolve_config(None, {"out": str(tmp_path)})
+    demo = Demo(cfg)
+    labels = [s.label for s in demo.stages()]
+    assert labels[:3] == ["train fmnist-vit-standard", "train fmnist-vit-aligned", "train fmnist-vit-multi-head"]
+    assert labels[3:5] == ["MLP with residuals (mnist-mlp-residual)", "MLP without residuals (mnist-mlp-plain)"]
+    assert labels[5:7] == ["train rt-minilm-standard", "train rt-minilm-aligned"]
+    assert sum(lab.startswith("analyze ") for lab in labels) == 5
+    assert sum(lab.startswith("early-exit sweep ") for lab in labels) == 5
+    assert labels[-1] == "report.html + summary.md"
+    assert [d.name for d in demo.run_dirs()] == [
+        "fmnist-vit-standard", "fmnist-vit-aligned", "fmnist-vit-multi-head", "rt-minilm-standard",
+        "rt-minilm-aligned", "mnist-mlp-residual", "mnist-mlp-plain"]
+    # every training config is the recipe with the mode set
+    assert demo.train_config(cfg.vision, "aligned").train.mode == "aligned"
+    assert demo.train_config(cfg.text, "standard").model.spec == "minilm-cls"
+
+
+def test_progress_rescales_estimates_by_measured_speed():
+    import io
+
+    from layertrace.cli.demo import Progress, Stage
+
+    ran = []
+    stages = [Stage("a", "first", lambda: ran.append(1)), Stage("b", "second", lambda: ran.append(2)),
+              Stage("b", "skipped", lambda: ran.append(3), done=lambda: True)]
+    stream = io.StringIO()
+    p = Progress(stages, {"a": 100.0, "b": 50.0}, stream=stream)
+    assert p.left(0) == 150.0  # the finished stage does not count
+    p.run_all()
+    assert ran == [1, 2]
+    assert p.spent_est == 150.0 and p.spent_real < 5
+    assert p._scale() == pytest.approx(0.33)  # far faster than estimated: clipped at a third
+    text = stream.getvalue()
+    assert "stage 3/3: skipped: already done, reused" in text
+
+
+def test_mlp_adapter_reads_the_model_and_skips_change_the_picture():
+    """The MLP's generic adapter: readout at L equals the model's logits; without skips a block's
+    output does not contain its input."""
+    from layertrace.experiments import DeepMLP, mlp_adapter
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 28, 28)
+    for residual in (True, False):
+        model = DeepMLP(784, 10, width=16, n_layers=3, residual=residual).eval()
+        adapter = mlp_adapter(model)
+        trace = adapter.trace({"pixel_values": x})
+        assert trace.features.shape == (4, 5, 16)
+        torch.testing.assert_close(trace.logits[-1], model(x).logits)
+        h0 = trace.features[0]
+        h1 = trace.features[1]
+        update = torch.relu(model.blocks[0].fc(h0))
+        torch.testing.assert_close(h1, h0 + update if residual else update)
