@@ -100,7 +100,7 @@ class Figures:
             if n_max and n_max <= 16:
                 ax.set_xticks(range(0, n_max + 1))
             if logy:
-                ax.set_yscale("log")
+                _log_axis(ax, [v for r in rs for v in get(r).values()])
             if ylim is not None:
                 ax.set_ylim(*ylim)
             ax.legend(loc="best", frameon=False)
@@ -446,8 +446,11 @@ class Figures:
             ax.set_xlabel(LAYER_AXIS)
             ax.set_ylabel("accuracy / similarity to layer L")
             ax.set_ylim(-0.05, 1.05)
-            ax.legend(frameon=False, loc="lower right")
-        fig.tight_layout()
+            if r.n_layers and r.n_layers <= 16:
+                ax.set_xticks(range(0, r.n_layers + 1))
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
         return [_render(
             fig, "9-layer MLP with and without residual connections: where CKA misleads",
             "Shared-head accuracy, COS to the last layer and linear CKA to the last layer for the same MLP trained "
@@ -455,6 +458,24 @@ class Figures:
             "stays high while COS and the shared head's accuracy stay low, because CKA ignores the rotation "
             "between layers that the final classifier cannot. Layer 0 is the input projection, l the output of "
             "hidden block l.")]
+
+
+def _log_axis(ax: Any, values: list[float]) -> None:
+    """Log-scale y axis with plain-number tick labels (0.2, 0.5, 1, 2, 5, ...) instead of 2x10^0."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    ax.set_yscale("log")
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return
+    lo, hi = min(positive + [1.0]), max(positive + [1.0])
+    ticks = [m * 10.0 ** e for e in range(-3, 4) for m in (1, 2, 5) if lo / 2.5 <= m * 10.0 ** e <= hi * 2.5]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 # ---------------------------------------------------------------------- helpers reading the JSON
