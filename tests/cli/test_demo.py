@@ -110,3 +110,13 @@ def test_mlp_adapter_reads_the_model_and_skips_change_the_picture():
         h1 = trace.features[1]
         update = torch.relu(model.blocks[0].fc(h0))
         torch.testing.assert_close(h1, h0 + update if residual else update)
+
+
+def test_demo_names_an_unknown_model_before_any_work(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "d"), "--text.enabled", "false", "--mlp.enabled", "false",
+               "--vision.overrides", "{model.spec: vit-dmeo}"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fmnist-vit: unknown model preset 'vit-dmeo'" in err
+    assert "did you mean 'vit-demo'" in err
+    assert not (tmp_path / "d").exists()

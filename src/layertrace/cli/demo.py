@@ -286,6 +286,21 @@ class Demo:
             overrides.setdefault("train.threads", self.cfg.threads)
         return load_config(TrainConfig, recipe, overrides)
 
+    def check_models(self) -> None:
+        """Fail before any work when a track names a model that is neither a preset nor a folder."""
+        from ..models.presets import get_preset
+
+        for track in (self.cfg.vision, self.cfg.text):
+            if not track.enabled or not track.modes:
+                continue
+            spec = str(self.train_config(track, track.modes[0]).model.spec)
+            if Path(spec).expanduser().is_dir() or spec.startswith("hf:") or "/" in spec:
+                continue
+            try:
+                get_preset(spec)
+            except LayertraceError as exc:
+                raise LayertraceError(f"{track.name}: {exc}") from None
+
     def run_dir(self, track: TrackSection, mode: str) -> Path:
         return self.out / f"{track.name}-{mode}"
 
@@ -438,6 +453,7 @@ class Demo:
 
     def run(self) -> Path:
         """Run every stage (skipping finished ones); returns the report path."""
+        self.check_models()
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
         timings_path = self.out / "demo_timings.json"
