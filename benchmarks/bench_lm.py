@@ -5,7 +5,8 @@ Claim checked (issue 9): on the demo LM (the aligned GPT-2 of ``run_lm_track``),
 layers' KV cache is filled from the copied exit state) decodes faster than full-depth decoding at
 the tau where the perplexity of its output (under the full model) rises by at most 10%.
 
-Method: greedy decoding of test-set prompts, batch 1 (and optionally a larger batch). For every
+Method: nucleus sampling (p = 0.95, seeded; the paper's generation setting) or greedy decoding of
+test-set prompts, batch 1 (and optionally a larger batch). For every
 repeat and every prompt, the full-depth run and one run per tau execute back to back, so machine
 noise hits all settings alike; tokens/s per setting and repeat = its tokens / its decoding time, the
 speed-up per repeat = its tokens/s over full decoding's in the same repeat, reported as the median
@@ -40,6 +41,7 @@ def run(args) -> str:
     from layertrace.data import load_text_corpus
     from layertrace.lm.demo import RUN_NAME, make_prompts, run_lm_track
     from layertrace.lm.early_exit import early_exit_sweep
+    from layertrace.lm.generate import SamplingConfig
     from layertrace.models import load_model
 
     track = Path(args.track)
@@ -59,13 +61,16 @@ def run(args) -> str:
         f"- machine: 2-core CPU, no GPU (shared with other jobs), torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), Python {platform.python_version()}; date {datetime.date.today()}",
         f"- model: {track / RUN_NAME.format(mode=args.mode)} ({loaded.adapter.n_layers} layers, "
-        f"d={loaded.adapter.hidden_size}, vocab {loaded.adapter.num_outputs}); greedy; {args.prompts} test prompts of "
+        f"d={loaded.adapter.hidden_size}, vocab {loaded.adapter.num_outputs}); {args.sampling} decoding "
+        f"({'p = 0.95, seed 0, the same draws for every setting' if args.sampling == 'nucleus' else 'argmax'}); "
+        f"{args.prompts} test prompts of "
         f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens; confidence = {args.confidence}; "
         f"median of {args.repeats} interleaved repeats",
         "",
     ]
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        sweep = early_exit_sweep(loaded.adapter, prompts, taus=taus, confidence=args.confidence,
+        sampling = SamplingConfig(args.sampling, top_p=0.95, seed=0)
+        sweep = early_exit_sweep(loaded.adapter, prompts, taus=taus, confidence=args.confidence, sampling=sampling,
                                  max_new_tokens=args.new_tokens, batch_size=batch_size, repeats=args.repeats,
                                  decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
         full = sweep["full"]
@@ -92,7 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--track", default="/tmp/lm-track", help="run_lm_track folder (created if missing)")
     ap.add_argument("--mode", default="aligned", choices=["aligned", "standard"])
-    ap.add_argument("--taus", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    ap.add_argument("--taus", default="0.02,0.05,0.1,0.2,0.4,0.8")
+    ap.add_argument("--sampling", default="nucleus", choices=["nucleus", "greedy"])
     ap.add_argument("--confidence", default="softmax", choices=["softmax", "state"])
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--prompt-tokens", type=int, default=24)

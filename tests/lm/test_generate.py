@@ -222,3 +222,15 @@ def test_batched_early_exit_equals_each_row_alone():
                                     sampling=greedy)
         assert torch.equal(ee.new_tokens[row], alone.new_tokens[0])
         assert torch.equal(ee.exit_layers[row], alone.exit_layers[0])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_early_exit_at_tau_zero_equals_generation_from_the_first_allowed_layer(lm, k):
+    """tau = 0 exits every token at min_layer = k: the cache of layers <= k is exactly layer-k generation's."""
+    batch = padded_batch(lm.config.vocab_size, "left")
+    cfg = SamplingConfig("nucleus", seed=5)
+    shallow = generate(lm, batch["input_ids"], batch["attention_mask"], layer=k, max_new_tokens=8, sampling=cfg)
+    ee = early_exit_generate(lm, batch["input_ids"], batch["attention_mask"], tau=0.0, min_layer=k,
+                             max_new_tokens=8, sampling=cfg)
+    assert torch.equal(ee.sequences, shallow.sequences)
+    assert (ee.exit_layers == k).all()

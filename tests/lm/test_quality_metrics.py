@@ -1,4 +1,4 @@
-"""Diversity, coherence and per-layer LM metrics against hand-computed values / naive loops."""
+"""Diversity, coherence against hand-computed values; the analysis pass's LM metrics against a naive loop."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import padded_batch, tiny_gpt2, tiny_llama  # noqa: E402
 
 from layertrace.errors import LayertraceError  # noqa: E402
-from layertrace.lm.metrics import layerwise_lm_metrics  # noqa: E402
 from layertrace.lm.quality import coherence, coherence_per_sample, diversity  # noqa: E402
 from layertrace.models import adapt  # noqa: E402
 
@@ -73,11 +72,14 @@ def test_default_encoder_is_minilm_mean_pooling():
 
 
 @pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
-def test_layerwise_lm_metrics_match_a_naive_loop(make):
+def test_analysis_lm_metrics_match_a_naive_loop(make):
+    """The analysis pass's causal-LM branch (used by the LM track) on our adapters, with padding."""
+    from layertrace.analysis import analyze
+
     lm = make()
     a = adapt(lm)
     batches = [padded_batch(a.num_outputs, "left", seed=1), padded_batch(a.num_outputs, "right", seed=2)]
-    got = layerwise_lm_metrics(a, batches)
+    got = analyze(a, batches, similarity=False, theory=False)
     n_layers = a.n_layers
     correct = np.zeros(n_layers + 1)
     nll = np.zeros(n_layers + 1)
@@ -100,20 +102,8 @@ def test_layerwise_lm_metrics_match_a_naive_loop(make):
                     while s > 0 and preds[s - 1] == preds[-1]:
                         s -= 1
                     sat[s] += 1
-    assert got.n_tokens == count
+    assert got.n_predictions == count
     np.testing.assert_allclose(got.accuracy, correct / count)
-    np.testing.assert_allclose(got.cross_entropy, nll / count, rtol=1e-6)
-    np.testing.assert_allclose(got.perplexity, np.exp(nll / count), rtol=1e-6)
-    assert got.saturation_hist == sat.tolist()
-    assert got.agreement_with_final[-1] == 1.0
-
-
-def test_layerwise_lm_metrics_layer_selection_and_errors():
-    lm = tiny_gpt2()
-    batch = padded_batch(101, "left")
-    full = layerwise_lm_metrics(lm, [batch])
-    part = layerwise_lm_metrics(lm, [batch], layers=[1, -1])
-    assert part.layers == [1, 3]
-    np.testing.assert_allclose(part.accuracy, [full.accuracy[1], full.accuracy[3]])
-    with pytest.raises(LayertraceError, match="no next-token target"):
-        layerwise_lm_metrics(lm, [{"input_ids": torch.ones(2, 1, dtype=torch.long)}])
+    np.testing.assert_allclose(got.cross_entropy, nll / count, rtol=1e-5)
+    np.testing.assert_allclose(got.perplexity, np.exp(nll / count), rtol=1e-5)
+    assert got.saturation_hist.tolist() == sat.tolist()

@@ -137,14 +137,24 @@ def early_exit_generate(
             h = state.hidden[rows_all, read_at] if prefill else state.hidden[:, -1]
             if n_exited == batch:  # (prefill only) every row decided; deeper blocks only build the cache
                 continue
-            active = rows_all if n_exited == 0 else (~exited).nonzero().squeeze(1)
+            if n_exited == 0:  # common case: no indexing
+                active, h_act, h_prev_act = rows_all, h, h_prev
+            else:
+                active = (~exited).nonzero().squeeze(1)
+                h_act, h_prev_act = h[active], h_prev[active]
             if layer == n_layers:
-                step_logits[active] = adapter.readout(h[active]).float()
+                step_logits[active] = adapter.readout(h_act).float()
                 exit_layer[active] = layer
             elif layer >= min_layer:
-                conf, logits = layer_confidence(adapter, h[active], h_prev[active], confidence)
-                leave = conf >= tau
-                n_leave = int(leave.sum())
+                conf, logits = layer_confidence(adapter, h_act, h_prev_act, confidence)
+                if batch == 1:  # one comparison in Python instead of tensor ops
+                    if float(conf) < tau:
+                        continue
+                    leave = torch.ones(1, dtype=torch.bool, device=conf.device)
+                    n_leave = 1
+                else:
+                    leave = conf >= tau
+                    n_leave = int(leave.sum())
                 if n_leave:
                     rows = active[leave]
                     step_logits[rows] = adapter.readout(h[rows]).float() if logits is None else logits[leave]
