@@ -31,7 +31,8 @@ def test_demo_end_to_end_and_reuse(tmp_path, capsys):
     saved = (out / "config.yaml").read_text()
     assert "preset: quick" in saved and "train_limit: 300" in saved
     timings = json.loads((out / "demo_timings.json").read_text())
-    assert set(timings["estimates"]) == {"train:mlp", "report"}
+    assert timings["rates"]["train:mlp"] > 0 and set(timings["stages_s"]) == {
+        "MLP with residuals (mnist-mlp-residual)", "MLP without residuals (mnist-mlp-plain)", "report.html + summary.md"}
     html = (out / "report.html").read_text()
     assert "where CKA misleads" in html
     # A second call reuses both trained models and only rebuilds the report.
@@ -59,10 +60,12 @@ def test_demo_plan_names_every_run_folder(tmp_path):
 
     cfg = resolve_config(None, {"out": str(tmp_path)})
     demo = Demo(cfg)
-    labels = [s.label for s in demo.stages()]
-    assert labels[:3] == ["train fmnist-vit-standard", "train fmnist-vit-aligned", "train fmnist-vit-multi-head"]
+    stages = demo.stages()
+    labels = [s.label for s in stages]
+    assert labels[:3] == [f"train fmnist-vit-{m} (624 steps)" for m in ("standard", "aligned", "multi-head")]
     assert labels[3:5] == ["MLP with residuals (mnist-mlp-residual)", "MLP without residuals (mnist-mlp-plain)"]
-    assert labels[5:7] == ["train rt-minilm-standard", "train rt-minilm-aligned"]
+    assert labels[5:7] == [f"train rt-minilm-{m} (300 steps)" for m in ("standard", "aligned")]
+    assert stages[0].units == 624  # 2 epochs of the 312 full batches of 64 among 20,000 images
     assert sum(lab.startswith("analyze ") for lab in labels) == 5
     assert sum(lab.startswith("early-exit sweep ") for lab in labels) == 5
     assert labels[-1] == "report.html + summary.md"

@@ -15,7 +15,7 @@ Output layout (DESIGN.md section 3)::
     OUT/config.yaml                 the resolved demo config
     OUT/report.html, OUT/summary.md
     OUT/<data>-<model>-<mode>/      config.yaml, model/, analysis.json, exit.json, metrics.jsonl, ...
-    OUT/demo_timings.json           measured seconds per stage (the next run's time estimates)
+    OUT/demo_timings.json           measured seconds per stage and rates (the next run's time estimates)
 """
 
 from __future__ import annotations
@@ -167,24 +167,32 @@ def find_file(path: str, what: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- progress
-# Seconds per stage on the 2-core CPU reference machine for the quick preset (measured; see
-# docs/demo.md). A finished stage costs ~0; a later run uses the timings it measured itself.
-DEFAULT_ESTIMATES = {
-    "train:fmnist-vit": 75.0, "train:rt-minilm": 240.0, "train:mlp": 15.0,
-    "analyze:fmnist-vit": 20.0, "analyze:rt-minilm": 25.0,
-    "exit:fmnist-vit": 25.0, "exit:rt-minilm": 40.0,
-    "lm": 300.0, "report": 15.0,
+# Initial time estimates, in seconds per unit of work (a training step, 1,000 test samples, ...), for
+# a 2-core CPU. The display rescales them by how fast the finished stages really ran, and a later run
+# in the same folder starts from the rates it measured itself (demo_timings.json).
+DEFAULT_RATES = {
+    "train:fmnist-vit": 0.12,      # per optimizer step (demo ViT, batch 64)
+    "train:rt-minilm": 0.9,        # per optimizer step (MiniLM-L6, batch 32 x 48 tokens)
+    "train:mlp": 8.0,              # per 12 epochs over 4,000 images
+    "analyze:fmnist-vit": 2.0,     # per 1,000 test samples
+    "analyze:rt-minilm": 12.0,
+    "exit:fmnist-vit": 8.0,        # per (1 + 1,000 test samples): loading and timing, then the sweep
+    "exit:rt-minilm": 15.0,
+    "lm": 480.0,                   # the LM track's quick preset, whole
+    "report": 15.0,
 }
+DEFAULT_RATE = 30.0
 
 
 @dataclass
 class Stage:
     """One unit of demo work: ``run()`` does it; ``done()`` says it can be skipped."""
 
-    key: str             # estimate key, e.g. "train:fmnist-vit"
+    key: str             # rate key, e.g. "train:fmnist-vit"
     label: str           # shown in the progress display
     run: Callable[[], Any]
     done: Callable[[], bool] = lambda: False
+    units: float = 1.0   # amount of work in the rate's unit (training steps, thousands of samples, ...)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -197,13 +205,13 @@ def _fmt_s(seconds: float) -> str:
 class Progress:
     """Stage-by-stage progress with an estimate of the time left.
 
-    Estimates start from ``estimates`` (seconds per stage key) and are rescaled by how the finished
-    stages compared with their estimates, so the "left" figure tracks this machine's speed.
+    Estimates are ``rates[stage.key] * stage.units`` seconds, rescaled by how the finished stages
+    compared with their estimates, so the "left" figure tracks this machine's speed.
     """
 
-    def __init__(self, stages: list[Stage], estimates: dict[str, float], stream=None):
+    def __init__(self, stages: list[Stage], rates: dict[str, float], stream=None):
         self.stages = stages
-        self.estimates = estimates
+        self.rates = rates
         self.stream = stream or sys.stderr
         self.measured: dict[str, float] = {}
         self.t0 = time.perf_counter()
@@ -211,8 +219,9 @@ class Progress:
         self.spent_real = 0.0
 
     def _estimate(self, stage: Stage) -> float:
-        kind = stage.key
-        return float(self.estimates.get(kind, self.estimates.get(kind.split(":")[0], 30.0)))
+        """Seconds the stage should take at the reference rates (before rescaling)."""
+        rate = self.rates.get(stage.key, self.rates.get(stage.key.split(":")[0], DEFAULT_RATE))
+        return float(rate) * stage.units
 
     def _scale(self) -> float:
         if self.spent_est <= 0:
@@ -328,7 +337,8 @@ class Demo:
                 return False
             return not config_differences(saved, cfg)
 
-        return Stage(f"train:{track.name}", f"train {run_dir.name}", run, done)
+        return Stage(f"train:{track.name}", f"train {run_dir.name} ({_train_steps(cfg)} steps)", run, done,
+                     units=_train_steps(cfg))
 
     # -- analysis --------------------------------------------------------------------------------
     def analyze_settings(self, track: TrackSection, run_dir: Path) -> dict:
@@ -354,8 +364,11 @@ class Demo:
             save_config(cfg, run_dir, name="analyze-config.yaml")
             _stamp(stamp, settings)
 
-        return Stage(f"analyze:{track.name}", f"analyze {run_dir.name} ({self.cfg.analysis.split} split)", run,
-                     lambda: _stamped(stamp, self.analyze_settings(track, run_dir), run_dir / "analysis.json"))
+        settings = self.analyze_settings(track, run_dir)
+        n = _n_samples(settings["data"], settings["split"], settings["limit"], settings["data_root"])
+        return Stage(f"analyze:{track.name}", f"analyze {run_dir.name} ({n} {self.cfg.analysis.split} samples)", run,
+                     lambda: _stamped(stamp, self.analyze_settings(track, run_dir), run_dir / "analysis.json"),
+                     units=n / 1000)
 
     # -- early exit ------------------------------------------------------------------------------
     def exit_settings(self, track: TrackSection, run_dir: Path) -> dict:
@@ -391,8 +404,11 @@ class Demo:
             save_config(cfg, run_dir, name="exit-config.yaml")
             _stamp(stamp, settings)
 
+        settings = self.exit_settings(track, run_dir)
+        n = _n_samples(settings["data"], settings["split"], settings["limit"], settings["data_root"])
         return Stage(f"exit:{track.name}", f"early-exit sweep {run_dir.name}", run,
-                     lambda: _stamped(stamp, self.exit_settings(track, run_dir), run_dir / "exit.json"))
+                     lambda: _stamped(stamp, self.exit_settings(track, run_dir), run_dir / "exit.json"),
+                     units=1 + n / 1000)
 
     # -- the plan --------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
@@ -408,7 +424,9 @@ class Demo:
                 d = self.out / run_name(cfg.mlp, residual)
                 out.append(Stage("train:mlp", f"MLP {'with' if residual else 'without'} residuals ({d.name})",
                                  lambda residual=residual, d=d: train_mlp(cfg.mlp, residual, d, log=self.log),
-                                 lambda residual=residual, d=d: _mlp_done(cfg.mlp, residual, d)))
+                                 lambda residual=residual, d=d: _mlp_done(cfg.mlp, residual, d),
+                                 units=cfg.mlp.epochs / 12 * (cfg.mlp.train_limit or 4000) / 4000
+                                 * (cfg.mlp.width / 128) ** 2))
         for track in tracks[1:]:
             out += [self._train_stage(track, m) for m in track.modes]
         for track in tracks:
@@ -457,14 +475,14 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
         timings_path = self.out / "demo_timings.json"
-        estimates = dict(DEFAULT_ESTIMATES)
-        if self.cfg.preset == "quick" and timings_path.is_file():
+        rates = dict(DEFAULT_RATES)
+        if timings_path.is_file():
             try:
-                estimates.update(json.loads(timings_path.read_text()).get("estimates", {}))
+                rates.update(json.loads(timings_path.read_text()).get("rates", {}))
             except (json.JSONDecodeError, OSError):
                 pass
         stages = self.stages()
-        progress = Progress(stages, estimates)
+        progress = Progress(stages, rates)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # Layer 0 of a ViT is the same [CLS] embedding for every image: its similarity is
@@ -476,14 +494,36 @@ class Demo:
         total = time.perf_counter() - t0
         from ..io import write_json
 
-        per_key: dict[str, list[float]] = {}
+        per_key: dict[str, list[tuple[float, float]]] = {}
         for stage in stages:
-            if stage.label in measured:
-                per_key.setdefault(stage.key, []).append(measured[stage.label])
-        write_json(timings_path, {"total_s": total, "stages_s": measured,
-                                  "estimates": {k: sum(v) / len(v) for k, v in per_key.items()}})
+            if stage.label in measured and stage.units > 0:
+                per_key.setdefault(stage.key, []).append((measured[stage.label], stage.units))
+        rates.update({k: sum(t for t, _ in v) / sum(u for _, u in v) for k, v in per_key.items()})
+        write_json(timings_path, {"total_s": total, "stages_s": measured, "rates": rates})
         progress.say(f"finished in {_fmt_s(total)}: {self.out / 'report.html'}")
         return self.out / "report.html"
+
+
+def _train_steps(cfg: Any) -> int:
+    """Optimizer steps a training config will run: ``train.steps``, else ``epochs`` passes over the
+    full batches of the data (the trainer's own count, ``training.loop.total_steps_of``)."""
+    if cfg.train.steps:
+        return int(cfg.train.steps)
+    n = _n_samples(cfg.data.name, cfg.data.train_split, cfg.data.train_limit, cfg.data.root)
+    micro = max(1, cfg.train.batch_size // max(1, cfg.train.grad_accum))
+    return max(1, int(cfg.train.epochs * (n // micro)) // max(1, cfg.train.grad_accum))
+
+
+def _n_samples(data: str, split: str, limit: int | None, root: str | None) -> int:
+    """Examples the stage will see: ``limit``, else the split's size (the loaders cache the files)."""
+    if limit is not None:
+        return int(limit)
+    try:
+        from ..data import load_dataset
+
+        return len(load_dataset(data, split, root=root))
+    except LayertraceError:
+        return 1000  # the stage itself will report the problem; this is only the estimate
 
 
 def _exit_keys(settings: dict) -> dict:
