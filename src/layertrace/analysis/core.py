@@ -59,8 +59,10 @@ _CACHE = ("auto", "ram", "disk", "none")
 # Classifier logits (n, S, K) are saved in the .npz up to this size with save_logits="auto".
 _AUTO_LOGITS_BYTES = 64 << 20
 _QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-# Rows per chunk when cached features are read back for the centred statistics.
-_CHUNK_ROWS = 1024
+# Cached features are read back in chunks of about this many float32 bytes (chunk_rows="auto"),
+# between these row counts: the working memory after the pass is a few times one chunk.
+_CHUNK_BYTES = 4 << 20
+_CHUNK_ROWS_RANGE = (256, 4096)
 
 
 @dataclass
@@ -102,7 +104,9 @@ class AnalysisOptions:
             evaluation shard), analyses all of it, and the results are merged (its batch b counts as
             global batch ``b * world_size + rank``); ``False``: no merging, analyse every batch here.
         tolerance: slack of the strict comparisons of the theory checks.
-        max_batches: stop after this many (global) batches.
+        max_batches: stop after this many batches (counted per process with ``shard="presharded"``).
+        chunk_rows: rows per chunk when cached features are read back (``"auto"``: about 4 MB of
+            float32, 256..4096 rows); original batches are never split.
     """
 
     layers: LayerSpec = None
@@ -128,6 +132,7 @@ class AnalysisOptions:
     shard: Any = "auto"
     tolerance: float = THEORY_TOLERANCE
     max_batches: int | None = None
+    chunk_rows: Any = "auto"
 
     def validate(self) -> None:
         for name, value, choices in (("center", self.center, _CENTERS), ("cka", self.cka, _CKA),
@@ -394,12 +399,13 @@ class _Pass:
         positions = saturation_positions(pred)
         self.sat_hist += saturation_histogram(positions, self.S)
         rec = _BatchRecord(n_samples=n)
-        rec.arrays.update(labels=labels.cpu().numpy(), pred=pred, saturation_position=positions, **per)
-        if self._keep_logits(n):
-            rec.arrays["logits"] = logits.float().permute(1, 0, 2).cpu().numpy()
         # similarity samples of a classifier = every sample; T2.2 reads their true-class probability
-        rec.arrays["sim_index"] = np.arange(n)
         rec.arrays["sim_true_class_prob"] = per["true_class_prob"]
+        if self.opts.per_sample:
+            rec.arrays.update(labels=labels.cpu().numpy(), pred=pred, saturation_position=positions,
+                              sim_index=np.arange(n), **per)
+            if self._keep_logits(n):
+                rec.arrays["logits"] = logits.float().permute(1, 0, 2).cpu().numpy()
         return trace.features, rec
 
     def _keep_logits(self, n: int) -> bool:
@@ -610,17 +616,24 @@ class _Pass:
                         ) -> Iterator[tuple[list[int], list[int], np.ndarray | Tensor]]:
         """``(batch indices, their row counts, features (S, rows, d))`` for the centred statistics,
         from the cache or from a second pass. Cached rows come in groups of consecutive batches of
-        about ``_CHUNK_ROWS`` rows (fewer, larger products), except for minibatch CKA, whose estimate
+        at most ``chunk_rows`` rows (fewer, larger products), except for minibatch CKA, whose estimate
         depends on the batches and so reads them one by one."""
         own = sorted(self.records)
         if self.cache is not None:
-            sizes = [int(self.records[b].arrays["_cached_rows"][0]) for b in own]
+            if str(self.opts.chunk_rows) == "auto":
+                lo, hi = _CHUNK_ROWS_RANGE
+                chunk_rows = min(hi, max(lo, _CHUNK_BYTES // self.cache.row_bytes))
+            else:
+                chunk_rows = max(1, int(self.opts.chunk_rows))
             groups: list[list[int]] = []
+            filled = 0
             for b in own:
-                if (not groups or self.cka_mode == "minibatch"
-                        or sum(int(self.records[x].arrays["_cached_rows"][0]) for x in groups[-1]) >= _CHUNK_ROWS):
+                rows = int(self.records[b].arrays["_cached_rows"][0])
+                if not groups or self.cka_mode == "minibatch" or filled + rows > chunk_rows:
                     groups.append([])
+                    filled = 0
                 groups[-1].append(b)
+                filled += rows
             group_sizes = [[int(self.records[b].arrays["_cached_rows"][0]) for b in g] for g in groups]
             chunks = self.cache.chunks(boundaries=[sum(g) for g in group_sizes])
             yield from zip(groups, group_sizes, chunks)

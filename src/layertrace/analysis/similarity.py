@@ -98,7 +98,7 @@ class SimilarityStage:
         """
         x = torch.as_tensor(features).to(torch.float64)
         cos, valid = per_sample_cos_matrices(x, self.centers, self.center)
-        out = {"cos_to_last": cos[:, :, -1].cpu().numpy()}
+        out = {"cos_to_last": cos[:, :, -1].cpu().numpy().copy()}  # a copy: do not pin the (b, S, S) block
         if self.theory:
             out["theorem_2_1_violations"] = theorem_2_1_violations(cos, self.tolerance)
             out["theorem_2_1_triples"] = theorem_2_1_violations(cos, self.tolerance, count_evaluated=True)
