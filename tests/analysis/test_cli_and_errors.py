@@ -120,3 +120,23 @@ def test_too_little_data_for_similarity(adapter):
     small = toy_batches(n_batches=2, batch_size=3)
     with pytest.raises(LayertraceError, match="batches of at least 4 samples"):
         analyze(adapter, small, cka="minibatch")
+
+
+def test_causal_lm_data_is_cut_into_token_blocks(tmp_path):
+    from types import SimpleNamespace
+
+    from layertrace.analysis.config import AnalyzeConfig
+    from layertrace.analysis.run import _lm_batches
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "notes.txt").write_text("\n\n".join(f"document number {i} " * 5 for i in range(40)))
+    loaded = SimpleNamespace(tokenizer=lambda text: {"input_ids": [ord(c) % 50 for c in text]})
+    cfg = AnalyzeConfig(model="x", data=str(corpus), split="train", limit=5, batch_size=2)
+    batches = _lm_batches(cfg, loaded, block=16)
+    got = list(batches)
+    assert len(batches) == 3 and [b["input_ids"].shape[0] for b in got] == [2, 2, 1]
+    assert all(b["input_ids"].shape[1] == 16 and bool(b["attention_mask"].all()) for b in got)
+    assert list(batches)[0]["input_ids"].equal(got[0]["input_ids"])   # re-iterable, same blocks
+    with pytest.raises(LayertraceError, match="fewer than one block of 100000"):
+        _lm_batches(cfg, loaded, block=100_000)

@@ -279,7 +279,7 @@ class _Pass:
         if not o.similarity:
             self.cka_mode = "none"
             return
-        cka_state_bytes = 8 * (self.S * dim) ** 2 * 2  # cross products + their merge copy
+        cka_state_bytes = 8 * (self.S * dim) ** 2  # the streaming accumulator's cross-moment matrix
         needs_cache = o.center == "mean" or o.rbf_cka or o.procrustes
         self.cache_mode = o.cache if needs_cache else "none"
         if self.cache_mode != "none":
@@ -547,7 +547,9 @@ class _Pass:
             # one process with the whole cache in RAM: exact CKA straight from it (the metrics pick
             # sample or feature space); otherwise the streaming accumulator sees every chunk
             cka_from_cache = (self.cache is not None and not self.cache.on_disk and not d.active
-                              and self.cka_mode == "exact")
+                              and o.cka in ("auto", "exact"))
+            if cka_from_cache:
+                self.cka_mode = "exact"
             if self.stage is None:
                 self.stage = SimilarityStage(self.S, self.dim, o.center, centers if o.center == "mean" else None,
                                              "none" if cka_from_cache else self.cka_mode, o.theory, o.tolerance)
