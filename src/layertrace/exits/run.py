@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
                    thresholds: Sequence[float] | None = None, readout: Readout | None = None, *,
                    oracle: bool = True, measure: bool = True, measure_samples: int = 256,
                    batch1_batches: Sequence[Mapping[str, Any]] | None = None, repeats: int = 3,
-                   measure_thresholds: Sequence[float] | None = None) -> ExitEvaluation:
+                   measure_points: Callable[[ExitSweep], Sequence[int]] | None = None) -> ExitEvaluation:
     """Simulate a sweep over ``batches`` and (optionally) time the runtime executor.
 
     Args:
@@ -153,7 +153,8 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
             ``measure_samples`` samples, and at batch 1 on ``batch1_batches`` (the first samples of
             the same data, one per batch; ``None`` skips batch 1).
         repeats: interleaved timing repeats.
-        measure_thresholds: time only these thresholds (default: all of the sweep).
+        measure_points: ``sweep -> indices of the points to time`` (default: every point), e.g. the
+            point a target picks.
     Returns:
         :class:`ExitEvaluation`.
     """
@@ -174,8 +175,8 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
     oracle_result = sweep(logits, "oracle", [], labels, costs, layers) if oracle else None
     timing: dict[str, Any] = {"threads": torch.get_num_threads(), "device": str(adapter.device)}
     if measure and policy_obj.causal:
-        timed = [float(t) for t in (measure_thresholds if measure_thresholds is not None else values)]
-        index = [values.index(t) for t in timed]
+        index = list(measure_points(result)) if measure_points is not None else list(range(len(result.points)))
+        timed = [float(result.points[i].threshold) for i in index]
         subset = _first_samples(batches, measure_samples)
         batched = measure_speedups(adapter, subset, policy_obj, timed, readout, repeats=repeats, return_results=True)
         agree = _agreement(batched.results, _rows(result, index))
@@ -371,17 +372,16 @@ def compare_runs(run_dirs: Sequence[str | Path], data: str, policy: str = "confi
         loaded = _load(cfg)
         values = list(cfg.thresholds or default_thresholds(policy, loaded.adapter.n_layers))
         used_thresholds = values
-        simulated = evaluate_exits(loaded.adapter, loaded.batches, policy, values, loaded.readout,
-                                   oracle=cfg.oracle, measure=False)
-        points = [p.to_dict() for p in simulated.sweep.points]
-        picked = ([select_point(points, simulated.sweep.full_accuracy, target)] if target
-                  else list(range(len(points))))
-        evaluation = simulated
-        if measure and get_policy(policy).causal:
-            evaluation = evaluate_exits(loaded.adapter, loaded.batches, policy, values, loaded.readout,
-                                        oracle=cfg.oracle, measure=True, measure_samples=cfg.measure_samples,
-                                        batch1_batches=loaded.batch1, repeats=cfg.repeats,
-                                        measure_thresholds=[values[i] for i in picked])
+
+        def pick(result: ExitSweep) -> list[int]:
+            if not target:
+                return list(range(len(result.points)))
+            return [select_point([p.to_dict() for p in result.points], result.full_accuracy, target)]
+
+        evaluation = evaluate_exits(loaded.adapter, loaded.batches, policy, values, loaded.readout,
+                                    oracle=cfg.oracle, measure=measure, measure_samples=cfg.measure_samples,
+                                    batch1_batches=loaded.batch1, repeats=cfg.repeats, measure_points=pick)
+        picked = pick(evaluation.sweep)
         evaluation.info = _run_info(cfg, loaded)
         name = Path(str(spec)).name or str(spec)
         runs[name] = evaluation.to_dict()
