@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_file(), reason="needs the Debian package dataset-fashion-mnist")
 
-FAST = ["--measure_samples", "32", "--measure_samples_batch1", "4", "--repeats", "1", "--batch_size", "16"]
+FAST = ["--measure_samples", "32", "--measure_samples_batch1", "4", "--repeats", "1", "--batch_size", "16",
+        "--threads", "1"]
 
 
 def make_run(folder: Path, multi_head: bool, seed: int = 0) -> Path:
@@ -65,6 +66,7 @@ def test_exit_cli_writes_exit_json(tmp_path):
     assert points[-1]["exit_hist"][-1] == 48 and points[-1]["accuracy"] == body["full_accuracy"]
     assert body["oracle"]["accuracy"] == pytest.approx(body["full_accuracy"])
     assert body["timing"]["batch"]["batch_size"] == 16 and body["timing"]["batch1"]["batch_size"] == 1
+    assert body["timing"]["threads"] == 1
 
 
 @needs_fmnist

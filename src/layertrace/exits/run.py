@@ -69,6 +69,8 @@ class ExitConfig:
         "help": "samples timed at --batch_size (the first ones of the split)"})
     measure_samples_batch1: int = field(default=32, metadata={"help": "samples timed at batch size 1 (0: skip)"})
     repeats: int = field(default=3, metadata={"help": "interleaved timing repeats (medians are reported)"})
+    threads: int | None = field(default=None, metadata={
+        "help": "torch CPU threads while timing (default: unchanged); 1 gives steadier numbers on a busy machine"})
     compare: list[str] | None = field(default=None, metadata={
         "help": "comma list of run folders to compare under this protocol (instead of --model): writes "
                 "comparison.json + comparison.md"})
@@ -140,7 +142,8 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
                    thresholds: Sequence[float] | None = None, readout: Readout | None = None, *,
                    oracle: bool = True, measure: bool = True, measure_samples: int = 256,
                    batch1_batches: Sequence[Mapping[str, Any]] | None = None, repeats: int = 3,
-                   measure_points: Callable[[ExitSweep], Sequence[int]] | None = None) -> ExitEvaluation:
+                   measure_points: Callable[[ExitSweep], Sequence[int]] | None = None,
+                   threads: int | None = None) -> ExitEvaluation:
     """Simulate a sweep over ``batches`` and (optionally) time the runtime executor.
 
     Args:
@@ -155,11 +158,11 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
         repeats: interleaved timing repeats.
         measure_points: ``sweep -> indices of the points to time`` (default: every point), e.g. the
             point a target picks.
+        threads: torch CPU threads while timing (restored afterwards); ``None`` leaves them.
     Returns:
         :class:`ExitEvaluation`.
     """
     from .costs import param_summary, stage_flops
-    from .timing import measure_speedups
 
     policy_obj = get_policy(policy)
     batches = list(batches)
@@ -173,26 +176,42 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
     costs = stage_flops(adapter, batches[0], readout)
     result = sweep(logits, policy_obj, values, labels, costs, layers)
     oracle_result = sweep(logits, "oracle", [], labels, costs, layers) if oracle else None
-    timing: dict[str, Any] = {"threads": torch.get_num_threads(), "device": str(adapter.device)}
+    timing: dict[str, Any] = {"threads": threads or torch.get_num_threads(), "device": str(adapter.device)}
     if measure and policy_obj.causal:
-        index = list(measure_points(result)) if measure_points is not None else list(range(len(result.points)))
-        timed = [float(result.points[i].threshold) for i in index]
-        subset = _first_samples(batches, measure_samples)
-        batched = measure_speedups(adapter, subset, policy_obj, timed, readout, repeats=repeats, return_results=True)
-        agree = _agreement(batched.results, _rows(result, index))
-        timing["batch"] = batched.to_dict()
-        for i, s, a in zip(index, batched.speedups, agree):
-            result.points[i].measured_speedup = s
-            result.points[i].runtime_agreement = a
-        if batch1_batches:
-            single = measure_speedups(adapter, list(batch1_batches), policy_obj, timed, readout, repeats=repeats)
-            timing["batch1"] = single.to_dict()
-            for i, s in zip(index, single.speedups):
-                result.points[i].measured_speedup_batch1 = s
+        saved_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(int(threads))
+        try:
+            _measure(adapter, batches, policy_obj, result, readout, measure_samples, batch1_batches, repeats,
+                     measure_points, timing)
+        finally:
+            torch.set_num_threads(saved_threads)
     return ExitEvaluation(sweep=result, oracle=oracle_result, flops=costs.to_dict(),
                           params=param_summary(adapter, readout if readout is not None and hasattr(readout, "heads")
                                                else None),
                           readout="shared" if readout is None else "per-layer heads", timing=timing)
+
+
+def _measure(adapter: Adapter, batches: list, policy_obj: Any, result: ExitSweep, readout: Readout | None,
+             measure_samples: int, batch1_batches: Sequence[Mapping[str, Any]] | None, repeats: int,
+             measure_points: Callable[[ExitSweep], Sequence[int]] | None, timing: dict) -> None:
+    """Time the executor (see :func:`evaluate_exits`) and fill the points' measured fields."""
+    from .timing import measure_speedups
+
+    index = list(measure_points(result)) if measure_points is not None else list(range(len(result.points)))
+    timed = [float(result.points[i].threshold) for i in index]
+    subset = _first_samples(batches, measure_samples)
+    batched = measure_speedups(adapter, subset, policy_obj, timed, readout, repeats=repeats, return_results=True)
+    agree = _agreement(batched.results, _rows(result, index))
+    timing["batch"] = batched.to_dict()
+    for i, s, a in zip(index, batched.speedups, agree):
+        result.points[i].measured_speedup = s
+        result.points[i].runtime_agreement = a
+    if batch1_batches:
+        single = measure_speedups(adapter, list(batch1_batches), policy_obj, timed, readout, repeats=repeats)
+        timing["batch1"] = single.to_dict()
+        for i, s in zip(index, single.speedups):
+            result.points[i].measured_speedup_batch1 = s
 
 
 def _rows(result: ExitSweep, index: list[int]) -> ExitSweep:
@@ -283,7 +302,7 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     loaded = _load(cfg)
     evaluation = evaluate_exits(loaded.adapter, loaded.batches, cfg.policy, cfg.thresholds, loaded.readout,
                                 oracle=cfg.oracle, measure=cfg.measure, measure_samples=cfg.measure_samples,
-                                batch1_batches=loaded.batch1, repeats=cfg.repeats)
+                                batch1_batches=loaded.batch1, repeats=cfg.repeats, threads=cfg.threads)
     evaluation.info = _run_info(cfg, loaded)
     body = evaluation.to_dict()
     body["config"] = config_to_dict(cfg)
@@ -380,7 +399,8 @@ def compare_runs(run_dirs: Sequence[str | Path], data: str, policy: str = "confi
 
         evaluation = evaluate_exits(loaded.adapter, loaded.batches, policy, values, loaded.readout,
                                     oracle=cfg.oracle, measure=measure, measure_samples=cfg.measure_samples,
-                                    batch1_batches=loaded.batch1, repeats=cfg.repeats, measure_points=pick)
+                                    batch1_batches=loaded.batch1, repeats=cfg.repeats, measure_points=pick,
+                                    threads=cfg.threads)
         picked = pick(evaluation.sweep)
         evaluation.info = _run_info(cfg, loaded)
         name = Path(str(spec)).name or str(spec)
