@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/bench_training.py steps   [--trials 15] [--threads 2]
     .venv/bin/python benchmarks/bench_training.py memory  [--batch 4] [--seq 256] [--vocab 30000] [--naive]
+    .venv/bin/python benchmarks/bench_training.py demo    --out DIR [--modes standard aligned multi-head] [--threads 1]
 
 ``steps``: wall time of one full optimizer step (forward, backward, AdamW) of the training objective
 in ``standard`` and ``aligned`` mode, on the demo ViT (vit-demo, batch 64 Fashion-MNIST images) and on
 the bundled MiniLM (minilm-cls, batch 32 Rotten Tomatoes sentences, max 48 tokens). Trials are
 interleaved (standard, aligned, aligned, standard, ...) so that load drift on a shared machine hits
-both modes alike; we report the medians and the median of the per-trial ratios.
+both modes alike; we report the medians and the median of the per-trial ratios, of wall time and
+of this process's CPU time (``time.process_time``, less disturbed by other processes' load).
 
 ``memory``: peak memory of one training step (forward + backward) of a GPT-2-shaped causal LM
 (12 layers, d=768, 12 heads) with a 30k vocabulary, standard vs aligned (head applied layer by
@@ -16,6 +18,12 @@ layer under activation checkpointing), and optionally the naive aligned loss tha
 and its increase over the resident memory just before the step (after a warm-up step, so the
 parameters and AdamW state are already there). ``MALLOC_MMAP_THRESHOLD_`` is fixed so that freed
 large tensors return to the system and resident memory follows live tensors.
+
+``demo``: the demo-scale comparison of docs/results-training.md. Trains (or reuses, when the folder
+holds the finished run) ``configs/demo/vit-fmnist.yaml`` and ``configs/demo/minilm-rt.yaml`` in each
+mode into ``DIR/{vit,rt}-<mode>``, then runs the analysis pass on the test split (the training
+evaluation subset: 2,000 images / 1,000 sentences) and prints per-layer accuracy and COS to the
+last layer. Multi-head accuracy is read with each layer's own head (from ``train_summary.json``).
 """
 
 from __future__ import annotations
@@ -71,33 +79,36 @@ def bench_steps(trials: int, steps_per_trial: int, threads: int) -> dict:
                       for mode in ("standard", "aligned")}
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-5)
 
-        def one_trial(mode: str) -> float:
-            start = time.perf_counter()
+        def one_trial(mode: str) -> tuple[float, float]:
+            """(wall, CPU) seconds per step; CPU time of this process is less disturbed by other load."""
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(steps_per_trial):
                 objectives[mode](batch, step=2).total.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            return (time.perf_counter() - start) / steps_per_trial
+            return ((time.perf_counter() - start) / steps_per_trial, (time.process_time() - cpu) / steps_per_trial)
 
         for mode in objectives:  # warm-up
             one_trial(mode)
-        times = {"standard": [], "aligned": []}
-        ratios = []
+        times = {(m, k): [] for m in ("standard", "aligned") for k in ("wall", "cpu")}
+        ratios = {"wall": [], "cpu": []}
         for t in range(trials):
             order = ("standard", "aligned") if t % 2 == 0 else ("aligned", "standard")
             got = {mode: one_trial(mode) for mode in order}
-            for mode in got:
-                times[mode].append(got[mode])
-            ratios.append(got["aligned"] / got["standard"])
-        med = {mode: statistics.median(v) for mode, v in times.items()}
-        results[name] = {
-            "standard_s": med["standard"], "aligned_s": med["aligned"],
-            "ratio_of_medians": med["aligned"] / med["standard"], "median_trial_ratio": statistics.median(ratios),
-            "trials": trials, "steps_per_trial": steps_per_trial,
-        }
-        print(f"{name}: standard {med['standard'] * 1e3:.1f} ms, aligned {med['aligned'] * 1e3:.1f} ms, "
-              f"ratio of medians {med['aligned'] / med['standard']:.3f}, median per-trial ratio "
-              f"{statistics.median(ratios):.3f}", flush=True)
+            for mode, (wall, cpu) in got.items():
+                times[(mode, "wall")].append(wall)
+                times[(mode, "cpu")].append(cpu)
+            for i, kind in enumerate(("wall", "cpu")):
+                ratios[kind].append(got["aligned"][i] / got["standard"][i])
+        med = {f"{m}_{k}_s": statistics.median(v) for (m, k), v in times.items()}
+        results[name] = {**med, "trials": trials, "steps_per_trial": steps_per_trial, "threads": threads}
+        for kind in ("wall", "cpu"):
+            rom = med[f"aligned_{kind}_s"] / med[f"standard_{kind}_s"]
+            results[name][f"{kind}_ratio_of_medians"] = rom
+            results[name][f"{kind}_median_trial_ratio"] = statistics.median(ratios[kind])
+            print(f"{name} [{kind}]: standard {med[f'standard_{kind}_s'] * 1e3:.1f} ms, aligned "
+                  f"{med[f'aligned_{kind}_s'] * 1e3:.1f} ms, ratio of medians {rom:.3f}, median per-trial ratio "
+                  f"{statistics.median(ratios[kind]):.3f}", flush=True)
     return results
 
 
@@ -183,6 +194,45 @@ def bench_memory(batch: int, seq: int, vocab: int, naive: bool, threads: int) ->
     return out
 
 
+def demo(out: str, modes: list[str], threads: int, tasks: list[str]) -> dict:
+    import torch
+
+    from layertrace import analyze
+    from layertrace.config import load_config
+    from layertrace.data import load_dataset, make_batches
+    from layertrace.models import load_model
+    from layertrace.training.config import TrainConfig
+    from layertrace.training.run import train_from_config
+
+    torch.set_num_threads(threads)
+    here = os.path.dirname(os.path.abspath(__file__))
+    recipes = {"vit": os.path.join(here, "..", "configs", "demo", "vit-fmnist.yaml"),
+               "rt": os.path.join(here, "..", "configs", "demo", "minilm-rt.yaml")}
+    table = {}
+    for task in tasks:
+        for mode in modes:
+            cfg = load_config(TrainConfig, recipes[task], {"train.mode": mode, "train.progress": "false"})
+            run_dir = os.path.join(out, f"{task}-{mode}")
+            summary = train_from_config(cfg, run_dir)
+            loaded = load_model(run_dir)
+            ds = load_dataset(cfg.data.name, cfg.data.eval_split, seed=cfg.train.seed, limit=cfg.data.eval_limit)
+            pp = loaded.preprocess or {}
+            batches = make_batches(ds, 128, tokenizer=loaded.tokenizer, max_length=cfg.data.max_length,
+                                   **({"image_mean": pp.get("image_mean"), "image_std": pp.get("image_std")}
+                                      if loaded.tokenizer is None else {}))
+            result = analyze(loaded.adapter, batches, cka="none", theory=False, per_sample=False)
+            acc = list(result.accuracy)
+            if mode == "multi-head":  # each layer read by its own head (layer 0 has none)
+                heads_acc = dict(zip(summary.final_eval["layers"], summary.final_eval["accuracy"]))
+                acc = [heads_acc.get(l, float("nan")) for l in result.layers]
+            table[f"{task}-{mode}"] = {"layers": list(result.layers), "accuracy": acc,
+                                       "cos_to_last": list(result.cos_to_last), "steps": summary.steps,
+                                       "wall_time_s": summary.wall_time_s}
+            print(f"| {task}-{mode} | acc | " + " | ".join(f"{a:.3f}" for a in acc) + " |", flush=True)
+            print(f"| {task}-{mode} | COS | " + " | ".join(f"{c:.3f}" for c in result.cos_to_last) + " |", flush=True)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -196,6 +246,11 @@ def main() -> None:
     p_mem.add_argument("--vocab", type=int, default=30000)
     p_mem.add_argument("--threads", type=int, default=2)
     p_mem.add_argument("--naive", action="store_true", help="also the naive stacked aligned loss")
+    p_demo = sub.add_parser("demo")
+    p_demo.add_argument("--out", required=True)
+    p_demo.add_argument("--modes", nargs="+", default=["standard", "aligned", "multi-head"])
+    p_demo.add_argument("--tasks", nargs="+", default=["vit", "rt"])
+    p_demo.add_argument("--threads", type=int, default=1)
     p_child = sub.add_parser("memory-child")
     p_child.add_argument("mode")
     p_child.add_argument("batch", type=int)
@@ -205,6 +260,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "steps":
         print(json.dumps(bench_steps(args.trials, args.steps_per_trial, args.threads), indent=2))
+    elif args.what == "demo":
+        print(json.dumps(demo(args.out, args.modes, args.threads, args.tasks), indent=2))
     elif args.what == "memory":
         print(json.dumps(bench_memory(args.batch, args.seq, args.vocab, args.naive, args.threads), indent=2))
     else:

@@ -182,3 +182,36 @@ def test_schedules():
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
     multi = TrainSection(schedule="multistep", warmup_steps=0, milestones=[0.5, 15], gamma=0.1)
     assert [lr_factor(s, 20, multi) for s in (0, 9, 10, 14, 15, 19)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_layerwise_eval_agrees_with_the_analysis_pass(toy_model, toy_batch):
+    """The loop's evaluation and the analysis pass's cheap readout mode compute the same accuracy."""
+    from layertrace.analysis.core import layerwise_readout
+    from layertrace.models import adapt
+    from layertrace.training.evaluate import evaluate_layerwise
+
+    adapter = adapt(toy_model)
+    data = toy_data()
+    batches = [{k: v[i:i + 32] for k, v in data.items()} for i in range(0, 96, 32)]
+    ours = evaluate_layerwise(adapter, batches)
+    theirs = layerwise_readout(adapter, batches)
+    assert ours.layers == list(theirs["layers"])
+    assert ours.accuracy == pytest.approx(list(theirs["accuracy"]), abs=1e-12)
+    assert ours.loss == pytest.approx(list(theirs["cross_entropy"]), rel=1e-5)
+
+
+def test_runs_with_different_precisions_in_one_process(tmp_path):
+    """bf16 autocast works on CPU, and a later run in the same process may use another precision."""
+    from layertrace.models import ToyTransformerClassifier, adapt
+    from layertrace.training.batches import TensorBatches
+    from layertrace.training.loop import fit
+
+    losses = {}
+    for precision in ("bf16", "no"):
+        torch.manual_seed(0)
+        cfg = TrainSection(mode="aligned", steps=2, batch_size=8, precision=precision, progress=False,
+                           checkpoint_every=0, device="cpu")
+        result = fit(adapt(ToyTransformerClassifier()).train(), TensorBatches(toy_data(), 8), cfg,
+                     tmp_path / precision, eval_batches=[toy_data()])
+        losses[precision] = result.final_eval.loss[-1]
+    assert losses["bf16"] == pytest.approx(losses["no"], rel=0.02)  # same run up to bf16 rounding

@@ -151,6 +151,12 @@ def make_accelerator(cfg: TrainSection, find_unused: bool = False):
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     device = torch.device("cpu") if cpu else torch.device("cuda")
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
+    # Accelerate keeps its settings in a process-wide singleton and refuses a second Accelerator
+    # with another precision; several runs in one process (the demo, tests) each set their own.
+    # The distributed part (PartialState) is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.precision, device), kwargs_handlers=handlers)
 
 
