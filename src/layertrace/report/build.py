@@ -167,7 +167,8 @@ def theory_rows(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
             if isinstance(v, int) and not isinstance(v, bool):
                 cells.append(str(v))
             elif number(v) is not None and not isinstance(v, bool):
-                cells.append(fmt(v, 3))
+                x = float(v)
+                cells.append(f"{x:.3g}" if x != 0 and abs(x) < 1e-3 else fmt(x, 3))
             else:
                 cells.append("–" if v is None else str(v))
         rows.append(cells)

@@ -346,7 +346,7 @@ class Figures:
             ax.set_title(group)
             ax.set_xlabel("speed-up (x, vs all L blocks)")
             ax.set_ylabel("accuracy (fraction of test samples)")
-            ax.legend(frameon=False, loc="lower left", fontsize=7)
+            ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7)
         fig.tight_layout()
         return [_render(
             fig, "Early exit: accuracy vs speed-up",

@@ -23,7 +23,8 @@ h3 { font-size: 1.05rem; margin-top: 1.4rem; }
 figure { margin: 1.2rem 0; page-break-inside: avoid; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .9rem; color: #333; margin-top: .3rem; }
-table { border-collapse: collapse; margin: .8rem 0; font-size: .85rem; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .85rem; display: block; max-width: 100%;
+        overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: .25rem .5rem; vertical-align: top; }
 th { background: #f2f2f2; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -34,7 +35,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .note { background: #f7f7f2; border-left: 4px solid #E69F00; padding: .5rem .8rem; margin: .8rem 0; }
 .muted { color: #555; font-size: .9rem; }
 pre { background: #f6f6f6; padding: .6rem; overflow-x: auto; font-size: .8rem; }
-@media print { body { max-width: none; margin: 0; } h2 { page-break-after: avoid; } }
+@media print { body { max-width: none; margin: 0; } h2 { page-break-after: avoid; }
+               table { display: table; font-size: .7rem; } }
 """
 
 
