@@ -89,7 +89,7 @@ def test_cli_writes_outputs_and_one_line_errors(tmp_path, capsys):
     from layertrace.analysis.config import AnalyzeConfig
     from layertrace.config import load_config
 
-    cfg = load_config(AnalyzeConfig, out / "config.yaml")
+    cfg = load_config(AnalyzeConfig, out / "analyze-config.yaml")
     assert cfg.limit == 20 and cfg.layers == "0::2" and cfg.data == "mnist-5k"
     capsys.readouterr()
     # class-count mismatch and missing inputs: exit code 2, one line on stderr

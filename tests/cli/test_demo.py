@@ -123,3 +123,20 @@ def test_demo_names_an_unknown_model_before_any_work(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "fmnist-vit: unknown model preset 'vit-dmeo'" in err
     assert "did you mean 'vit-demo'" in err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("preset", ["quick", "paper"])
+def test_every_demo_preset_names_existing_models_and_modes(tmp_path, preset):
+    """Both presets pass the demo's own pre-flight check: every track's model is a known preset and
+    every mode a known training mode (the paper preset once named a model that did not exist)."""
+    pytest.importorskip("layertrace.training.config")
+    from layertrace.cli.demo import Demo, resolve_config
+
+    cfg = resolve_config(None, {"out": str(tmp_path), "preset": preset})
+    demo = Demo(cfg)
+    demo.check_models()
+    for track in (cfg.vision, cfg.text):
+        for mode in track.modes:
+            assert demo.train_config(track, mode).train.mode == mode
+    if preset == "paper":
+        assert demo.train_config(cfg.vision, "aligned").model.spec == "deit-s-fmnist"

@@ -49,7 +49,7 @@ def test_exit_cli_writes_exit_json(tmp_path):
                  "--thresholds", "0.0,0.3,0.5,0.7,0.9,1.01", "--out", str(out), *FAST])
     assert code == 0
     body = read_json(out / "exit.json")
-    assert (out / "config.yaml").is_file()
+    assert (out / "exit-config.yaml").is_file()
     for key in ("policy", "full_accuracy", "points", "params", "flops", "oracle", "timing", "layer_accuracy"):
         assert key in body
     assert body["policy"] == "confidence" and body["readout"] == "shared" and body["n_samples"] == 48
@@ -122,7 +122,7 @@ def test_exit_cli_compare_writes_table(tmp_path):
                  "--batch_size", "16", "--out", str(out)])
     assert code == 0
     table = read_json(out / "comparison.json")
-    assert (out / "comparison.md").read_text().count("fmnist-vit-") == 2 and (out / "config.yaml").is_file()
+    assert (out / "comparison.md").read_text().count("fmnist-vit-") == 2 and (out / "exit-config.yaml").is_file()
     assert [r["readout"] for r in table["rows"]] == ["shared", "per-layer heads"]
     assert table["target"] == {"min_speedup": 1.2}
     for row in table["rows"]:
@@ -133,3 +133,21 @@ def test_exit_cli_compare_writes_table(tmp_path):
         assert row["measured_speedup_batch64"] is None
     assert main(["exit", "--compare", ",".join(map(str, runs)), "--model", "vit-demo", "--data", "fashion-mnist",
                  "--out", str(out)]) == 2
+
+
+@needs_fmnist
+def test_analyze_and_exit_into_a_training_run_folder_keep_its_config(tmp_path):
+    """Writing analysis.json / exit.json beside a run's training config must not overwrite that
+    config.yaml (a later `train --out` of the same folder resumes from it)."""
+    run = make_run(tmp_path / "run", multi_head=False)
+    training_config = "model:\n  spec: vit-demo\ntrain:\n  mode: aligned\n"
+    (run / "config.yaml").write_text(training_config)
+    assert main(["analyze", "--model", str(run), "--data", "fashion-mnist", "--limit", "16", "--batch_size", "8",
+                 "--out", str(run), "--progress", "false"]) == 0
+    assert main(["exit", "--model", str(run), "--data", "fashion-mnist", "--limit", "16", "--thresholds", "0.5,0.9",
+                 "--measure", "false", "--out", str(run), *FAST]) == 0
+    assert (run / "config.yaml").read_text() == training_config
+    assert {"analysis.json", "analyze-config.yaml", "exit.json", "exit-config.yaml"} <= {p.name for p in run.iterdir()}
+    from layertrace.report.runs import load_run
+
+    assert load_run(run).mode == "aligned"

@@ -55,6 +55,10 @@ def test_deit_s_sizes():
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (12, 384, 6, 1536)
     cifar = build_preset("deit-s-cifar", num_classes=100, device="meta")
     assert (cifar.config.image_size, cifar.config.patch_size, cifar.config.num_labels) == (32, 4, 100)
+    fmnist = build_preset("deit-s-fmnist", device="meta")
+    fc = fmnist.config
+    assert (fc.num_hidden_layers, fc.hidden_size, fc.num_attention_heads, fc.intermediate_size) == (12, 384, 6, 1536)
+    assert (fc.image_size, fc.patch_size, fc.num_channels, fc.num_labels) == (28, 4, 1, 10)
 
 
 def test_load_preset_fields_and_trace():
@@ -149,6 +153,6 @@ def test_folder_of_unsupported_architecture_points_to_generic_adapter(tmp_path):
 
 def test_preset_names_listed():
     names = preset_names()
-    for name in ("vit-demo", "vit-demo-12", "vit-cifar-demo", "deit-demo", "deit-s", "deit-s-cifar", "deit-b",
+    for name in ("vit-demo", "vit-demo-12", "vit-cifar-demo", "deit-demo", "deit-s", "deit-s-cifar", "deit-s-fmnist", "deit-b",
                  "minilm-cls", "bert-base-cfg", "gpt2-tiny", "gpt2-small", "llama-tiny"):
         assert name in names

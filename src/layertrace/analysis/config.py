@@ -18,7 +18,7 @@ class AnalyzeConfig:
         "help": "dataset name (fashion-mnist, rotten-tomatoes, ...; causal LMs: a text corpus, e.g. embedded)"})
     split: str = field(default="test", metadata={"help": "train | validation | test"})
     limit: int | None = field(default=None, metadata={"help": "analyse N examples (seeded, class-stratified subsample)"})
-    out: str = field(default="", metadata={"help": "output folder: analysis.json, analysis_samples.npz, config.yaml"})
+    out: str = field(default="", metadata={"help": "output folder: analysis.json, analysis_samples.npz, analyze-config.yaml"})
     layers: Any = field(default=None, metadata={
         "help": "layer selector: all, an int, '1,4,-1' or a slice '0::2' (layer L is always added)"})
     num_classes: int | None = field(default=None, metadata={

@@ -5,7 +5,7 @@ Output folder (rank 0 writes it):
 
 * ``analysis.json``         - :class:`~layertrace.analysis.result.AnalysisResult` (schema in docs/analysis.md)
 * ``analysis_samples.npz``  - the per-sample arrays (``per_sample: true``)
-* ``config.yaml``           - the resolved config
+* ``analyze-config.yaml``   - the resolved config (not ``config.yaml``: a training run folder keeps its own)
 
 Launched by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE > 1``), it joins the process group
 (gloo on CPU, nccl on GPU), and :func:`analyze` deals the batches round-robin to the processes.
@@ -26,6 +26,8 @@ from .config import AnalyzeConfig
 from .core import analyze
 from .dist import DistContext, init_from_env, shutdown
 from .result import AnalysisResult
+
+CONFIG_FILE = "analyze-config.yaml"  # not config.yaml: a training run folder keeps its own
 
 
 def resolve_device(device: str) -> torch.device:
@@ -170,7 +172,7 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
         if write and DistContext.current().is_main:
             out = Path(cfg.out)
             result.save(out)
-            save_config(cfg, out)
+            save_config(cfg, out, name=CONFIG_FILE)
         return result
     finally:
         if created:

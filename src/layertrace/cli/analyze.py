@@ -3,7 +3,7 @@
 One pass over the data: layer-wise readout of the shared head (accuracy, probabilities, entropy,
 cross-entropy; causal LMs: next-token accuracy and perplexity), saturation layers, effective depth,
 COS / CKA similarity and their agreement, norm ratio, theory checks. Writes ``analysis.json``,
-``analysis_samples.npz`` and the resolved ``config.yaml`` into ``--out``. Every key of
+``analysis_samples.npz`` and the resolved ``analyze-config.yaml`` into ``--out``. Every key of
 :class:`~layertrace.analysis.config.AnalyzeConfig` is an option (``--center none``, ``--cache disk``).
 Several processes: ``torchrun --nproc_per_node 2 -m layertrace.cli.main analyze ...``.
 """

@@ -357,11 +357,8 @@ class Demo:
 
             settings = self.analyze_settings(track, run_dir)
             cfg = AnalyzeConfig(**settings, out=str(run_dir), progress=False)
-            # write=False: analyze's own writer would put its config.yaml over the training config of
-            # the run folder; the analysis settings go to analyze-config.yaml instead.
-            result = analyze_from_config(cfg, write=False)
-            result.save(run_dir)
-            save_config(cfg, run_dir, name="analyze-config.yaml")
+            # Writes analysis.json, analysis_samples.npz and analyze-config.yaml beside the training config.
+            analyze_from_config(cfg)
             _stamp(stamp, settings)
 
         settings = self.analyze_settings(track, run_dir)
@@ -383,7 +380,7 @@ class Demo:
         stamp = run_dir / ".demo-exit.json"
 
         def run() -> None:
-            from ..exits.run import EXIT_FILE, ExitConfig, compare_runs
+            from ..exits.run import CONFIG_FILE, EXIT_FILE, ExitConfig, compare_runs
             from ..io import write_json
 
             settings = self.exit_settings(track, run_dir)
@@ -399,9 +396,8 @@ class Demo:
             body["operating_point"] = table["rows"][0] if table["rows"] else None
             body["config"] = {**dataclasses.asdict(cfg), "measured_at": "operating point",
                               "target": {"max_accuracy_drop": self.cfg.exits.tolerance}}
-            # Written here, not by the exit command's writer, so the run folder keeps its training config.yaml.
             write_json(run_dir / EXIT_FILE, body)
-            save_config(cfg, run_dir, name="exit-config.yaml")
+            save_config(cfg, run_dir, name=CONFIG_FILE)
             _stamp(stamp, settings)
 
         settings = self.exit_settings(track, run_dir)

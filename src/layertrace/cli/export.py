@@ -53,7 +53,7 @@ def export_from_config(cfg: ExportConfig) -> list[Path]:
     folders = [out] if len(chosen) == 1 else [out / f"layers-{k}" for k in chosen]
     for k, folder in zip(chosen, folders):
         export_first_k(loaded, k, folder)
-        save_config(cfg, folder, name="export_config.yaml")
+        save_config(cfg, folder, name="export-config.yaml")
     return folders
 
 

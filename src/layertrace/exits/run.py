@@ -35,6 +35,7 @@ from .simulate import ExitSweep, sweep
 
 EXIT_FILE = "exit.json"
 COMPARISON_FILE = "comparison.json"
+CONFIG_FILE = "exit-config.yaml"  # not config.yaml: a training run folder keeps its own
 SCHEMA = "layertrace-exit-1"
 HEADS_FILE = "heads.safetensors"
 
@@ -48,7 +49,7 @@ class ExitConfig:
     data: str = field(default="", metadata={"help": "dataset name (fashion-mnist, rotten-tomatoes, ...)"})
     split: str = field(default="test", metadata={"help": "train | validation | test"})
     limit: int | None = field(default=None, metadata={"help": "evaluate N examples (seeded, class-stratified)"})
-    out: str = field(default="", metadata={"help": "output folder: exit.json and config.yaml"})
+    out: str = field(default="", metadata={"help": "output folder: exit.json and exit-config.yaml"})
     policy: str = field(default="confidence", metadata={
         "help": "confidence (max prob >= t) | entropy (<= t nats) | patience (t layers agree) | fixed (layer t)"})
     thresholds: list[float] | None = field(default=None, metadata={
@@ -289,7 +290,7 @@ def _run_info(cfg: ExitConfig, loaded: _Loaded) -> dict:
 @torch.no_grad()
 def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     """Run ``layertrace exit`` in-process: returns the ``exit.json`` dict (and writes it to ``cfg.out``
-    with the resolved ``config.yaml`` when ``write`` and ``cfg.out`` are set)."""
+    with the resolved ``exit-config.yaml`` when ``write`` and ``cfg.out`` are set)."""
     from ..config import config_to_dict, save_config
     from ..io import write_json
 
@@ -309,7 +310,7 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     if write and cfg.out:
         out = Path(cfg.out)
         write_json(out / EXIT_FILE, body)
-        save_config(cfg, out)
+        save_config(cfg, out, name=CONFIG_FILE)
     return body
 
 
@@ -425,7 +426,7 @@ def compare_runs(run_dirs: Sequence[str | Path], data: str, policy: str = "confi
 
 def compare_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     """``layertrace exit --compare RUN1,RUN2,...``: :func:`compare_runs` with the config's protocol;
-    writes ``comparison.json``, ``comparison.md`` and ``config.yaml`` into ``cfg.out``."""
+    writes ``comparison.json``, ``comparison.md`` and ``exit-config.yaml`` into ``cfg.out``."""
     from ..config import config_to_dict, save_config
     from ..io import atomic_path, write_json
 
@@ -444,7 +445,7 @@ def compare_from_config(cfg: ExitConfig, write: bool = True) -> dict:
         write_json(out / COMPARISON_FILE, table)
         with atomic_path(out / "comparison.md") as tmp:
             tmp.write_text(comparison_markdown(table))
-        save_config(cfg, out)
+        save_config(cfg, out, name=CONFIG_FILE)
     return table
 
 

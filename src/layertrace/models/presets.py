@@ -14,6 +14,7 @@ vit-cifar-demo      ViT 6 x 128, 4 heads, 32x32 colour, patch 4        10       
 deit-demo           DeiT with distillation token 6 x 128, 28x28 grey   10          CPU demo of the 2-token head
 deit-s              DeiT-S (ViT) 12 x 384, 6 heads, 224x224, patch 16  1000        GPU; Table 1 row
 deit-s-cifar        DeiT-S (ViT) 12 x 384, 6 heads, 32x32, patch 4     10          GPU; paper's CIFAR-10 runs
+deit-s-fmnist       DeiT-S (ViT) 12 x 384, 6 heads, 28x28 grey, patch 4 10         GPU; demo --preset paper
 deit-b              DeiT-B (ViT) 12 x 768, 12 heads, 224x224, patch 16 1000        Table 1 row
 minilm-cls          bundled MiniLM-L6 (6 x 384) + fresh head           2           CPU text demo
 bert-base-cfg       BERT-base 12 x 768 (random init)                   2           Table 1 / GPU
@@ -174,6 +175,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "DeiT-S 12 x 384, 6 heads, 32x32 (patch 4) for CIFAR-10 (GPU)", 10,
            _vit("ViT", image_size=32, patch_size=4, channels=3, hidden=384, layers=12, heads=6),
            _image(32, 3, CIFAR10_STATS)),
+    Preset("deit-s-fmnist", "ViTForImageClassification", "classifier",
+           "DeiT-S 12 x 384, 6 heads, 28x28 grey (patch 4, 49 patches) for Fashion-MNIST (GPU; demo paper preset)",
+           10, _vit("ViT", image_size=28, patch_size=4, channels=1, hidden=384, layers=12, heads=6),
+           _image(28, 1, FASHION_MNIST_STATS)),
     Preset("deit-b", "ViTForImageClassification", "classifier",
            "DeiT-B 12 x 768, 12 heads, 224x224 (patch 16), ImageNet-1k head", 1000,
            _vit("ViT", image_size=224, patch_size=16, channels=3, hidden=768, layers=12, heads=12),

@@ -2,7 +2,7 @@
 
 A run folder (written by ``train``, ``analyze``, ``exit`` or ``demo``) may hold
 
-    config.yaml          the resolved config of the run (training config, or the analysis config)
+    config.yaml          the resolved training config (else analyze-config.yaml, else exit-config.yaml)
     analysis.json        layer-wise statistics (DESIGN.md section 3; schema in docs/analysis.md)
     analysis_samples.npz per-sample arrays (optional; per-sample COS for the box plots)
     exit.json            early-exit sweep of one policy (more policies: ``exit-<policy>.json``)
@@ -33,6 +33,7 @@ KNOWN_MODES = (
 )
 SAMPLE_FILES = ("analysis_samples.npz", "analysis.npz")
 RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json")
+CONFIG_FILES = ("config.yaml", "analyze-config.yaml", "exit-config.yaml")  # in order of preference
 
 
 @dataclass
@@ -158,8 +159,10 @@ def load_run(path: str | Path) -> RunResults:
         raise LayertraceError(f"run folder {p} not found; pass folders written by train/analyze/exit/demo")
     group, mode = split_name(p.name)
     run = RunResults(path=p, name=p.name, group=group, mode=mode)
-    if (p / "config.yaml").is_file():
-        run.config = _read_yaml(p / "config.yaml")
+    # The training config when there is one; a folder written only by analyze / exit has theirs.
+    config_path = next((p / n for n in CONFIG_FILES if (p / n).is_file()), None)
+    if config_path is not None:
+        run.config = _read_yaml(config_path)
         train_section = run.config.get("train")
         cfg_mode = train_section.get("mode") if isinstance(train_section, dict) else run.config.get("mode")
         if not mode and isinstance(cfg_mode, str):
