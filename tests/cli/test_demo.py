@@ -54,7 +54,7 @@ def test_demo_with_nothing_enabled_is_a_user_error(tmp_path, capsys):
 
 
 def test_demo_plan_names_every_run_folder(tmp_path):
-    """The quick plan: three ViT modes, the MLP pair, two MiniLM modes, analysis + exit of each, report."""
+    """The quick plan: three ViT modes, the MLP pair, three MiniLM modes, analysis + exit of each, report."""
     pytest.importorskip("layertrace.training.config")
     from layertrace.cli.demo import Demo, resolve_config
 
@@ -64,14 +64,14 @@ def test_demo_plan_names_every_run_folder(tmp_path):
     labels = [s.label for s in stages]
     assert labels[:3] == [f"train fmnist-vit-{m} (624 steps)" for m in ("standard", "aligned", "multi-head")]
     assert labels[3:5] == ["MLP with residuals (mnist-mlp-residual)", "MLP without residuals (mnist-mlp-plain)"]
-    assert labels[5:7] == [f"train rt-minilm-{m} (300 steps)" for m in ("standard", "aligned")]
+    assert labels[5:8] == [f"train rt-minilm-{m} (300 steps)" for m in ("standard", "aligned", "multi-head")]
     assert stages[0].units == 624  # 2 epochs of the 312 full batches of 64 among 20,000 images
-    assert sum(lab.startswith("analyze ") for lab in labels) == 5
-    assert sum(lab.startswith("early-exit sweep ") for lab in labels) == 5
+    assert sum(lab.startswith("analyze ") for lab in labels) == 6
+    assert sum(lab.startswith("early-exit sweep ") for lab in labels) == 6
     assert labels[-1] == "report.html + summary.md"
     assert [d.name for d in demo.run_dirs()] == [
         "fmnist-vit-standard", "fmnist-vit-aligned", "fmnist-vit-multi-head", "rt-minilm-standard",
-        "rt-minilm-aligned", "mnist-mlp-residual", "mnist-mlp-plain"]
+        "rt-minilm-aligned", "rt-minilm-multi-head", "mnist-mlp-residual", "mnist-mlp-plain"]
     # every training config is the recipe with the mode set
     assert demo.train_config(cfg.vision, "aligned").train.mode == "aligned"
     assert demo.train_config(cfg.text, "standard").model.spec == "minilm-cls"

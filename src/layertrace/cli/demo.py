@@ -36,7 +36,7 @@ from ..errors import LayertraceError, did_you_mean
 from ..experiments.mlp_residual import MLPExperimentConfig
 
 HELP = ("train, analyze and early-exit the paper's comparisons on the embedded data, then write report.html "
-        "and summary.md. --preset quick (default) runs on a 2-core CPU in about 20 minutes; --preset paper "
+        "and summary.md. --preset quick (default) fits in 20 minutes on a 2-core CPU (14 measured on an idle one); --preset paper "
         "holds paper-scale settings meant for a GPU (12-layer DeiT-S-sized ViT, longer schedules, full test "
         "sets) and takes hours")
 
@@ -72,7 +72,7 @@ def _vision() -> TrackSection:
 
 
 def _text() -> TrackSection:
-    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned"])
+    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"])
 
 
 @dataclass
@@ -103,7 +103,7 @@ class DemoConfig:
     """``layertrace demo`` config; ``configs/demo-quick.yaml`` and ``configs/demo-paper.yaml`` are the presets."""
 
     preset: str = field(default="quick", metadata=_h(
-        "quick (2-core CPU, <= 20 min) | paper (GPU: 12-layer DeiT-S-sized ViT, longer schedules)"))
+        "quick (2-core CPU, 14 min measured) | paper (GPU: 12-layer DeiT-S-sized ViT, longer schedules)"))
     out: str = field(default="demo-out", metadata=_h("output folder (reused: finished stages are skipped)"))
     with_lm: bool = field(default=False, metadata=_h("also run the causal-LM track (per-layer generation)"))
     lm_preset: str = field(default="quick", metadata=_h("preset of the LM track (quick | paper)"))
@@ -167,19 +167,20 @@ def find_file(path: str, what: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- progress
-# Initial time estimates, in seconds per unit of work (a training step, 1,000 test samples, ...), for
-# a 2-core CPU. The display rescales them by how fast the finished stages really ran, and a later run
+# Initial time estimates, in seconds per unit of work (a training step, 1,000 test samples, ...): the
+# rates of the quick demo measured end to end on an idle 2-core CPU (2026-11-25, demo_timings.json;
+# BENCHMARKS.md). The display rescales them by how fast the finished stages really ran, and a later run
 # in the same folder starts from the rates it measured itself (demo_timings.json).
 DEFAULT_RATES = {
-    "train:fmnist-vit": 0.12,      # per optimizer step (demo ViT, batch 64)
-    "train:rt-minilm": 0.9,        # per optimizer step (MiniLM-L6, batch 32 x 48 tokens)
-    "train:mlp": 8.0,              # per 12 epochs over 4,000 images
-    "analyze:fmnist-vit": 2.0,     # per 1,000 test samples
-    "analyze:rt-minilm": 12.0,
-    "exit:fmnist-vit": 8.0,        # per (1 + 1,000 test samples): loading and timing, then the sweep
-    "exit:rt-minilm": 15.0,
+    "train:fmnist-vit": 0.062,     # per optimizer step (demo ViT, batch 64)
+    "train:rt-minilm": 0.66,       # per optimizer step (MiniLM-L6, batch 32 x 48 tokens)
+    "train:mlp": 1.3,              # per 12 epochs over 4,000 images
+    "analyze:fmnist-vit": 0.30,    # per 1,000 test samples
+    "analyze:rt-minilm": 5.8,
+    "exit:fmnist-vit": 0.35,       # per (1 + 1,000 test samples): loading and timing, then the sweep
+    "exit:rt-minilm": 11.0,
     "lm": 480.0,                   # the LM track's quick preset, whole
-    "report": 15.0,
+    "report": 4.5,
 }
 DEFAULT_RATE = 30.0
 
