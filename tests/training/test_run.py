@@ -96,12 +96,24 @@ def test_minilm_text_run_saves_its_tokenizer(tmp_path):
 
     cfg = load_config(TrainConfig, None, {
         "model.spec": "minilm-cls", "data.name": "rotten-tomatoes", "data.train_limit": 32, "data.eval_limit": 16,
-        "data.max_length": 24, "train.mode": "aligned", "train.steps": 2, "train.batch_size": 16,
-        "train.lr": 5e-5, "train.progress": False, "train.device": "cpu"})
+        "data.max_length": 24, "data.group_by_length": True, "train.mode": "aligned", "train.steps": 2,
+        "train.batch_size": 16, "train.lr": 5e-5, "train.progress": False, "train.device": "cpu",
+        "train.eval_batch_size": 5})
     summary = train_from_config(cfg, tmp_path)
     assert summary.task == "text-classification" and summary.final_eval["n"] == 16
     loaded = load_model(str(tmp_path))
     assert loaded.tokenizer is not None and loaded.adapter.n_layers == 6
+
+    # the final evaluation (length-sorted batches of 5) equals one over the test sentences in dataset
+    # order, batched independently by make_batches
+    from layertrace.data import load_dataset, make_batches
+    from layertrace.training.evaluate import evaluate_layerwise
+
+    ds = load_dataset("rotten-tomatoes", "test", seed=0, limit=16)
+    again = evaluate_layerwise(loaded.adapter, make_batches(ds, 7, tokenizer=loaded.tokenizer, max_length=24))
+    assert again.n == 16
+    assert again.accuracy == pytest.approx(summary.final_eval["accuracy"], abs=1e-9)
+    assert again.loss == pytest.approx(summary.final_eval["loss"], rel=1e-4)
 
 
 @needs_minilm

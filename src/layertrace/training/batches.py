@@ -55,10 +55,16 @@ class TensorBatches:
         seed: order seed; epoch e uses the permutation of generator seed ``seed * 7919 + e``.
         shuffle: permute each epoch (else keep the order).
         trim: drop all-padding token columns per batch (see :func:`trim_padding`).
+        group_by_length: text only (needs an ``attention_mask``): after the shuffle, sort each group of
+            ``group_batches`` consecutive batches' worth of samples by length and cut it into batches,
+            then shuffle the order of the batches. Batches hold sentences of similar length, so with
+            :func:`trim_padding` far fewer padding tokens are computed (HF Trainer's
+            ``group_by_length``); which samples share a batch changes, the set per epoch does not.
+        group_batches: batches per length-sorted group (HF's megabatch multiplier, 50).
     """
 
     def __init__(self, data: Mapping[str, Tensor], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 trim: bool = True):
+                 trim: bool = True, group_by_length: bool = False, group_batches: int = 50):
         sizes = {k: int(v.shape[0]) for k, v in data.items()}
         if len(set(sizes.values())) != 1:
             raise LayertraceError(f"training tensors disagree on the number of samples: {sizes}")
@@ -70,6 +76,17 @@ class TensorBatches:
         self.seed = int(seed)
         self.shuffle = shuffle
         self.trim = trim
+        self.lengths: Tensor | None = None
+        if group_by_length:
+            mask = self.data.get("attention_mask")
+            if mask is None or mask.dim() != 2:
+                raise LayertraceError(
+                    "data.group_by_length needs text batches with an attention_mask (token sequences of "
+                    "varying length); set data.group_by_length false for images or causal-LM blocks")
+            if group_batches < 1:
+                raise LayertraceError(f"group_batches={group_batches} must be >= 1")
+            self.lengths = mask.sum(dim=1)
+        self.group_batches = int(group_batches)
 
     def __len__(self) -> int:
         return self.n // self.batch_size
@@ -79,7 +96,20 @@ class TensorBatches:
         if not self.shuffle:
             return torch.arange(self.n)
         g = torch.Generator().manual_seed(self.seed * 7919 + int(epoch))
-        return torch.randperm(self.n, generator=g)
+        perm = torch.randperm(self.n, generator=g)
+        if self.lengths is None:
+            return perm
+        # Length grouping: the samples of the epoch's full batches, sorted by length within groups of
+        # group_batches batches (stable, so ties keep the shuffled order), then whole batches shuffled
+        # so that the length of consecutive batches (and of the learning-rate schedule's steps) is random.
+        n_full = len(self) * self.batch_size
+        group = self.group_batches * self.batch_size
+        used = perm[:n_full]
+        sorted_groups = [chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+                         for chunk in used.split(group)]
+        batches = torch.cat(sorted_groups).view(len(self), self.batch_size)
+        batches = batches[torch.randperm(len(self), generator=g)]
+        return torch.cat([batches.flatten(), perm[n_full:]])
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, Tensor]]:
         order = self.order(epoch)

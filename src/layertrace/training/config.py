@@ -44,6 +44,9 @@ class DataSection:
     train_limit: Optional[int] = field(default=None, metadata=_h("use only the first N training samples (after the seeded shuffle)"))
     eval_limit: Optional[int] = field(default=2000, metadata=_h("evaluate on at most N samples (none = all)"))
     max_length: int = field(default=128, metadata=_h("text: tokens per example; causal LM: tokens per training block"))
+    group_by_length: bool = field(default=False, metadata=_h(
+        "text classification: put sentences of similar length in the same training batch (sorted within "
+        "random groups of 50 batches, batch order shuffled) so less padding is computed; HF's group_by_length"))
     augment: bool = field(default=False, metadata=_h(
         "images: the paper's augmentation (random crop with padding, horizontal flip, rotation)"))
     crop_padding: int = field(default=4, metadata=_h("augmentation: pad by P pixels, then crop back at a random offset"))

@@ -187,6 +187,12 @@ def _eval_batches(data: dict[str, torch.Tensor], batch_size: int) -> list[dict[s
     from .batches import trim_padding
 
     n = next(iter(data.values())).shape[0]
+    mask = data.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        # The evaluation sums over samples, so its order is free: longest first, so each batch pads
+        # to sentences of about its own length (trim_padding) instead of the longest of a random mix.
+        order = torch.argsort(mask.sum(dim=1), descending=True, stable=True)
+        data = {k: v[order] for k, v in data.items()}
     return [trim_padding({k: v[i:i + batch_size] for k, v in data.items()}) for i in range(0, n, batch_size)]
 
 
@@ -313,7 +319,8 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
             augment = ImageAugment(crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
                                    rotation_degrees=cfg.data.rotation_degrees,
                                    fill=tuple((-mean / std).tolist()))  # a black pixel after normalisation
-    train_batches = TensorBatches(train_data, micro, seed=cfg.train.seed, shuffle=True)
+    train_batches = TensorBatches(train_data, micro, seed=cfg.train.seed, shuffle=True,
+                                  group_by_length=cfg.data.group_by_length)
     eval_batches = _eval_batches(eval_data, cfg.train.eval_batch_size)
 
     result = fit(adapter, train_batches, cfg.train, out, eval_batches=eval_batches, augment=augment)
