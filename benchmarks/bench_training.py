@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_training.py steps   [--trials 15] [--threads 2]
     .venv/bin/python benchmarks/bench_training.py memory  [--batch 4] [--seq 256] [--vocab 30000] [--naive]
     .venv/bin/python benchmarks/bench_training.py demo    --out DIR [--modes standard aligned multi-head] [--threads 1]
+    .venv/bin/python benchmarks/bench_training.py grouping [--trials 15] [--steps-per-trial 2] [--threads 2]
 
 ``steps``: wall time of one full optimizer step (forward, backward, AdamW) of the training objective
 in ``standard`` and ``aligned`` mode, on the demo ViT (vit-demo, batch 64 Fashion-MNIST images) and on
@@ -18,6 +19,12 @@ layer under activation checkpointing), and optionally the naive aligned loss tha
 and its increase over the resident memory just before the step (after a warm-up step, so the
 parameters and AdamW state are already there). ``MALLOC_MMAP_THRESHOLD_`` is fixed so that freed
 large tensors return to the system and resident memory follows live tensors.
+
+``grouping``: what ``data.group_by_length`` saves on the MiniLM demo recipe (configs/demo/minilm-rt.yaml:
+9,600 Rotten Tomatoes training sentences, batch 32, max 48 tokens). Two batch sources over the same
+tensors and seed, without and with length grouping: the padded tokens of a whole epoch (exact counts),
+and the wall time of standard-mode optimizer steps on their batches, trials interleaved (trial t takes
+batches t*k .. t*k+k-1 of each source's epoch 0, alternating which source goes first).
 
 ``demo``: the demo-scale comparison of docs/results-training.md. Trains (or reuses, when the folder
 holds the finished run) ``configs/demo/vit-fmnist.yaml`` and ``configs/demo/minilm-rt.yaml`` in each
@@ -110,6 +117,59 @@ def bench_steps(trials: int, steps_per_trial: int, threads: int) -> dict:
                   f"{med[f'aligned_{kind}_s'] * 1e3:.1f} ms, ratio of medians {rom:.3f}, median per-trial ratio "
                   f"{statistics.median(ratios[kind]):.3f}", flush=True)
     return results
+
+
+# --------------------------------------------------------------------------- length grouping
+def bench_grouping(trials: int, steps_per_trial: int, threads: int) -> dict:
+    import torch
+
+    from layertrace.config import load_config
+    from layertrace.data import load_dataset
+    from layertrace.models import load_model
+    from layertrace.training.batches import TensorBatches
+    from layertrace.training.config import TrainConfig
+    from layertrace.training.losses import weights_for_layers
+    from layertrace.training.objective import TrainingObjective
+    from layertrace.training.run import _classification_tensors
+
+    torch.set_num_threads(threads)
+    cfg = load_config(TrainConfig, "configs/demo/minilm-rt.yaml")
+    loaded = load_model(cfg.model.spec, seed=0, num_classes=2)
+    train = load_dataset(cfg.data.name, cfg.data.train_split, seed=cfg.train.seed, limit=cfg.data.train_limit)
+    tensors = _classification_tensors(train, loaded, cfg)
+    sources = {grouped: TensorBatches(tensors, cfg.train.batch_size, seed=cfg.train.seed, group_by_length=grouped)
+               for grouped in (False, True)}
+    tokens = {g: sum(b["input_ids"].numel() for b in src.epoch(0)) for g, src in sources.items()}
+    real = int(sum(b["attention_mask"].sum() for b in sources[False].epoch(0)))
+    batches = {g: list(src.epoch(0)) for g, src in sources.items()}
+    adapter = loaded.adapter
+    adapter.train()
+    layers = list(range(1, adapter.n_layers + 1))
+    objective = TrainingObjective(adapter, "standard", layers, weights_for_layers("linear", adapter.n_layers, layers))
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-5)
+
+    def one_trial(grouped: bool, t: int) -> float:
+        start = time.perf_counter()
+        for i in range(t * steps_per_trial, (t + 1) * steps_per_trial):
+            objective(batches[grouped][i], step=i).total.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) / steps_per_trial
+
+    one_trial(False, trials)  # warm-up (batches outside the timed ones)
+    times = {False: [], True: []}
+    for t in range(trials):
+        for grouped in ((False, True) if t % 2 == 0 else (True, False)):
+            times[grouped].append(one_trial(grouped, t))
+    med = {g: statistics.median(v) for g, v in times.items()}
+    result = {"threads": threads, "trials": trials, "steps_per_trial": steps_per_trial,
+              "epoch_tokens_plain": tokens[False], "epoch_tokens_grouped": tokens[True], "epoch_real_tokens": real,
+              "step_s_plain": med[False], "step_s_grouped": med[True], "step_ratio": med[True] / med[False],
+              "median_trial_ratio": statistics.median(b / a for a, b in zip(times[False], times[True]))}
+    print(f"padded tokens per epoch: plain {tokens[False]:,}, grouped {tokens[True]:,} "
+          f"({tokens[True] / tokens[False]:.3f}x; real tokens {real:,}); step: plain {med[False] * 1e3:.0f} ms, "
+          f"grouped {med[True] * 1e3:.0f} ms, ratio {result['step_ratio']:.3f}", flush=True)
+    return result
 
 
 # --------------------------------------------------------------------------- LM memory
@@ -251,6 +311,10 @@ def main() -> None:
     p_demo.add_argument("--modes", nargs="+", default=["standard", "aligned", "multi-head"])
     p_demo.add_argument("--tasks", nargs="+", default=["vit", "rt"])
     p_demo.add_argument("--threads", type=int, default=1)
+    p_group = sub.add_parser("grouping")
+    p_group.add_argument("--trials", type=int, default=15)
+    p_group.add_argument("--steps-per-trial", type=int, default=2)
+    p_group.add_argument("--threads", type=int, default=2)
     p_child = sub.add_parser("memory-child")
     p_child.add_argument("mode")
     p_child.add_argument("batch", type=int)
@@ -260,6 +324,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "steps":
         print(json.dumps(bench_steps(args.trials, args.steps_per_trial, args.threads), indent=2))
+    elif args.what == "grouping":
+        print(json.dumps(bench_grouping(args.trials, args.steps_per_trial, args.threads), indent=2))
     elif args.what == "demo":
         print(json.dumps(demo(args.out, args.modes, args.threads, args.tasks), indent=2))
     elif args.what == "memory":

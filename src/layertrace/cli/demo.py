@@ -36,7 +36,7 @@ from ..errors import LayertraceError, did_you_mean
 from ..experiments.mlp_residual import MLPExperimentConfig
 
 HELP = ("train, analyze and early-exit the paper's comparisons on the embedded data, then write report.html "
-        "and summary.md. --preset quick (default) fits in 20 minutes on a 2-core CPU (14 measured on an idle one); --preset paper "
+        "and summary.md. --preset quick (default) fits in 20 minutes on a 2-core CPU (15.6 measured on an idle one); --preset paper "
         "holds paper-scale settings meant for a GPU (12-layer DeiT-S-sized ViT, longer schedules, full test "
         "sets) and takes hours")
 
@@ -168,19 +168,19 @@ def find_file(path: str, what: str) -> Path:
 
 # ---------------------------------------------------------------------------------------- progress
 # Initial time estimates, in seconds per unit of work (a training step, 1,000 test samples, ...): the
-# rates of the quick demo measured end to end on an idle 2-core CPU (2026-11-25, demo_timings.json;
+# rates of the quick demo measured end to end on an idle 2-core CPU (2026-12-01, demo_timings.json;
 # BENCHMARKS.md). The display rescales them by how fast the finished stages really ran, and a later run
 # in the same folder starts from the rates it measured itself (demo_timings.json).
 DEFAULT_RATES = {
-    "train:fmnist-vit": 0.062,     # per optimizer step (demo ViT, batch 64)
-    "train:rt-minilm": 0.66,       # per optimizer step (MiniLM-L6, batch 32 x 48 tokens)
-    "train:mlp": 1.3,              # per 12 epochs over 4,000 images
-    "analyze:fmnist-vit": 0.30,    # per 1,000 test samples
-    "analyze:rt-minilm": 5.8,
-    "exit:fmnist-vit": 0.35,       # per (1 + 1,000 test samples): loading and timing, then the sweep
-    "exit:rt-minilm": 11.0,
+    "train:fmnist-vit": 0.086,     # per optimizer step (demo ViT, batch 64)
+    "train:rt-minilm": 0.62,       # per optimizer step (MiniLM-L6, batch 32, <= 48 tokens, grouped by length)
+    "train:mlp": 2.0,              # per 12 epochs over 4,000 images
+    "analyze:fmnist-vit": 0.54,    # per 1,000 test samples
+    "analyze:rt-minilm": 9.6,
+    "exit:fmnist-vit": 0.73,       # per (1 + 1,000 test samples): loading and timing, then the sweep
+    "exit:rt-minilm": 18.0,
     "lm": 480.0,                   # the LM track's quick preset, whole
-    "report": 4.5,
+    "report": 9.0,
 }
 DEFAULT_RATE = 30.0
 
