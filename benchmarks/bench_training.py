@@ -139,9 +139,9 @@ def bench_grouping(trials: int, steps_per_trial: int, threads: int) -> dict:
     tensors = _classification_tensors(train, loaded, cfg)
     sources = {grouped: TensorBatches(tensors, cfg.train.batch_size, seed=cfg.train.seed, group_by_length=grouped)
                for grouped in (False, True)}
-    tokens = {g: sum(b["input_ids"].numel() for b in src.epoch(0)) for g, src in sources.items()}
-    real = int(sum(b["attention_mask"].sum() for b in sources[False].epoch(0)))
     batches = {g: list(src.epoch(0)) for g, src in sources.items()}
+    tokens = {g: sum(b["input_ids"].numel() for b in epoch) for g, epoch in batches.items()}
+    real = int(sum(b["attention_mask"].sum() for b in batches[False]))
     adapter = loaded.adapter
     adapter.train()
     layers = list(range(1, adapter.n_layers + 1))

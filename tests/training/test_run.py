@@ -126,10 +126,14 @@ def test_causal_lm_run_on_a_local_corpus(tmp_path):
     text = "the cat sat on the mat and looked at the dog . " * 40
     (corpus / "toy.train.txt").write_text(text)
     (corpus / "toy.test.txt").write_text(text[::-1])
-    cfg = load_config(TrainConfig, None, {
+    settings = {
         "model.spec": "gpt2-tiny", "model.tokenizer": str(minilm_dir()), "data.root": str(corpus),
         "data.max_length": 32, "data.eval_limit": 4, "train.mode": "aligned", "train.steps": 2,
-        "train.batch_size": 4, "train.progress": False, "train.device": "cpu", "train.eval_batch_size": 4})
+        "train.batch_size": 4, "train.progress": False, "train.device": "cpu", "train.eval_batch_size": 4}
+    cfg = load_config(TrainConfig, None, settings)
+    with pytest.raises(LayertraceError, match="group_by_length applies to text classification"):
+        train_from_config(load_config(TrainConfig, None, {**settings, "data.group_by_length": True}),
+                          tmp_path / "grouped")
     summary = train_from_config(cfg, tmp_path / "run")
     assert summary.task == "causal-lm" and summary.final_eval["n"] == 4 * 31
     assert summary.final_eval["layers"] == [0, 1, 2, 3, 4]

@@ -299,6 +299,9 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
     micro = micro_batch_size(cfg.train)
     augment = None
     if adapter.kind == "causal_lm":
+        if cfg.data.group_by_length:  # blocks are all max_length tokens long: nothing to group
+            raise LayertraceError("data.group_by_length applies to text classification; causal-LM training "
+                                  "blocks have no padding, so set data.group_by_length false")
         train_data = _lm_tensors(loaded, cfg, cfg.data.train_split, cfg.data.train_limit)
         eval_data = _lm_tensors(loaded, cfg, cfg.data.eval_split, cfg.data.eval_limit)
     else:
