@@ -71,7 +71,8 @@ def load_for_analysis(cfg: AnalyzeConfig):
     dataset = None
     num_classes = cfg.num_classes
     if _is_classifier_preset(cfg.model):
-        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit)
+        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
+                               shift=cfg.shift, shift_seed=cfg.shift_seed)
         if num_classes is None:
             num_classes = dataset.num_classes
     loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed)
@@ -79,9 +80,12 @@ def load_for_analysis(cfg: AnalyzeConfig):
     pre = loaded.preprocess or {}
     max_length = int(cfg.max_length or pre.get("max_length") or 128)
     if adapter.kind == "causal_lm":
+        if cfg.shift:
+            raise LayertraceError(f"shift {cfg.shift!r} applies to image datasets, not a causal LM's corpus: drop --shift")
         return loaded, _lm_batches(cfg, loaded, max_length), None
     if dataset is None:
-        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit)
+        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
+                               shift=cfg.shift, shift_seed=cfg.shift_seed)
     if len(dataset) == 0:
         raise LayertraceError(f"dataset {cfg.data!r} split {cfg.split!r} is empty; pick another split or data_root")
     if dataset.num_classes != adapter.num_outputs:
@@ -167,7 +171,8 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
             per_sample=cfg.per_sample, save_logits=cfg.save_logits, precision=precision,
             progress=cfg.progress, collapse=cfg.collapse,
         )
-        result.config.update(split=cfg.split, limit=cfg.limit, device=str(device), batch_size=cfg.batch_size,
+        result.config.update(split=cfg.split, limit=cfg.limit, shift=cfg.shift, shift_seed=cfg.shift_seed,
+                             device=str(device), batch_size=cfg.batch_size,
                              model_source=getattr(loaded, "source", None))
         if write and DistContext.current().is_main:
             out = Path(cfg.out)
