@@ -65,7 +65,7 @@ def _is_classifier_preset(spec: str) -> bool:
 
 def load_for_analysis(cfg: AnalyzeConfig):
     """``(loaded_model, batches, data_description)`` for a config (no analysis yet)."""
-    from ..data import load_dataset, make_batches
+    from ..data import load_dataset
     from ..models.loading import load_model
 
     dataset = None
@@ -92,18 +92,28 @@ def load_for_analysis(cfg: AnalyzeConfig):
         raise LayertraceError(
             f"model {cfg.model!r} has {adapter.num_outputs} output classes but dataset {cfg.data!r} has "
             f"{dataset.num_classes}: pass --num_classes {dataset.num_classes} (a fresh head) or the matching dataset")
+    return loaded, dataset_batches(dataset, loaded, cfg.batch_size, max_length, cfg.model, cfg.data), dataset
+
+
+def dataset_batches(dataset, loaded, batch_size: int, max_length: int, model: str, data: str):
+    """Re-iterable batches of a classification ``dataset`` in the form ``loaded`` (a
+    :func:`~layertrace.models.loading.load_model` result) takes: tokenised with its tokenizer, or
+    images normalised with its preprocessing. Raises on a text / image mismatch."""
+    from ..data import make_batches
+
+    pre = loaded.preprocess or {}
     modality = pre.get("modality")
     is_text = hasattr(dataset, "texts")
     if modality and modality != ("text" if is_text else "image"):
-        raise LayertraceError(f"model {cfg.model!r} takes {modality} inputs but dataset {cfg.data!r} is "
+        raise LayertraceError(f"model {model!r} takes {modality} inputs but dataset {data!r} is "
                               f"{'text' if is_text else 'images'}; pick a matching model and dataset")
     if is_text:
         if loaded.tokenizer is None:
-            raise LayertraceError(f"model {cfg.model!r} has no tokenizer; save one in its folder to analyse text")
-        batches = make_batches(dataset, cfg.batch_size, tokenizer=loaded.tokenizer, max_length=max_length)
+            raise LayertraceError(f"model {model!r} has no tokenizer; save one in its folder to analyse text")
+        batches = make_batches(dataset, batch_size, tokenizer=loaded.tokenizer, max_length=max_length)
     else:
-        batches = make_batches(dataset, cfg.batch_size, image_mean=pre.get("image_mean"), image_std=pre.get("image_std"))
-    return loaded, batches, dataset
+        batches = make_batches(dataset, batch_size, image_mean=pre.get("image_mean"), image_std=pre.get("image_std"))
+    return batches
 
 
 class _TokenBlocks:
