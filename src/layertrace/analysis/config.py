@@ -27,6 +27,10 @@ class AnalyzeConfig:
     batch_size: int = field(default=32, metadata={"help": "samples per forward pass"})
     max_length: int | None = field(default=None, metadata={
         "help": "token limit per text / block length for causal LMs (default: the model's preprocessing)"})
+    shift: str | None = field(default=None, metadata={
+        "help": "image data: distribution shift of the analysed split, KIND:VALUE joined by '+': rotate:DEG, "
+                "noise:SIGMA, contrast:C (e.g. rotate:15+noise:0.1; docs/analysis.md)"})
+    shift_seed: int = field(default=0, metadata={"help": "seed of the shift's noise"})
     data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded copy)"})
     seed: int = field(default=0, metadata={"help": "seeds the limit subsample, preset init, token subsample"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
