@@ -220,6 +220,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         opts = [f"--{name}"]
         if "_" in name:
             opts.append(f"--{name.replace('_', '-')}")
+        opts += list(f.metadata.get("aliases", ()))  # e.g. --model.pooling where ``model`` is a plain string
         parser.add_argument(
             *opts,
             dest=f"cfg::{name}",
