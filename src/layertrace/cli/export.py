@@ -28,7 +28,7 @@ class ExportConfig:
     layers: Any = field(default=None, metadata={
         "help": "blocks to keep: k (1..L, -1 = L), or several ('2,4,6', '2::2') for one sub-folder each"})
     out: str = field(default="", metadata={"help": "output folder (the exported model, or its layers-K sub-folders)"})
-    num_classes: int | None = field(default=None, metadata={"help": "classes of a preset's head (default: its own)"})
+    num_classes: int | None = field(default=None, metadata={"help": "classes of a preset's head (default: its own)", "check": ">= 1"})
     seed: int | None = field(default=0, metadata={"help": "seed of a preset's random init (presets only)"})
 
 

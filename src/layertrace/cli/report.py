@@ -19,7 +19,7 @@ class ReportConfig:
         "help": "path of the HTML page; summary.md is written beside it"})
     title: str = field(default="layertrace report", metadata={"help": "page title"})
     exit_tolerance: float = field(default=0.01, metadata={
-        "help": "accuracy loss (fraction) allowed at the comparison table's operating point (0.01 = 1 point)"})
+        "help": "accuracy loss (fraction) allowed at the comparison table's operating point (0.01 = 1 point)", "check": "[0, 1)"})
     runs: list = field(default_factory=list, metadata={
         "help": "run folders (same as the positional RUN_DIR arguments; both are used)"})
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import LayertraceError
+from ..io import reading
 from ..models.base import Adapter
 from .executor import Readout, layer_logits, readout_layers
 from .policies import default_thresholds, get_policy
@@ -48,37 +49,37 @@ class ExitConfig:
         "help": "training run folder, save_pretrained folder, or preset (vit-demo, minilm-cls, ...)"})
     data: str = field(default="", metadata={"help": "dataset name (fashion-mnist, rotten-tomatoes, ...)"})
     split: str = field(default="test", metadata={"help": "train | validation | test"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate N examples (seeded, class-stratified)"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate N examples (seeded, class-stratified)", "check": ">= 1"})
     out: str = field(default="", metadata={"help": "output folder: exit.json and exit-config.yaml"})
     policy: str = field(default="confidence", metadata={
         "help": "confidence (max prob >= t) | entropy (<= t nats) | patience (t layers agree) | fixed (layer t)"})
     thresholds: list[float] | None = field(default=None, metadata={
         "help": "comma list of thresholds, e.g. 0.5,0.7,0.9 (default: a sweep suited to the policy)"})
     heads: str = field(default="auto", metadata={
-        "help": "auto (per-layer heads when the run folder has heads.safetensors) | shared | per-layer"})
+        "help": "auto (per-layer heads when the run folder has heads.safetensors) | shared | per-layer", "choices": ("auto", "shared", "per-layer")})
     oracle: bool = field(default=True, metadata={"help": "also report the oracle (earliest layer staying correct)"})
     num_classes: int | None = field(default=None, metadata={
-        "help": "classes of the head (presets: default = the dataset's)"})
+        "help": "classes of the head (presets: default = the dataset's)", "check": ">= 1"})
     final_norm: bool = field(default=True, metadata={"help": "apply the final norm in the shared readout"})
-    batch_size: int = field(default=64, metadata={"help": "samples per batch (simulation cache and batch timing)"})
-    max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)"})
+    batch_size: int = field(default=64, metadata={"help": "samples per batch (simulation cache and batch timing)", "check": ">= 1"})
+    max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)", "check": ">= 2"})
     data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded)"})
     seed: int = field(default=0, metadata={"help": "seeds the limit subsample and preset init"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     measure: bool = field(default=True, metadata={"help": "measure wall-clock speed-up of the runtime executor"})
     measure_samples: int = field(default=256, metadata={
-        "help": "samples timed at --batch_size (the first ones of the split)"})
-    measure_samples_batch1: int = field(default=32, metadata={"help": "samples timed at batch size 1 (0: skip)"})
-    repeats: int = field(default=3, metadata={"help": "interleaved timing repeats (medians are reported)"})
+        "help": "samples timed at --batch_size (the first ones of the split)", "check": ">= 1"})
+    measure_samples_batch1: int = field(default=32, metadata={"help": "samples timed at batch size 1 (0: skip)", "check": ">= 0"})
+    repeats: int = field(default=3, metadata={"help": "interleaved timing repeats (medians are reported)", "check": ">= 1"})
     threads: int | None = field(default=None, metadata={
-        "help": "torch CPU threads while timing (default: unchanged); 1 gives steadier numbers on a busy machine"})
+        "help": "torch CPU threads while timing (default: unchanged); 1 gives steadier numbers on a busy machine", "check": ">= 1"})
     compare: list[str] | None = field(default=None, metadata={
         "help": "comma list of run folders to compare under this protocol (instead of --model): writes "
                 "comparison.json + comparison.md"})
     target_accuracy_drop: float | None = field(default=None, metadata={
-        "help": "--compare: per run, the fastest threshold within this accuracy drop of its full model"})
+        "help": "--compare: per run, the fastest threshold within this accuracy drop of its full model", "check": "[0, 1]"})
     target_speedup: float | None = field(default=None, metadata={
-        "help": "--compare: per run, the most accurate threshold with at least this layer speed-up"})
+        "help": "--compare: per run, the most accurate threshold with at least this layer speed-up", "check": ">= 1"})
 
 
 # ----------------------------------------------------------------------------- core evaluation
@@ -317,11 +318,11 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
 # ----------------------------------------------------------------------------- comparison
 def _run_mode(spec: str) -> str:
     """Training mode of a run folder (train_summary.json, else config.yaml), else ``"model"``."""
-    from ..io import read_json
+    from ..io import read_json_dict
 
     folder = Path(spec)
     if (folder / "train_summary.json").is_file():
-        mode = read_json(folder / "train_summary.json").get("mode")
+        mode = read_json_dict(folder / "train_summary.json").get("mode")
         if mode:
             return str(mode)
     if (folder / "config.yaml").is_file():
@@ -489,7 +490,8 @@ def sweep_analysis(path: str | Path, policy: str = "confidence", thresholds: Seq
     npz = p / "analysis_samples.npz" if p.is_dir() else p
     if not npz.is_file():
         raise LayertraceError(f"{npz}: no analysis_samples.npz; run `layertrace analyze ... --out DIR` first")
-    with np.load(npz) as data:
+    with reading(npz, f"re-run `layertrace analyze ... --out {npz.parent}`", what="per-sample arrays"), \
+            np.load(npz, allow_pickle=False) as data:
         if "logits" not in data or "labels" not in data:
             raise LayertraceError(f"{npz} has no per-layer logits; re-run `layertrace analyze` with --save_logits true")
         traced = [int(l) for l in data["layers"]]

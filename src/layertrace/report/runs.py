@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LayertraceError
-from ..io import read_json
+from ..io import read_json, reading
 
 # Training modes as they appear at the end of a run folder name ``<data>-<model>-<mode>``.
 KNOWN_MODES = (
@@ -86,8 +86,9 @@ class RunResults:
             return {}
         import numpy as np
 
-        with np.load(npz, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        with reading(npz, f"re-run `layertrace analyze ... --out {self.path}`", what="per-sample arrays"):
+            with np.load(npz, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
 
 
 def split_name(name: str) -> tuple[str, str]:

@@ -27,7 +27,7 @@ import torch
 
 from ..config import config_to_dict, load_config, save_config
 from ..errors import LayertraceError
-from ..io import read_json, write_json
+from ..io import read_json_dict, reading, write_json
 from .augment import ImageAugment
 from .batches import TensorBatches
 from .config import COSMETIC_KEYS, TrainConfig
@@ -75,9 +75,12 @@ class RunSummary:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunSummary":
-        data = read_json(path)
+        fix = (f"delete it, then run `layertrace train --config {Path(path).parent / 'config.yaml'} "
+               f"--out {Path(path).parent}` (the run resumes from its checkpoints)")
+        data = read_json_dict(path, fix)
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        with reading(path, fix, what="run summary"):
+            return cls(**{k: v for k, v in data.items() if k in known})
 
     def table(self) -> str:
         """A short text table of the final layer-wise accuracy."""
@@ -205,7 +208,7 @@ def _model_kind(spec: str) -> str:
     folder = Path(spec).expanduser()
     for config in (folder / "config.json", folder / "model" / "config.json"):
         if config.is_file():
-            arch = (read_json(config).get("architectures") or [""])[0]
+            arch = (read_json_dict(config).get("architectures") or [""])[0]
             return "causal_lm" if arch.endswith(("ForCausalLM", "LMHeadModel")) else "classifier"
     try:  # a hub model (online): its config names the architecture
         from transformers import AutoConfig
