@@ -71,6 +71,9 @@ def convert_value(value: Any, ftype: Any, key: str) -> Any:
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
             return convert_value(value, non_none[0], key)
+        lists = [a for a in non_none if a is list or typing.get_origin(a) is list]
+        if lists and isinstance(value, str) and "," in value:  # '1,1,1': every list option takes commas
+            return convert_value(value, lists[0], key)
         # Union of several types (e.g. int | str | list[int]): trust YAML's reading of a string.
         parsed = _yaml_scalar(value) if isinstance(value, str) else value
         for a in non_none:
@@ -242,6 +245,16 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _aliases(cls: type) -> dict[str, str]:
+    """``{alias: field}``: other spellings of a field (``metadata={"aliases": ("data.name",)}``), so every
+    command takes the data options under the names ``layertrace train`` uses (``--data.name``, ...)."""
+    out = {}
+    for name, f, _ in _leaf_fields(cls):
+        for alias in f.metadata.get("aliases", ()):
+            out[alias] = name
+    return out
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> T:
     """Build a ``cls`` instance from defaults, then a YAML file, then dotted overrides.
 
@@ -257,11 +270,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
     cfg = cls()
     leaves = {name: ftype for name, _, ftype in _leaf_fields(cls)}
     fields = {name: f for name, f, _ in _leaf_fields(cls)}
+    aliases = _aliases(cls)
     layers = [(read_yaml(path), f"config file {path}")] if path else []
     layers.append((dict(overrides or {}), "override"))
     for data, origin in layers:
         flat = _flatten(data) if origin != "override" else dict(data)
         for key, value in flat.items():
+            key = aliases.get(key, key)
             if key not in leaves:
                 # A dict-valued leaf given as nested YAML keys.
                 parent = next((n for n in leaves if key.startswith(n + ".")), None)
@@ -297,6 +312,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         opts = [f"--{name}"]
         if "_" in name:
             opts.append(f"--{name.replace('_', '-')}")
+        opts += [f"--{alias}" for alias in f.metadata.get("aliases", ())]
         parser.add_argument(
             *opts,
             dest=f"cfg::{name}",

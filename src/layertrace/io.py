@@ -12,7 +12,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -188,8 +188,14 @@ def check_out_dir(path: str | os.PathLike, flag: str = "--out", min_free: int = 
     if not probe.is_dir():
         raise LayertraceError(f"{flag} {out}: {probe} is a file, so the folder cannot be created there; "
                               f"give another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise LayertraceError(f"{flag} {out}: {probe} is not writable; give a folder you can write to")
+    try:  # really try (permissions, a read-only mount, a root user for whom os.access says yes)
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError("no write permission")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise LayertraceError(f"{flag} {out}: {probe} is not writable ({exc.strerror or exc}); "
+                              f"give a folder you can write to") from None
     import shutil
 
     free = shutil.disk_usage(probe).free
@@ -219,3 +225,40 @@ def check_safetensors(path: str | os.PathLike, fix: str, what: str = "weights fi
     with reading(path, fix, what=what):
         with safe_open(str(path), framework="pt") as fh:
             fh.keys()
+
+
+# ----------------------------------------------------------------------------- result sets
+@contextmanager
+def result_set(out: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[Path]:
+    """Write a command's new set of results, then swap it in.
+
+    Yields an empty staging folder inside ``out``. When the block succeeds, every entry written
+    there replaces its namesake in ``out`` (each an atomic ``os.replace``; a folder replaces the
+    old folder), then the entries of ``out`` matching the glob patterns ``owned`` (the command's
+    own result names) that the new set lacks are deleted: a re-run leaves no stale file of the
+    previous one beside the new results. When the block fails, ``out`` is left as it was.
+    """
+    import shutil
+
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
+    try:
+        yield staging
+        new = sorted(staging.iterdir())
+        for entry in new:
+            dest = target / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(entry, dest)
+        names = {entry.name for entry in new}
+        for pattern in owned:
+            for stale in target.glob(pattern):
+                if stale.name in names or stale.name.startswith(".staging-"):
+                    continue
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,8 @@ class AnalyzeConfig:
     model: str = field(default="", metadata={
         "help": "preset name (vit-demo, minilm-cls, gpt2-tiny, ...), save_pretrained folder, or training run folder"})
     data: str = field(default="", metadata={
-        "help": "dataset name (fashion-mnist, rotten-tomatoes, ...; causal LMs: a text corpus, e.g. embedded)"})
+        "help": "dataset name (fashion-mnist, rotten-tomatoes, ...; causal LMs: a text corpus, e.g. embedded)",
+        "aliases": ("data.name",)})
     split: str = field(default="test", metadata={"help": "train | validation | test"})
     limit: int | None = field(default=None, metadata={"help": "analyse N examples (seeded, class-stratified subsample)", "check": ">= 1"})
     out: str = field(default="", metadata={"help": "output folder: analysis.json, analysis_samples.npz, analyze-config.yaml"})
@@ -26,8 +27,13 @@ class AnalyzeConfig:
     final_norm: bool = field(default=True, metadata={"help": "apply the final norm in the shared readout"})
     batch_size: int = field(default=32, metadata={"help": "samples per forward pass", "check": ">= 1"})
     max_length: int | None = field(default=None, metadata={
-        "help": "token limit per text / block length for causal LMs (default: the model's preprocessing)", "check": ">= 2"})
-    data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded copy)"})
+        "help": "token limit per text / block length for causal LMs (default: the model's preprocessing)", "check": ">= 2",
+        "aliases": ("data.max_length",)})
+    data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded copy)",
+                                                          "aliases": ("data.root",)})
+    loader_kwargs: dict = field(default_factory=dict, metadata={
+        "help": "extra options of the dataset loader, as in train: e.g. {validation_size: 500}, {label_column: y}",
+        "aliases": ("data.loader_kwargs",)})
     seed: int = field(default=0, metadata={"help": "seeds the limit subsample, preset init, token subsample"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16", "choices": ("auto", "fp32", "bf16", "fp16")})

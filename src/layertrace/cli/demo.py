@@ -347,7 +347,9 @@ class Demo:
         a = self.cfg.analysis
         return {"model": str(run_dir), "data": train_cfg.data.name, "data_root": train_cfg.data.root,
                 "split": a.split, "limit": track.analyze_limit, "batch_size": a.batch_size, "cka": a.cka,
-                "device": self.cfg.device, "max_length": train_cfg.data.max_length}
+                "device": self.cfg.device, "max_length": train_cfg.data.max_length,
+                # the recipe's loader options too (only when set: the stamps of earlier demos stay valid)
+                **({"loader_kwargs": dict(train_cfg.data.loader_kwargs)} if train_cfg.data.loader_kwargs else {})}
 
     def _analyze_stage(self, track: TrackSection, run_dir: Path) -> Stage:
         stamp = run_dir / ".demo-analyze.json"
@@ -375,7 +377,8 @@ class Demo:
                 "limit": track.exit_limit, "policy": self.cfg.exits.policy, "measure": self.cfg.exits.measure,
                 "device": self.cfg.device, "max_length": s["max_length"], "tolerance": self.cfg.exits.tolerance,
                 "measure_samples": self.cfg.exits.measure_samples,
-                "measure_samples_batch1": self.cfg.exits.measure_samples_batch1, "repeats": self.cfg.exits.repeats}
+                "measure_samples_batch1": self.cfg.exits.measure_samples_batch1, "repeats": self.cfg.exits.repeats,
+                **({"loader_kwargs": s["loader_kwargs"]} if "loader_kwargs" in s else {})}
 
     def _exit_stage(self, track: TrackSection, run_dir: Path) -> Stage:
         stamp = run_dir / ".demo-exit.json"
@@ -548,7 +551,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import check_out_dir
+
     cfg = resolve_config(getattr(args, "config", None), overrides_from_args(args))
+    check_out_dir(cfg.out)
     report = Demo(cfg).run()
     print(f"report: {report}\nsummary: {report.parent / 'summary.md'}")
     return 0

@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from ..models.cost import compare_params, compare_params_config
 
     cfg = config_from_args(ParamsConfig, args)
+    if cfg.out:
+        from ..io import check_out_dir
+
+        check_out_dir(cfg.out)
     plain = [cfg.hidden_size, cfg.layers]
     rows = []
     extra_lines: list[str] = []

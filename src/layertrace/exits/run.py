@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import LayertraceError
-from ..io import reading
+from ..io import check_out_dir, reading, result_set
 from ..models.base import Adapter
 from .executor import Readout, layer_logits, readout_layers
 from .policies import default_thresholds, get_policy
@@ -38,6 +38,8 @@ EXIT_FILE = "exit.json"
 COMPARISON_FILE = "comparison.json"
 CONFIG_FILE = "exit-config.yaml"  # not config.yaml: a training run folder keeps its own
 SCHEMA = "layertrace-exit-1"
+COMPARISON_MD = "comparison.md"
+OWNED = (EXIT_FILE, COMPARISON_FILE, COMPARISON_MD, CONFIG_FILE)  # what a re-run replaces (stale ones removed)
 HEADS_FILE = "heads.safetensors"
 
 
@@ -47,7 +49,8 @@ class ExitConfig:
 
     model: str = field(default="", metadata={
         "help": "training run folder, save_pretrained folder, or preset (vit-demo, minilm-cls, ...)"})
-    data: str = field(default="", metadata={"help": "dataset name (fashion-mnist, rotten-tomatoes, ...)"})
+    data: str = field(default="", metadata={"help": "dataset name (fashion-mnist, rotten-tomatoes, ...)",
+                                            "aliases": ("data.name",)})
     split: str = field(default="test", metadata={"help": "train | validation | test"})
     limit: int | None = field(default=None, metadata={"help": "evaluate N examples (seeded, class-stratified)", "check": ">= 1"})
     out: str = field(default="", metadata={"help": "output folder: exit.json and exit-config.yaml"})
@@ -62,8 +65,13 @@ class ExitConfig:
         "help": "classes of the head (presets: default = the dataset's)", "check": ">= 1"})
     final_norm: bool = field(default=True, metadata={"help": "apply the final norm in the shared readout"})
     batch_size: int = field(default=64, metadata={"help": "samples per batch (simulation cache and batch timing)", "check": ">= 1"})
-    max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)", "check": ">= 2"})
-    data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded)"})
+    max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)", "check": ">= 2",
+                                                           "aliases": ("data.max_length",)})
+    data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded)",
+                                                          "aliases": ("data.root",)})
+    loader_kwargs: dict = field(default_factory=dict, metadata={
+        "help": "extra options of the dataset loader, as in train: e.g. {validation_size: 500}, {label_column: y}",
+        "aliases": ("data.loader_kwargs",)})
     seed: int = field(default=0, metadata={"help": "seeds the limit subsample and preset init"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     measure: bool = field(default=True, metadata={"help": "measure wall-clock speed-up of the runtime executor"})
@@ -258,7 +266,8 @@ def _load(cfg: ExitConfig) -> _Loaded:
     device = resolve_device(cfg.device)
     acfg = AnalyzeConfig(model=cfg.model, data=cfg.data, split=cfg.split, limit=cfg.limit,
                          num_classes=cfg.num_classes, final_norm=cfg.final_norm, batch_size=cfg.batch_size,
-                         max_length=cfg.max_length, data_root=cfg.data_root, seed=cfg.seed, device=str(device))
+                         max_length=cfg.max_length, data_root=cfg.data_root, loader_kwargs=dict(cfg.loader_kwargs),
+                         seed=cfg.seed, device=str(device))
     loaded, batches, dataset = load_for_analysis(acfg)
     adapter = loaded.adapter.to(device).eval()
     if adapter.kind != "classifier":
@@ -296,12 +305,14 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     from ..io import write_json
 
     _check(cfg)
-    if write and not cfg.out:
-        raise LayertraceError("no output folder: pass --out DIR")
+    if write:
+        check_out_dir(cfg.out)
     get_policy(cfg.policy)
     if cfg.compare:
         return compare_from_config(cfg, write)
     loaded = _load(cfg)
+    if cfg.thresholds:  # before the pass over the data: the policy's domain needs only the layer count
+        get_policy(cfg.policy).check_thresholds(cfg.thresholds, loaded.adapter.n_layers)
     evaluation = evaluate_exits(loaded.adapter, loaded.batches, cfg.policy, cfg.thresholds, loaded.readout,
                                 oracle=cfg.oracle, measure=cfg.measure, measure_samples=cfg.measure_samples,
                                 batch1_batches=loaded.batch1, repeats=cfg.repeats, threads=cfg.threads)
@@ -309,9 +320,9 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     body = evaluation.to_dict()
     body["config"] = config_to_dict(cfg)
     if write and cfg.out:
-        out = Path(cfg.out)
-        write_json(out / EXIT_FILE, body)
-        save_config(cfg, out, name=CONFIG_FILE)
+        with result_set(cfg.out, OWNED) as staging:  # the new set replaces the old (no stale comparison.json)
+            write_json(staging / EXIT_FILE, body)
+            save_config(cfg, staging, name=CONFIG_FILE)
     return body
 
 
@@ -442,11 +453,11 @@ def compare_from_config(cfg: ExitConfig, write: bool = True) -> dict:
                          limit=cfg.limit, measure=cfg.measure, **options)
     table["config"] = config_to_dict(cfg)
     if write and cfg.out:
-        out = Path(cfg.out)
-        write_json(out / COMPARISON_FILE, table)
-        with atomic_path(out / "comparison.md") as tmp:
-            tmp.write_text(comparison_markdown(table))
-        save_config(cfg, out, name=CONFIG_FILE)
+        with result_set(cfg.out, OWNED) as staging:
+            write_json(staging / COMPARISON_FILE, table)
+            with atomic_path(staging / COMPARISON_MD) as tmp:
+                tmp.write_text(comparison_markdown(table))
+            save_config(cfg, staging, name=CONFIG_FILE)
     return table
 
 
