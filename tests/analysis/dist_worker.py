@@ -50,7 +50,7 @@ def lm_batches():
 def cases():
     """name -> (adapter factory, batches factory, options). Five toy batches: rank 0 gets 3, rank 1 gets 2."""
     return {
-        "toy-mean-ram": (toy_adapter, lambda: toy_batches(n_batches=5), {"rbf_cka": True}),
+        "toy-mean-ram": (toy_adapter, lambda: toy_batches(n_batches=5), {"rbf_cka": True, "collapse": True}),
         "toy-none-minibatch": (toy_adapter, lambda: toy_batches(n_batches=5), {"center": "none", "cka": "minibatch"}),
         "toy-disk-layers": (toy_adapter, lambda: toy_batches(n_batches=5), {"cache": "disk", "layers": "1::2"}),
         "gpt2-tokens": (gpt2_adapter, lm_batches, {"tokens_per_sample": 4}),

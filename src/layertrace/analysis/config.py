@@ -56,3 +56,5 @@ class AnalyzeConfig:
     save_logits: str = field(default="auto", metadata={
         "help": "classifiers: per-sample per-layer logits in the npz: auto (<= 64 MiB) | true | false", "choices": ("auto", "true", "false")})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    collapse: bool = field(default=False, metadata={
+        "help": "classifiers: also measure neural collapse NC1-NC3 per layer through the shared head (docs/analysis.md)"})

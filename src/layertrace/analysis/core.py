@@ -48,6 +48,7 @@ from ..readout import (
 )
 from ..models.base import Adapter
 from ..trace import FeatureCache, autocast, check_finite, next_token_targets, subsample_tokens, trace_batch
+from .collapse import CollapseStage
 from .dist import DistContext
 from .result import AnalysisResult
 from .similarity import SimilarityStage
@@ -107,6 +108,9 @@ class AnalysisOptions:
         max_batches: stop after this many batches (counted per process with ``shard="presharded"``).
         chunk_rows: rows per chunk when cached features are read back (``"auto"``: about 4 MB of
             float32, 256..4096 rows); original batches are never split.
+        collapse: classifiers: also measure neural collapse (NC1-NC3) at every layer, on the input
+            of the shared head's final linear layer (:mod:`layertrace.analysis.collapse`); adds
+            ``result.collapse``. Memory 8 * S * (K + d) * d bytes, no per-sample storage.
     """
 
     layers: LayerSpec = None
@@ -133,6 +137,7 @@ class AnalysisOptions:
     tolerance: float = THEORY_TOLERANCE
     max_batches: int | None = None
     chunk_rows: Any = "auto"
+    collapse: bool = False
 
     def validate(self) -> None:
         for name, value, choices in (("center", self.center, _CENTERS), ("cka", self.cka, _CKA),
@@ -269,6 +274,11 @@ class _Pass:
         self.forward_s = 0.0
         self._logits_ok = True
         self._logit_bytes = 0
+        self.collapse = None
+        if opts.collapse:
+            if self.is_lm:
+                raise LayertraceError("collapse=True (neural collapse) applies to classifiers, not causal LMs")
+            self.collapse = CollapseStage(adapter, self.S)
 
     # ------------------------------------------------------------------ plan
     def _plan(self, dim: int) -> None:
@@ -312,6 +322,8 @@ class _Pass:
         if o.max_batches is not None and n_batches is not None:
             n_batches = min(n_batches, o.max_batches)
         try:
+            if self.collapse is not None:
+                self.collapse.attach()
             for b, batch in self._own_batches(batches, n_batches, "analyze"):
                 self._process_batch(b, batch)
             pass_s = time.perf_counter() - start
@@ -319,6 +331,8 @@ class _Pass:
         finally:
             if self.cache is not None:
                 self.cache.close()
+            if self.collapse is not None:
+                self.collapse.detach()
         result.timing = {
             "total_s": time.perf_counter() - start,
             "pass_s": pass_s,
@@ -374,6 +388,8 @@ class _Pass:
     def _classifier_batch(self, b: int, batch: Mapping[str, Any]) -> tuple[Tensor, _BatchRecord]:
         labels = self._check_labels(batch, b)
         t0 = time.perf_counter()
+        if self.collapse is not None:  # record what the head's final linear layer reads in this batch
+            self.collapse.arm()
         if self._stacked_readout:
             # the traced features are the readout's input: one readout call over the S * B rows
             # (the readout maps (n, d) -> (n, K) row by row, so this equals S separate calls)
@@ -389,6 +405,8 @@ class _Pass:
                                 precision=self.opts.precision, batch_index=b)
             logits = trace.logits
         self.forward_s += time.perf_counter() - t0
+        if self.collapse is not None:
+            self.collapse.update(logits, labels)
         labels = labels.to(logits.device)
         n = labels.shape[0]
         r = stacked_readout(logits, labels)
@@ -610,6 +628,8 @@ class _Pass:
             result.rbf_cka_matrix = extra.get("rbf_cka")
             result.procrustes_matrix = extra.get("procrustes")
         result.theory = self._theory(samples, cos_matrix, n_inf_ratio) if o.theory else {}
+        if self.collapse is not None:
+            result.collapse = self.collapse.finish(d)
         result.config = self._config_record()
         result.samples = self._public_samples(samples, result) if o.per_sample else None
         return result

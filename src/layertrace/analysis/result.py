@@ -77,6 +77,10 @@ class AnalysisResult:
     # --- residual geometry and theory checks
     norm_ratio: np.ndarray | None = None
     theory: dict[str, Any] = field(default_factory=dict)
+    # --- neural collapse through the shared head (collapse=True; readout/collapse.py): per-layer
+    # (S,) float64 arrays "nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3",
+    # "within_trace", "between_trace", plus "feature", "dim", "n_classes", "n_samples"
+    collapse: dict[str, Any] | None = None
     # --- how it ran
     config: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
@@ -104,6 +108,9 @@ class AnalysisResult:
             if kwargs.get(key) is not None:
                 kwargs[key] = np.asarray(kwargs[key], dtype=np.int64)
         kwargs["layers"] = [int(x) for x in kwargs["layers"]]
+        if kwargs.get("collapse"):
+            kwargs["collapse"] = {k: _float_array(v) if isinstance(v, list) else v
+                                  for k, v in kwargs["collapse"].items()}
         return cls(**kwargs, samples=samples)
 
     def to_json(self, path: str | Path) -> Path:

@@ -169,7 +169,7 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
             procrustes=cfg.procrustes, extra_max_samples=cfg.extra_max_samples, theory=cfg.theory,
             epsilons=tuple(cfg.epsilons), tokens_per_sample=cfg.tokens_per_sample, seed=cfg.seed,
             per_sample=cfg.per_sample, save_logits=cfg.save_logits, precision=precision,
-            progress=cfg.progress,
+            progress=cfg.progress, collapse=cfg.collapse,
         )
         result.config.update(split=cfg.split, limit=cfg.limit, device=str(device), batch_size=cfg.batch_size,
                              model_source=getattr(loaded, "source", None))

@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "exit": ("exit_cmd", "early-exit sweep (simulated and measured) with a shared classifier or per-layer heads"),
     "report": ("report", "build report.html + summary.md from run folders"),
     "export": ("export", "export the first k blocks plus the shared head as a standalone HF model"),
+    "generate": ("generate", "decode text from a causal LM: self-speculative (lossless) or full decoding"),
     "params": ("params", "parameter counts: one shared head vs one head per layer (the paper's Table 1)"),
     "env": ("env", "versions, device, threads, and which embedded datasets / models are installed"),
 }

@@ -5,6 +5,7 @@ Public names (imported lazily by their modules; nothing here imports transformer
 * per-layer next-token accuracy / perplexity / saturation: the analysis pass (``layertrace.analyze``)
 * :func:`layertrace.lm.generate.generate`, :class:`~layertrace.lm.generate.SamplingConfig`
 * :func:`layertrace.lm.early_exit.early_exit_generate`, :func:`~layertrace.lm.early_exit.early_exit_sweep`
+* :func:`layertrace.lm.speculative.self_speculative_generate` (lossless), :func:`~layertrace.lm.speculative.choose_draft`
 * :func:`layertrace.lm.quality.diversity`, :func:`~layertrace.lm.quality.coherence`,
   :class:`~layertrace.lm.quality.MeanPoolEncoder`
 * :func:`layertrace.lm.demo.run_lm_track` and :func:`layertrace.lm.plots.lm_figures`
@@ -13,8 +14,9 @@ Public names (imported lazily by their modules; nothing here imports transformer
 from .early_exit import early_exit_generate, early_exit_sweep
 from .generate import GenerationResult, SamplingConfig, generate
 from .quality import coherence, diversity
+from .speculative import choose_draft, self_speculative_generate
 
 __all__ = [
-    "GenerationResult", "SamplingConfig", "coherence", "diversity", "early_exit_generate", "early_exit_sweep",
-    "generate",
+    "GenerationResult", "SamplingConfig", "choose_draft", "coherence", "diversity", "early_exit_generate",
+    "early_exit_sweep", "generate", "self_speculative_generate",
 ]

@@ -114,6 +114,8 @@ class GenerationResult:
         exit_layers: (B, n) the layer each token exited at (early exit only; 0 where ``new_mask`` is 0).
         blocks_run: block applications executed, summed over rows and steps (finished rows included).
         seconds: wall-clock time of the decoding loop (prefill included).
+        stats: extra counters of the decoder (self-speculative decoding: draft layer, gamma, rounds,
+            acceptance); ``None`` otherwise.
     """
 
     sequences: Tensor
@@ -123,6 +125,7 @@ class GenerationResult:
     exit_layers: Tensor | None = None
     blocks_run: int = 0
     seconds: float = 0.0
+    stats: dict | None = None
 
     @property
     def n_generated(self) -> int:

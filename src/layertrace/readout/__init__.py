@@ -4,10 +4,12 @@
   (:func:`layer_readout`, streaming :class:`ReadoutAccumulator`).
 * :mod:`.saturation` - saturation layers relative to the final prediction, their histogram and
   cumulative curve, epsilon-effective depth (absolute and relative).
+* :mod:`.collapse` - neural collapse NC1-NC3 per layer (:class:`CollapseAccumulator`, streaming).
 * :mod:`.theory` - Theorem 2.1 violations, trajectory straightness and geodesic residual,
   Theorem 2.2 co-occurrence, norm ratio ||h_l|| / ||h_{l+1} - h_l||.
 """
 
+from .collapse import COLLAPSE_FIELDS, CollapseAccumulator, collapse_measures
 from .saturation import (
     effective_depth,
     effective_depths,
@@ -28,6 +30,7 @@ from .theory import (
 )
 
 __all__ = [
+    "COLLAPSE_FIELDS", "CollapseAccumulator", "collapse_measures",
     "READOUT_FIELDS", "LayerReadout", "ReadoutAccumulator", "layer_readout", "stacked_readout",
     "effective_depth", "effective_depths", "saturation_cumulative", "saturation_histogram",
     "saturation_layers", "saturation_positions",

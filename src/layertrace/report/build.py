@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import LayertraceError
+from .collapse import COLLAPSE_PLOTS, CAPTION as COLLAPSE_CAPTION, collapse_figures, collapse_table, has_collapse
 from .figures import Figures, FigureItem, groups_of
 from .findings import Finding, all_findings
 from .page import Html, Section, esc, render_page, table_html
@@ -175,6 +176,22 @@ def theory_rows(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
     return ["check"] + list(flat), rows
 
 
+def collapse_cells(runs: list[RunResults], key: str) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of one neural-collapse measure per layer (rows: runs)."""
+    layers, values, names = collapse_table(runs, key)
+    return ["run"] + layers, [[name] + [fmt(v, 4) for v in row] for name, row in zip(names, values)]
+
+
+def collapse_summary(runs: list[RunResults]) -> list[str]:
+    """The summary.md lines of the neural-collapse tables (none when no run measured it)."""
+    if not has_collapse(runs):
+        return []
+    out = ["## Neural collapse per layer", "", COLLAPSE_CAPTION, ""]
+    for key, title_, _, _ in COLLAPSE_PLOTS:
+        out += [f"{title_}:", "", _md_table(*collapse_cells(runs, key)), ""]
+    return out
+
+
 # ---------------------------------------------------------------------- summary.md
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
@@ -213,6 +230,7 @@ def render_summary(title: str, runs: list[RunResults], findings: list[Finding], 
     header, rows = theory_rows(runs)
     if rows:
         out += ["## Theory checks", "", _md_table(header, rows), ""]
+    out += collapse_summary(runs)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -292,6 +310,14 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
     else:
         blocks.append(_missing("analysis.json", "run `layertrace analyze` on each model"))
     sections.append(Section("Layer-wise similarity: COS and CKA", "", blocks))
+
+    # Neural collapse (analyze --collapse true).
+    if has_collapse(runs):
+        blocks = collapse_figures(figs)
+        for key, title_, _, _ in COLLAPSE_PLOTS:
+            header, rows = collapse_cells(runs, key)
+            blocks.append(Html(f"<p>{esc(title_)}:</p>" + table_html(header, rows, numeric=set(range(1, len(header))))))
+        sections.append(Section("Neural collapse per layer", esc(COLLAPSE_CAPTION), blocks))
 
     # The MLP contrast.
     mlp_runs = [r for r in runs if r.mode in ("residual", "plain")]

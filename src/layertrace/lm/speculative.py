@@ -1,0 +1,361 @@
+"""Self-speculative decoding with the one shared readout (LayerSkip-style, lossless).
+
+Every round drafts ``gamma`` tokens with the first ``k`` blocks and the shared readout R(h_k) (final
+norm -> LM head), then verifies them with one pass of the full model over the ``gamma + 1``
+positions (the pending token and the drafts). The output is the full model's:
+
+* greedy: the longest prefix of drafts equal to the full model's argmax is accepted, then the full
+  model's own next token (a correction, or a bonus token when every draft was accepted); the text is
+  token for token full greedy decoding;
+* sampling: the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023): draft d_j ~ q_j
+  is accepted with probability min(1, p_j(d_j) / q_j(d_j)); the first rejected position draws from
+  norm(max(p_j - q_j, 0)); after gamma acceptances a bonus token draws from p_(gamma+1). p and q are
+  the full and draft distributions after the same temperature / top-k / top-p filtering
+  (:func:`~layertrace.lm.generate.filter_logits`), so every token is distributed as full decoding's.
+
+KV reuse. The verify pass does not re-run blocks 1..k: the draft already ran them on the pending
+token and the drafts (one more single-token step feeds the last draft), left their keys / values in
+the cache and its layer-k hidden states are kept; the verify pass runs blocks k+1..L on those
+``gamma + 1`` hidden states only. Blocks 1..k cost ``gamma + 1`` single-token steps per round and
+blocks k+1..L one (gamma + 1)-token step.
+
+Batching: padding, not per-row cache lengths. All rows share one rectangular cache (one HF
+``DynamicCache``). After verification a row that accepted fewer tokens than the batch's longest keeps
+its rejected positions as holes: they are set to 0 in the attention mask (so nothing attends to them
+and ``cumsum(mask)`` position ids skip them), and the cache is cropped (``DynamicCache.crop``) only
+past the longest accepted prefix. A row that is done (``max_new_tokens`` reached or eos emitted) is
+dropped from the batch (``DynamicCache.batch_select_indices``), so it costs nothing afterwards.
+Everything goes through the public adapter API (``embed`` / ``block`` / ``readout``, ``new_cache``).
+
+Choosing ``k`` and ``gamma``. A greedy draft token is accepted when the layer-k readout agrees with
+the final prediction: the saturation statistic of the analysis pass (fraction of tokens whose
+prediction has settled at layer k, ``saturation_cumulative``) is that acceptance rate (a lower
+bound). :func:`choose_draft` picks the (k, gamma) with the best expected speed-up under a simple cost
+model (:func:`expected_speedup`); ``draft_layer=`` / ``gamma=`` override it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import LayertraceError
+from .generate import (
+    GenerationResult, SamplingConfig, _eos_set, as_causal_adapter, choose_tokens, filter_logits,
+    last_real_positions, prepare_prompt,
+)
+
+MAX_GAMMA = 8
+
+
+# ----------------------------------------------------------------------------- choosing k and gamma
+def expected_tokens_per_round(acceptance: float, gamma: int) -> float:
+    """Expected tokens a round emits when each draft is accepted independently with ``acceptance``:
+    1 + a + a^2 + ... + a^gamma (the accepted prefix plus the full model's own token)."""
+    a = min(max(float(acceptance), 0.0), 1.0)
+    return float(gamma + 1) if a >= 1.0 else (1.0 - a ** (gamma + 1)) / (1.0 - a)
+
+
+def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: int,
+                     position_cost: float = 0.25, readout_cost: float = 0.5) -> float:
+    """Expected tokens/s of self-speculative decoding over full decoding under a cost model.
+
+    Cost unit: one block on one new token of every row. A block on m new tokens costs
+    ``1 + position_cost * (m - 1)`` (small batches are dominated by fixed per-call costs on CPU);
+    a readout (final norm + LM head) on one token costs ``readout_cost``. Full decoding pays
+    ``n_layers + readout_cost`` per token; a round pays ``(gamma + 1) * k`` (draft steps, the last
+    one feeding the last draft) + ``gamma * readout_cost`` (draft readouts) + ``(n_layers - k + readout_cost)
+    * (1 + position_cost * gamma)`` (the verify pass over gamma + 1 positions).
+    """
+    k, g, L = int(draft_layer), int(gamma), int(n_layers)
+    wide = 1.0 + position_cost * g
+    round_cost = (g + 1) * k + g * readout_cost + (L - k + readout_cost) * wide
+    return expected_tokens_per_round(acceptance, g) * (L + readout_cost) / round_cost
+
+
+def acceptance_by_layer(source: Any, n_layers: int | None = None) -> np.ndarray:
+    """Per-layer draft acceptance rate, index l = layer l (0..L), from the analysis pass.
+
+    Args:
+        source: an :class:`~layertrace.analysis.result.AnalysisResult` of a causal LM, a folder or
+            ``analysis.json`` it wrote (its ``saturation_cumulative``: the fraction of tokens whose
+            prediction has settled on the final one at layer l), or a sequence of L + 1 rates.
+        n_layers: L, to check the length.
+    Returns:
+        (L + 1,) float64 in [0, 1]; layers the pass did not trace are filled with the rate of the
+        closest traced layer below (a lower bound, as agreement grows with depth).
+    """
+    from ..analysis.result import AnalysisResult
+
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        source = AnalysisResult.from_json(p / "analysis.json" if p.is_dir() else p, load_samples=False)
+    if isinstance(source, AnalysisResult):
+        if source.saturation_cumulative is None:
+            raise LayertraceError("the analysis result has no saturation_cumulative; re-run `layertrace analyze`")
+        n = int(source.n_layers)
+        rates = np.zeros(n + 1)
+        cum = np.asarray(source.saturation_cumulative, dtype=np.float64)
+        for l in range(n + 1):
+            below = [i for i, t in enumerate(source.layers) if t <= l]
+            rates[l] = cum[below[-1]] if below else 0.0
+        rates[n] = 1.0
+    else:
+        rates = np.asarray(list(source), dtype=np.float64)
+    if n_layers is not None and rates.shape[0] != n_layers + 1:
+        raise LayertraceError(f"acceptance rates have {rates.shape[0]} entries; the model needs L + 1 = {n_layers + 1}")
+    if not np.all(np.isfinite(rates)) or rates.min() < 0 or rates.max() > 1:
+        raise LayertraceError("acceptance rates must be finite fractions in [0, 1]")
+    return rates
+
+
+@dataclass
+class DraftChoice:
+    """The (k, gamma) :func:`choose_draft` picked and why."""
+
+    draft_layer: int
+    gamma: int
+    acceptance: float
+    expected_speedup: float
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"draft_layer": self.draft_layer, "gamma": self.gamma, "acceptance": self.acceptance,
+                "expected_speedup": self.expected_speedup, "source": self.source}
+
+
+def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int | None = None,
+                 gamma: int | None = None, max_gamma: int = MAX_GAMMA, position_cost: float = 0.25,
+                 readout_cost: float = 0.5, source: str = "analysis") -> DraftChoice:
+    """The draft layer k in 1..L-1 and draft length gamma in 1..max_gamma maximising
+    :func:`expected_speedup` with the per-layer ``acceptance`` (L + 1 rates, index = layer); a given
+    ``draft_layer`` or ``gamma`` is kept and only the other one is chosen."""
+    rates = np.asarray(acceptance, dtype=np.float64)
+    if n_layers < 2:
+        raise LayertraceError(f"self-speculative decoding needs at least 2 blocks; the model has {n_layers}")
+    if draft_layer is not None and not 1 <= int(draft_layer) < n_layers:
+        raise LayertraceError(f"draft_layer={draft_layer} must be in 1..{n_layers - 1} (the first k blocks draft)")
+    if gamma is not None and not 1 <= int(gamma) <= 64:
+        raise LayertraceError(f"gamma={gamma} must be in 1..64 (drafted tokens per round)")
+    ks = [int(draft_layer)] if draft_layer is not None else list(range(1, n_layers))
+    gs = [int(gamma)] if gamma is not None else list(range(1, max_gamma + 1))
+    best = max(((expected_speedup(rates[k], k, g, n_layers, position_cost, readout_cost), -k, -g)
+                for k in ks for g in gs))
+    s, k, g = best[0], -best[1], -best[2]
+    return DraftChoice(k, g, float(rates[k]), float(s), source)
+
+
+def prompt_acceptance(adapter: Any, ids: Tensor, mask: Tensor) -> np.ndarray:
+    """Per-layer acceptance estimated on the prompts themselves (when no analysis pass is given):
+    the fraction of real prompt positions whose readout at layer l equals the final layer's argmax."""
+    trace = adapter.trace({"input_ids": ids, "attention_mask": mask}, with_logits=True)
+    preds = trace.logits.argmax(-1)  # (L+1, B, T)
+    real = mask.bool()
+    agree = (preds == preds[-1:]) & real
+    return (agree.flatten(1).sum(1).double() / max(1, int(real.sum()))).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- decoding
+def _draw(probs: Tensor, generator: torch.Generator) -> Tensor:
+    """One multinomial draw per row of (b, V) probabilities -> (b,) long."""
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def _probs(logits: Tensor, sampling: SamplingConfig) -> Tensor:
+    """Filtered softmax of (..., V) logits, as full sampling draws from."""
+    shape = logits.shape
+    flat = filter_logits(logits.reshape(-1, shape[-1]).float(), sampling)
+    return torch.softmax(flat, dim=-1).reshape(shape)
+
+
+@torch.no_grad()
+def self_speculative_generate(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    draft_layer: int | None = None,
+    gamma: int | None = None,
+    analysis: Any = None,
+    max_new_tokens: int = 32,
+    sampling: SamplingConfig | None = None,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+) -> GenerationResult:
+    """Decode with self-speculation: draft with blocks 1..k + the shared readout, verify with all L.
+
+    Args:
+        model: an HF causal LM served by the adapters (GPT-2 / Llama / Qwen2 / Mistral) or its adapter.
+        input_ids, attention_mask: (B, P) prompts (left or right padding), as for
+            :func:`~layertrace.lm.generate.generate`.
+        draft_layer: k in 1..L-1; ``None`` = chosen by :func:`choose_draft`.
+        gamma: drafted tokens per round; ``None`` = chosen by :func:`choose_draft`.
+        analysis: where the per-layer acceptance comes from when k or gamma is chosen: an
+            ``AnalysisResult``, its folder / ``analysis.json``, or L + 1 rates; ``None`` estimates it
+            on the prompts (:func:`prompt_acceptance`).
+        max_new_tokens, sampling, eos_token_id, pad_token_id: as for ``generate``. Greedy output is
+            full greedy decoding's; sampled output has full sampling's distribution (not its random
+            stream: the draws differ).
+
+    Returns:
+        :class:`GenerationResult`; ``stats`` holds ``draft_layer``, ``gamma``, ``rounds``,
+        ``acceptance`` (accepted / drafted tokens), ``tokens_per_round`` and ``choice`` (the
+        :class:`DraftChoice` as a dict).
+    """
+    adapter = as_causal_adapter(model)
+    n_layers = adapter.n_layers
+    sampling = sampling or SamplingConfig()
+    ids, mask = prepare_prompt(input_ids, attention_mask, adapter.device)
+    if draft_layer is None or gamma is None:
+        if analysis is not None:
+            rates, source = acceptance_by_layer(analysis, n_layers), "analysis"
+        else:
+            rates, source = prompt_acceptance(adapter, ids, mask), "prompts"
+        choice = choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma, source=source)
+    else:
+        choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
+        choice.acceptance, choice.expected_speedup = float("nan"), float("nan")
+    k, g = choice.draft_layer, choice.gamma
+    eos = _eos_set(eos_token_id, ids.device)
+    pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
+    generator = torch.Generator(device=ids.device).manual_seed(int(sampling.seed))
+    batch, device = ids.shape[0], ids.device
+    width = max_new_tokens + g + 1  # room for a round's overshoot
+    out = torch.full((batch, width + 1), -1, dtype=torch.long, device=device)  # last column: discarded writes
+    count = torch.zeros(batch, dtype=torch.long, device=device)
+    steps = torch.arange(g + 1, device=device)
+
+    start = time.perf_counter()
+    # prefill: the full model over the prompts, the first token from each prompt's last real position
+    cache = adapter.new_cache()
+    state = adapter.embed({"input_ids": ids, "attention_mask": mask, "past_key_values": cache})
+    for layer in range(1, n_layers + 1):
+        state = adapter.block(layer, state)
+    blocks_run = n_layers * batch
+    last = state.hidden[torch.arange(batch, device=device), last_real_positions(mask)]
+    pending = choose_tokens(adapter.readout(last), sampling, generator)
+    out[:, 0] = pending
+    count += 1
+    rows = torch.arange(batch, device=device)  # original row of each active row
+    drafted = accepted = rounds = row_rounds = 0
+
+    def done_rows() -> Tensor:
+        finished = count[rows] >= max_new_tokens
+        if eos is not None:
+            finished |= torch.isin(out[rows, :max_new_tokens], eos).any(1)
+        return finished
+
+    while True:
+        finished = done_rows()
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            rows, mask, pending = rows[keep], mask[keep], pending[keep]
+            cache.batch_select_indices(keep)
+        b = rows.shape[0]
+        # no row can use more than its remaining tokens: shorter drafts near the end
+        g_now = int(min(g, int((max_new_tokens - count[rows]).max()) - 1))
+        g_now = max(g_now, 0)
+        past = mask.shape[1]
+        wide_mask = torch.cat([mask, mask.new_ones(b, g_now + 1)], dim=1)
+        # verify-pass masks and positions (blocks k+1..L, whose cache still holds `past` tokens);
+        # made now because embed derives them from the cache length, which the draft changes below
+        verify = adapter.embed({"input_ids": pending[:, None].expand(b, g_now + 1), "attention_mask": wide_mask,
+                                "past_key_values": cache})
+        hidden_k: list[Tensor] = []
+        draft_tokens: list[Tensor] = []
+        draft_probs: list[Tensor] = []
+        token = pending
+        for j in range(g_now + 1):
+            st = adapter.embed({"input_ids": token[:, None], "attention_mask": wide_mask[:, :past + j + 1],
+                                "past_key_values": cache})
+            for layer in range(1, k + 1):
+                st = adapter.block(layer, st)
+            hidden_k.append(st.hidden[:, -1])
+            if j == g_now:
+                break
+            logits = adapter.readout(st.hidden[:, -1]).float()
+            if sampling.do_sample:
+                q = _probs(logits, sampling)
+                token = _draw(q, generator)
+                draft_probs.append(q)
+            else:
+                token = logits.argmax(-1)
+            draft_tokens.append(token)
+        blocks_run += (g_now + 1) * k * b + (n_layers - k) * b
+        st = verify.replace(torch.stack(hidden_k, dim=1))
+        for layer in range(k + 1, n_layers + 1):
+            st = adapter.block(layer, st)
+        full_logits = adapter.readout(st.hidden).float()  # (b, g_now + 1, V)
+        drafts = torch.stack(draft_tokens, dim=1) if draft_tokens else pending.new_zeros(b, 0)
+        if sampling.do_sample:
+            p = _probs(full_logits, sampling)
+            if g_now:
+                q = torch.stack(draft_probs, dim=1)
+                p_d = p[:, :g_now].gather(-1, drafts[..., None]).squeeze(-1)
+                q_d = q.gather(-1, drafts[..., None]).squeeze(-1)
+                u = torch.rand(b, g_now, generator=generator, device=device)
+                ok = u * q_d < p_d  # u < p/q without dividing
+                n_ok = ok.long().cumprod(1).sum(1)
+            else:
+                n_ok = torch.zeros(b, dtype=torch.long, device=device)
+            at = n_ok.clamp(max=max(g_now - 1, 0))
+            p_n = p[torch.arange(b, device=device), n_ok]
+            if g_now:
+                resid = (p[torch.arange(b, device=device), at] - q[torch.arange(b, device=device), at]).clamp(min=0)
+                rejected = (n_ok < g_now)[:, None]
+                mass = resid.sum(-1, keepdim=True)
+                resid = torch.where(mass > 0, resid / mass.clamp(min=1e-30), p_n)
+                p_n = torch.where(rejected, resid, p_n)
+            last_token = _draw(p_n, generator)
+            emitted = torch.cat([drafts, last_token[:, None]], dim=1)
+            emitted[torch.arange(b, device=device), n_ok] = last_token
+        else:
+            full_tokens = full_logits.argmax(-1)  # (b, g_now + 1)
+            n_ok = (drafts == full_tokens[:, :g_now]).long().cumprod(1).sum(1)
+            emitted = full_tokens  # equal to the drafts on the accepted prefix
+        rounds += 1
+        row_rounds += b
+        drafted += g_now * b
+        accepted += int(n_ok.sum())
+        # write tokens 0..n_ok of each row after what it has; positions past n_ok go to the dump column
+        keep_tok = steps[: g_now + 1][None] <= n_ok[:, None]
+        dest = torch.where(keep_tok, count[rows][:, None] + steps[: g_now + 1][None], torch.full_like(emitted, width))
+        out[rows[:, None].expand_as(dest), dest.clamp(max=width)] = emitted
+        count[rows] += n_ok + 1
+        pending = emitted[torch.arange(b, device=device), n_ok]
+        # the cache holds pending + drafts (g_now + 1 positions) at every layer; a row keeps 0..n_ok
+        # (the pending token and its accepted drafts), rejected ones become holes; crop past the longest
+        mask = torch.cat([mask, keep_tok.long()], dim=1)
+        longest = int(n_ok.max()) + 1
+        cut = (g_now + 1) - longest
+        if cut:
+            cache.crop(-cut)
+            mask = mask[:, :-cut]
+    seconds = time.perf_counter() - start
+
+    tokens = out[:, :max_new_tokens].clone()
+    new_mask = torch.ones_like(tokens)
+    if eos is not None:  # a row stops after its first eos: later slots are padding
+        hit = torch.isin(tokens, eos).long()
+        after = (hit.cumsum(1) - hit) > 0
+        new_mask[after] = 0
+    tokens[new_mask == 0] = pad
+    stats = {"draft_layer": k, "gamma": g, "choice": choice.to_dict(), "rounds": rounds, "drafted": drafted,
+             "accepted": accepted, "acceptance": accepted / drafted if drafted else float("nan"),
+             "tokens_per_round": (accepted + row_rounds) / max(1, row_rounds)}
+    return GenerationResult(
+        sequences=torch.cat([ids, tokens], dim=1), new_tokens=tokens, new_mask=new_mask, layer=None,
+        blocks_run=blocks_run, seconds=seconds, stats=stats,
+    )
+
+
+__all__ = ["DraftChoice", "acceptance_by_layer", "choose_draft", "expected_speedup", "expected_tokens_per_round",
+           "prompt_acceptance", "self_speculative_generate"]

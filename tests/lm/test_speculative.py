@@ -1,0 +1,241 @@
+"""Self-speculative decoding: lossless against full decoding (greedy token for token, sampling in
+distribution), KV reuse, the choice of k and gamma. Tiny GPT-2 / Llama built from config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import padded_batch, tiny_gpt2, tiny_llama  # noqa: E402
+
+from layertrace.errors import LayertraceError  # noqa: E402
+from layertrace.lm.generate import SamplingConfig, generate  # noqa: E402
+from layertrace.lm.speculative import (  # noqa: E402
+    acceptance_by_layer, choose_draft, expected_speedup, expected_tokens_per_round, prompt_acceptance,
+    self_speculative_generate,
+)
+from layertrace.models import adapt  # noqa: E402
+
+GREEDY = SamplingConfig("greedy")
+# init_std 0.2 makes the tiny GPT-2's shallow readouts disagree often with its last layer (many
+# rejections); the default Llama agrees more (many acceptances): both paths get exercised
+FAMILIES = {"gpt2": lambda: tiny_gpt2(n_layers=4, init_std=0.2), "llama": lambda: tiny_llama(n_layers=4)}
+
+
+@pytest.fixture(params=sorted(FAMILIES), scope="module")
+def lm(request):
+    return FAMILIES[request.param]()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("k,gamma", [(1, 1), (1, 4), (2, 3), (3, 6)])
+def test_greedy_batch4_padded_equals_full_greedy(lm, side, k, gamma):
+    batch = padded_batch(lm.config.vocab_size, side)
+    full = generate(lm, batch["input_ids"], batch["attention_mask"], max_new_tokens=16, sampling=GREEDY)
+    spec = self_speculative_generate(lm, batch["input_ids"], batch["attention_mask"], draft_layer=k, gamma=gamma,
+                                     max_new_tokens=16, sampling=GREEDY)
+    assert torch.equal(spec.new_tokens, full.new_tokens)
+    assert torch.equal(spec.sequences, full.sequences)
+    assert spec.stats["draft_layer"] == k and spec.stats["gamma"] == gamma
+    assert 0.0 <= spec.stats["acceptance"] <= 1.0
+
+
+@pytest.mark.parametrize("k,gamma", [(1, 2), (2, 5)])
+def test_greedy_batch1_equals_full_greedy(lm, k, gamma):
+    batch = padded_batch(lm.config.vocab_size, "left")
+    for row in range(4):
+        real = batch["attention_mask"][row].bool()
+        prompt = batch["input_ids"][row][real][None]
+        full = generate(lm, prompt, max_new_tokens=20, sampling=GREEDY)
+        spec = self_speculative_generate(lm, prompt, draft_layer=k, gamma=gamma, max_new_tokens=20, sampling=GREEDY)
+        assert torch.equal(spec.new_tokens, full.new_tokens), row
+
+
+def test_greedy_with_eos_stops_rows_like_full_decoding(lm):
+    batch = padded_batch(lm.config.vocab_size, "left")
+    free = generate(lm, batch["input_ids"], batch["attention_mask"], max_new_tokens=12, sampling=GREEDY)
+    eos = int(free.new_tokens[0, 3])  # row 0 stops after its 4th token, others maybe later or never
+    full = generate(lm, batch["input_ids"], batch["attention_mask"], max_new_tokens=12, sampling=GREEDY,
+                    eos_token_id=eos, pad_token_id=5)
+    spec = self_speculative_generate(lm, batch["input_ids"], batch["attention_mask"], draft_layer=2, gamma=3,
+                                     max_new_tokens=12, sampling=GREEDY, eos_token_id=eos, pad_token_id=5)
+    width = full.new_tokens.shape[1]  # full decoding stops when every row is done
+    assert torch.equal(spec.new_tokens[:, :width], full.new_tokens)
+    assert torch.equal(spec.new_mask[:, :width], full.new_mask)
+    assert bool((spec.new_mask[:, width:] == 0).all()) and bool((spec.new_tokens[:, width:] == 5).all())
+
+
+def test_verify_pass_reuses_the_draft_blocks(lm):
+    """Blocks 1..k run once per draft step (gamma + 1 per round), blocks k+1..L once per round."""
+    adapter = adapt(lm)
+    calls = {l: 0 for l in range(1, adapter.n_layers + 1)}
+    original = adapter.block
+
+    def counting(layer, state):
+        calls[layer] += 1
+        return original(layer, state)
+
+    adapter.block = counting
+    try:
+        ids = padded_batch(lm.config.vocab_size, "left")["input_ids"][:1]
+        res = self_speculative_generate(adapter, ids, draft_layer=2, gamma=3, max_new_tokens=10, sampling=GREEDY)
+    finally:
+        del adapter.block
+    rounds = res.stats["rounds"]
+    deep = {calls[l] for l in range(3, adapter.n_layers + 1)}
+    assert deep == {1 + rounds}  # prefill + one verify pass per round
+    shallow = {calls[l] for l in (1, 2)}
+    assert len(shallow) == 1
+    assert 1 + rounds < shallow.pop() <= 1 + 4 * rounds  # up to gamma + 1 single-token steps per round
+
+
+def _chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
+    """Pearson chi-square p-value of ``counts`` against ``probs``, cells with expectation < 5 pooled."""
+    from scipy.stats import chisquare
+
+    n = counts.sum()
+    expected = probs * n
+    big = expected >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] < 5:  # pool the remainder into the smallest big cell instead
+        obs, exp = obs[:-1], exp[:-1]
+        obs[np.argmin(exp)] += counts[~big].sum()
+        exp[np.argmin(exp)] += expected[~big].sum()
+    return float(chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+
+
+def _exact_joint(adapter, prompt: torch.Tensor, cfg: SamplingConfig, n_tokens: int, layer: int | None = None):
+    """Exact distribution of the first ``n_tokens`` sampled tokens (dict: tuple -> prob) under the
+    filtered readout of ``layer`` (default the full model), by enumerating the filtered supports."""
+    from layertrace.lm.generate import filter_logits
+
+    paths = {(): 1.0}
+    for _ in range(n_tokens):
+        seqs = list(paths)
+        ids = torch.stack([torch.cat([prompt, torch.tensor(s, dtype=torch.long)]) for s in seqs])
+        logits = adapter({"input_ids": ids}, upto=layer)[:, -1].float()
+        probs = torch.softmax(filter_logits(logits, cfg), -1).double()
+        nxt = {}
+        for s, row in zip(seqs, probs):
+            for t in row.nonzero().squeeze(1).tolist():
+                nxt[s + (t,)] = paths[s] * float(row[t])
+        paths = nxt
+    return paths
+
+
+def test_sampled_tokens_follow_the_full_models_distribution():
+    """Chi-square on the joint counts of the first 3 tokens (t1 from the prefill, t2 and t3 from the
+    first speculative round) of 4000 rows, against the full model's exact filtered distribution; the
+    same counts reject the draft layer's own distribution (the test can fail)."""
+    lm = tiny_gpt2(n_layers=3, init_std=0.2, seed=2)
+    adapter = adapt(lm)
+    cfg = SamplingConfig("sample", top_k=4, top_p=1.0, temperature=1.3, seed=11)
+    prompt = torch.tensor([5, 17, 42, 8], dtype=torch.long)
+    n_rows = 4000
+    with torch.no_grad():
+        res = self_speculative_generate(adapter, prompt[None].expand(n_rows, -1), draft_layer=1, gamma=2,
+                                        max_new_tokens=3, sampling=cfg)
+    assert 0.2 < res.stats["acceptance"] < 0.9  # both acceptance and rejection happen
+    with torch.no_grad():
+        full = _exact_joint(adapter, prompt, cfg, 3)
+        draft = _exact_joint(adapter, prompt, cfg, 3, layer=1)
+    cells = sorted(set(full) | set(draft))
+    index = {c: i for i, c in enumerate(cells)}
+    counts = np.zeros(len(cells))
+    for row in res.new_tokens.tolist():
+        assert tuple(row) in full  # never a token outside the full model's filtered support
+        counts[index[tuple(row)]] += 1
+    p_full = np.array([full.get(c, 0.0) for c in cells])
+    p_draft = np.array([draft.get(c, 0.0) for c in cells])
+    assert abs(p_full.sum() - 1) < 1e-6
+    assert _chi2_pvalue(counts, p_full) > 1e-3
+    mixed = np.where(p_draft > 0, p_draft, 0)  # cells of the draft's support only
+    assert _chi2_pvalue(counts[mixed > 0], mixed[mixed > 0] / mixed.sum()) < 1e-6
+
+
+def test_choice_of_k_and_gamma_follows_acceptance():
+    L = 6
+    sure = np.ones(L + 1)
+    c = choose_draft(sure, L)
+    assert c.draft_layer == 1 and c.gamma == 8  # perfect shallow drafts: draft cheap and long
+    never = np.zeros(L + 1)
+    never[L] = 1.0
+    c = choose_draft(never, L)
+    assert c.gamma == 1 and c.expected_speedup < 1.0
+    rising = np.linspace(0.0, 1.0, L + 1)
+    c = choose_draft(rising, L, gamma=3)
+    assert c.gamma == 3 and 1 <= c.draft_layer < L
+    assert c.expected_speedup == max(expected_speedup(rising[k], k, 3, L) for k in range(1, L))
+    assert choose_draft(rising, L, draft_layer=2).draft_layer == 2
+    assert expected_tokens_per_round(1.0, 4) == 5.0 and expected_tokens_per_round(0.0, 4) == 1.0
+    assert expected_tokens_per_round(0.5, 2) == pytest.approx(1.75)
+    with pytest.raises(LayertraceError, match="draft_layer"):
+        choose_draft(rising, L, draft_layer=L)
+    with pytest.raises(LayertraceError, match="gamma"):
+        choose_draft(rising, L, gamma=0)
+
+
+def test_acceptance_from_analysis_pass_and_prompts(lm, tmp_path):
+    from layertrace import analyze
+
+    adapter = adapt(lm)
+    batch = padded_batch(lm.config.vocab_size, "left")
+    result = analyze(adapter, [{**batch, "labels": batch["input_ids"]}], seed=0)
+    rates = acceptance_by_layer(result, adapter.n_layers)
+    cum = np.asarray(result.saturation_cumulative)
+    assert np.allclose(rates[result.layers], np.where(np.asarray(result.layers) == adapter.n_layers, 1.0, cum))
+    assert np.all(np.diff(rates) >= -1e-12)
+    result.to_json(tmp_path / "analysis.json")
+    assert np.allclose(acceptance_by_layer(tmp_path, adapter.n_layers), rates)
+    # the prompt estimate: naive per-layer agreement with the last layer's argmax on real tokens
+    est = prompt_acceptance(adapter, batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        tr = adapter.trace(batch)
+    preds = tr.logits.argmax(-1)
+    real = batch["attention_mask"].bool()
+    naive = [float(((preds[l] == preds[-1]) & real).sum()) / float(real.sum()) for l in range(adapter.n_layers + 1)]
+    assert np.allclose(est, naive)
+    res = self_speculative_generate(adapter, batch["input_ids"], batch["attention_mask"], analysis=result,
+                                    max_new_tokens=8, sampling=GREEDY)
+    full = generate(adapter, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, sampling=GREEDY)
+    assert torch.equal(res.new_tokens, full.new_tokens)
+    assert res.stats["choice"]["source"] == "analysis"
+
+
+def test_errors_are_one_line(lm):
+    ids = torch.tensor([[3, 4, 5]])
+    with pytest.raises(LayertraceError, match="draft_layer"):
+        self_speculative_generate(lm, ids, draft_layer=0, gamma=2)
+    with pytest.raises(LayertraceError, match="entries"):
+        acceptance_by_layer([0.5, 1.0], n_layers=4)
+
+
+def test_cli_generate_speculative_equals_full(tmp_path, capsys):
+    """`layertrace generate` on a saved tiny GPT-2 + BPE tokenizer: same greedy text both decoders."""
+    from transformers import AutoTokenizer
+
+    from layertrace.cli.main import main
+    from layertrace.io import read_json
+    from layertrace.lm.tokenizer import train_bpe_tokenizer
+
+    texts = ["the film is good and the plot is fine", "the government said the plan is good"] * 20
+    train_bpe_tokenizer(texts, vocab_size=300, out_dir=tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"), local_files_only=True)
+    model = tiny_gpt2(n_layers=3, vocab=len(tok), init_std=0.2)
+    model.save_pretrained(str(tmp_path / "m"))
+    tok.save_pretrained(str(tmp_path / "m"))
+    outs = {}
+    for decoder in ("speculative", "full"):
+        assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the film,the plan is",
+                     "--decoder", decoder, "--max_new_tokens", "9", "--out", str(tmp_path / decoder)]) == 0
+        outs[decoder] = read_json(tmp_path / decoder / "generate.json")
+    assert outs["speculative"]["texts"] == outs["full"]["texts"] and len(outs["full"]["texts"]) == 2
+    assert outs["speculative"]["stats"]["choice"]["source"] == "prompts"
+    assert "tokens/round" in capsys.readouterr().out
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "x", "--decoder", "fast"]) == 2

@@ -1,0 +1,49 @@
+"""The report's neural-collapse section, from analysis.json files written by a real collapse=True pass."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from layertrace.analysis import analyze
+from layertrace.models import ToyAdapter, ToyTransformerClassifier
+from layertrace.report import build_report
+
+pytestmark = [pytest.mark.xdist_group("report"),
+              pytest.mark.filterwarnings("ignore::layertrace.metrics.DegenerateLayerWarning")]
+
+
+def _batches(seed):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(1, 64, (8, 6), generator=g), "attention_mask": torch.ones(8, 6, dtype=torch.long),
+             "labels": torch.arange(8) % 3} for _ in range(2)]
+
+
+def test_collapse_section_prints_the_json_values(tmp_path):
+    results = {}
+    for seed, mode in enumerate(("standard", "aligned")):
+        torch.manual_seed(seed)
+        res = analyze(ToyAdapter(ToyTransformerClassifier().eval()), _batches(seed), collapse=True)
+        res.save(tmp_path / f"toy-tiny-{mode}")
+        results[mode] = res
+    paths = build_report([tmp_path], tmp_path / "report.html")
+    html = paths.html.read_text()
+    assert "Neural collapse per layer" in html and "NC3: class means vs the head" in html
+    md = paths.summary.read_text()
+    part = md.split("## Neural collapse per layer\n", 1)[1]
+    nc1 = part.split("NC1:", 1)[1].split("\n\n", 2)[1]
+    rows = {cells[0]: cells[1:] for cells in
+            ([c.strip() for c in line.strip().strip("|").split("|")] for line in nc1.splitlines()[2:])}
+    for mode, res in results.items():
+        assert rows[f"toy-tiny-{mode}"] == [f"{v:.4f}" for v in res.collapse["nc1"]]
+    section = html.split(". Neural collapse per layer</h2>", 1)[1].split("<h2", 1)[0]
+    assert len(re.findall(r"<figcaption>", section)) == 4  # NC1, NC2 (two), NC3
+
+
+def test_no_collapse_section_without_collapse(tmp_path):
+    torch.manual_seed(0)
+    analyze(ToyAdapter(ToyTransformerClassifier().eval()), _batches(0)).save(tmp_path / "toy-tiny-standard")
+    paths = build_report([tmp_path], tmp_path / "report.html")
+    assert "Neural collapse" not in paths.html.read_text() and "Neural collapse" not in paths.summary.read_text()
