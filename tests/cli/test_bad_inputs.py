@@ -195,6 +195,17 @@ def _cases(w) -> list[tuple[str, list, tuple[str, ...]]]:
         ("params cut model", ["params", "--model", Damaged("model/model.safetensors", "truncated")],
          ("model.safetensors",)),
         ("params out is a file", ["params", "--model", "vit-demo", "--out", w["file"]], ("existing file",)),
+        # -- generate
+        ("generate temperature 0", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--temperature", "0"],
+         ("temperature", "> 0")),
+        ("generate top_p 1.5", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--top_p", "1.5"], ("top_p",)),
+        ("generate 0 tokens", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--max_new_tokens", "0"],
+         ("max_new_tokens",)),
+        ("generate strategy typo", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--strategy", "greedyy"],
+         ("did you mean 'greedy'",)),
+        ("generate from an image model", ["generate", "--model", run, "--prompt", "hi"], ("causal LM",)),
+        ("generate out is a file", ["generate", "--model", run, "--prompt", "hi", "--out", w["file"]],
+         ("existing file",)),
         # -- env, demo, the command itself
         ("env unknown option", ["env", "--jsn"], ("unrecognized arguments",)),
         ("demo threads 0", ["demo", "--threads", "0", "--out", out], ("threads",)),
