@@ -195,6 +195,12 @@ def _cases(w) -> list[tuple[str, list, tuple[str, ...]]]:
         ("params cut model", ["params", "--model", Damaged("model/model.safetensors", "truncated")],
          ("model.safetensors",)),
         ("params out is a file", ["params", "--model", "vit-demo", "--out", w["file"]], ("existing file",)),
+        # -- probe
+        ("probe threads 0", ["probe", "--model", run, *npz3, "--out", out, "--threads", "0"], ("threads",)),
+        ("probe l2 < 0", ["probe", "--model", run, *npz3, "--out", out, "--l2", "-1"], ("l2",)),
+        ("probe cut model", ["probe", "--model", Damaged("model/model.safetensors", "empty"), *npz3, "--out", out],
+         ("model.safetensors",)),
+        ("probe out is a file", ["probe", "--model", run, *npz3, "--out", w["file"]], ("existing file",)),
         # -- generate
         ("generate temperature 0", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--temperature", "0"],
          ("temperature", "> 0")),

@@ -47,3 +47,17 @@ def test_no_collapse_section_without_collapse(tmp_path):
     analyze(ToyAdapter(ToyTransformerClassifier().eval()), _batches(0)).save(tmp_path / "toy-tiny-standard")
     paths = build_report([tmp_path], tmp_path / "report.html")
     assert "Neural collapse" not in paths.html.read_text() and "Neural collapse" not in paths.summary.read_text()
+
+
+def test_probe_table_prints_the_probe_json(tmp_path):
+    from layertrace.analysis.probe import ProbeResult
+
+    for i, mode in enumerate(("standard", "aligned")):
+        ProbeResult(n_layers=2, layers=[0, 1, 2], model="m", data="mnist-5k", num_classes=10, n_train=50,
+                    n_test=20, accuracy=[0.1 + i / 10, 0.5, 0.75], majority_accuracy=0.1).save(tmp_path / f"x-vit-{mode}")
+    paths = build_report([tmp_path], tmp_path / "report.html")
+    assert "Task transfer: linear probes per layer" in paths.html.read_text()
+    md = paths.summary.read_text().split("## Task transfer: linear probes per layer\n", 1)[1]
+    lines = [ln for ln in md.splitlines() if ln.startswith("| x-vit-")]
+    assert lines == ["| x-vit-standard | mnist-5k | 10.00 | 10.00 | 50.00 | 75.00 |",
+                     "| x-vit-aligned | mnist-5k | 10.00 | 20.00 | 50.00 | 75.00 |"]

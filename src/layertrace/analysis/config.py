@@ -29,6 +29,10 @@ class AnalyzeConfig:
     max_length: int | None = field(default=None, metadata={
         "help": "token limit per text / block length for causal LMs (default: the model's preprocessing)", "check": ">= 2",
         "aliases": ("data.max_length",)})
+    shift: str | None = field(default=None, metadata={
+        "help": "image data: distribution shift of the analysed split, KIND:VALUE joined by '+': rotate:DEG, "
+                "noise:SIGMA, contrast:C (e.g. rotate:15+noise:0.1; docs/analysis.md)"})
+    shift_seed: int = field(default=0, metadata={"help": "seed of the shift's noise"})
     data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded copy)",
                                                           "aliases": ("data.root",)})
     loader_kwargs: dict = field(default_factory=dict, metadata={

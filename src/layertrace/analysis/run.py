@@ -67,14 +67,14 @@ def _is_classifier_preset(spec: str) -> bool:
 
 def load_for_analysis(cfg: AnalyzeConfig):
     """``(loaded_model, batches, data_description)`` for a config (no analysis yet)."""
-    from ..data import load_dataset, make_batches
+    from ..data import load_dataset
     from ..models.loading import load_model
 
     dataset = None
     num_classes = cfg.num_classes
     if _is_classifier_preset(cfg.model):
         dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
-                               **cfg.loader_kwargs)
+                               shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
         if num_classes is None:
             num_classes = dataset.num_classes
     loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed)
@@ -82,28 +82,40 @@ def load_for_analysis(cfg: AnalyzeConfig):
     pre = loaded.preprocess or {}
     max_length = int(cfg.max_length or pre.get("max_length") or 128)
     if adapter.kind == "causal_lm":
+        if cfg.shift:
+            raise LayertraceError(f"shift {cfg.shift!r} applies to image datasets, not a causal LM's corpus: drop --shift")
         return loaded, _lm_batches(cfg, loaded, max_length), None
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
-                               **cfg.loader_kwargs)
+                               shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
     if len(dataset) == 0:
         raise LayertraceError(f"dataset {cfg.data!r} split {cfg.split!r} is empty; pick another split or data_root")
     if dataset.num_classes != adapter.num_outputs:
         raise LayertraceError(
             f"model {cfg.model!r} has {adapter.num_outputs} output classes but dataset {cfg.data!r} has "
             f"{dataset.num_classes}: pass --num_classes {dataset.num_classes} (a fresh head) or the matching dataset")
+    return loaded, dataset_batches(dataset, loaded, cfg.batch_size, max_length, cfg.model, cfg.data), dataset
+
+
+def dataset_batches(dataset, loaded, batch_size: int, max_length: int, model: str, data: str):
+    """Re-iterable batches of a classification ``dataset`` in the form ``loaded`` (a
+    :func:`~layertrace.models.loading.load_model` result) takes: tokenised with its tokenizer, or
+    images normalised with its preprocessing. Raises on a text / image mismatch."""
+    from ..data import make_batches
+
+    pre = loaded.preprocess or {}
     modality = pre.get("modality")
     is_text = hasattr(dataset, "texts")
     if modality and modality != ("text" if is_text else "image"):
-        raise LayertraceError(f"model {cfg.model!r} takes {modality} inputs but dataset {cfg.data!r} is "
+        raise LayertraceError(f"model {model!r} takes {modality} inputs but dataset {data!r} is "
                               f"{'text' if is_text else 'images'}; pick a matching model and dataset")
     if is_text:
         if loaded.tokenizer is None:
-            raise LayertraceError(f"model {cfg.model!r} has no tokenizer; save one in its folder to analyse text")
-        batches = make_batches(dataset, cfg.batch_size, tokenizer=loaded.tokenizer, max_length=max_length)
+            raise LayertraceError(f"model {model!r} has no tokenizer; save one in its folder to analyse text")
+        batches = make_batches(dataset, batch_size, tokenizer=loaded.tokenizer, max_length=max_length)
     else:
-        batches = make_batches(dataset, cfg.batch_size, image_mean=pre.get("image_mean"), image_std=pre.get("image_std"))
-    return loaded, batches, dataset
+        batches = make_batches(dataset, batch_size, image_mean=pre.get("image_mean"), image_std=pre.get("image_std"))
+    return batches
 
 
 class _TokenBlocks:
@@ -171,7 +183,8 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
             per_sample=cfg.per_sample, save_logits=cfg.save_logits, precision=precision,
             progress=cfg.progress, collapse=cfg.collapse,
         )
-        result.config.update(split=cfg.split, limit=cfg.limit, device=str(device), batch_size=cfg.batch_size,
+        result.config.update(split=cfg.split, limit=cfg.limit, shift=cfg.shift, shift_seed=cfg.shift_seed,
+                             device=str(device), batch_size=cfg.batch_size,
                              model_source=getattr(loaded, "source", None))
         if write and DistContext.current().is_main:
             # the new set replaces the old one: no analysis_samples.npz of an earlier run stays behind

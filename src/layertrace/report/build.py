@@ -176,6 +176,20 @@ def theory_rows(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
     return ["check"] + list(flat), rows
 
 
+PROBE_NOTE = ("Test accuracy (%) of a linear probe fitted per layer on the frozen features of another task's "
+              "train split (layertrace probe: standardised features, L2-regularised logistic regression; "
+              "docs/probe.md). Look for: whether aligned training keeps the shallow and middle layers as "
+              "transferable as the standard run's.")
+
+
+def probe_cells(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the probe table (one row per run with a probe.json)."""
+    from ..analysis.probe import ProbeResult, comparison_rows
+
+    results = [(r.name, ProbeResult.from_dict(r.probe)) for r in runs if r.probe]
+    return comparison_rows(results) if results else ([], [])
+
+
 def collapse_cells(runs: list[RunResults], key: str) -> tuple[list[str], list[list[str]]]:
     """Header and cells of one neural-collapse measure per layer (rows: runs)."""
     layers, values, names = collapse_table(runs, key)
@@ -231,6 +245,9 @@ def render_summary(title: str, runs: list[RunResults], findings: list[Finding], 
     if rows:
         out += ["## Theory checks", "", _md_table(header, rows), ""]
     out += collapse_summary(runs)
+    header, rows = probe_cells(runs)
+    if rows:
+        out += ["## Task transfer: linear probes per layer", "", PROBE_NOTE, "", _md_table(header, rows), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -318,6 +335,12 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
             header, rows = collapse_cells(runs, key)
             blocks.append(Html(f"<p>{esc(title_)}:</p>" + table_html(header, rows, numeric=set(range(1, len(header))))))
         sections.append(Section("Neural collapse per layer", esc(COLLAPSE_CAPTION), blocks))
+
+    # Task transfer (layertrace probe).
+    header, rows = probe_cells(runs)
+    if rows:
+        sections.append(Section("Task transfer: linear probes per layer", esc(PROBE_NOTE), [Html(table_html(
+            header, rows, numeric=set(range(2, len(header)))))]))
 
     # The MLP contrast.
     mlp_runs = [r for r in runs if r.mode in ("residual", "plain")]

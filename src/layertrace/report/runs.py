@@ -9,6 +9,7 @@ A run folder (written by ``train``, ``analyze``, ``exit`` or ``demo``) may hold
     metrics.jsonl        training curves, one JSON object per logged step
     train_summary.json   final training numbers
     lm.json              the causal-LM track (``layertrace demo --with-lm``)
+    probe.json           linear probes per layer on another task (``layertrace probe``)
 
 :func:`load_runs` reads them into :class:`RunResults` (plain JSON values, nothing recomputed), and
 expands a demo output folder into its run folders. Missing optional files are simply absent; a
@@ -32,7 +33,7 @@ KNOWN_MODES = (
     "residual", "plain",
 )
 SAMPLE_FILES = ("analysis_samples.npz", "analysis.npz")
-RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json")
+RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json", "probe.json")
 CONFIG_FILES = ("config.yaml", "analyze-config.yaml", "exit-config.yaml")  # in order of preference
 
 
@@ -52,6 +53,7 @@ class RunResults:
         metrics: the rows of ``metrics.jsonl`` (training curves).
         train_summary: ``train_summary.json`` (``None`` if absent).
         lm: ``lm.json`` (``None`` if absent).
+        probe: ``probe.json`` (``None`` if absent).
     """
 
     path: Path
@@ -64,6 +66,7 @@ class RunResults:
     metrics: list[dict] = field(default_factory=list)
     train_summary: dict | None = None
     lm: dict | None = None
+    probe: dict | None = None
 
     @property
     def label(self) -> str:
@@ -180,6 +183,8 @@ def load_run(path: str | Path) -> RunResults:
         run.train_summary = read_json(p / "train_summary.json")
     if (p / "lm.json").is_file():
         run.lm = read_json(p / "lm.json")
+    if (p / "probe.json").is_file():
+        run.probe = read_json(p / "probe.json")
     return run
 
 
