@@ -31,7 +31,7 @@ _POST_LN_FAMILIES = {"bert", "roberta", "electra", "distilbert"}  # no final nor
 
 def _block_list(adapter: Adapter) -> nn.ModuleList:
     """The model's own ModuleList of blocks used by ``adapter``."""
-    for name in ("layers", "blocks"):
+    for name in ("_block_list", "layers", "blocks"):
         blocks = getattr(adapter, name, None)
         if isinstance(blocks, nn.ModuleList) and len(blocks) == adapter.n_layers:
             return blocks

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import LayertraceError
-from ..io import read_json, write_json
+from ..io import check_safetensors, read_json, read_json_dict, reading, write_json
 from .base import Adapter
 from .presets import PRESETS, build_preset, get_preset, quiet_transformers
 from .registry import adapt
@@ -179,13 +179,28 @@ def _finish(model: nn.Module, *, final_norm: bool, dtype: torch.dtype | None, to
                        name=name, source=source, path=path)
 
 
+def _damaged_fix(folder: Path, source: str) -> str:
+    """What to do about a model folder whose files cannot be read."""
+    if source == "run":
+        run = folder.parent
+        return (f"rebuild it from the run's checkpoints: delete {run / 'train_summary.json'}, then run "
+                f"`layertrace train --config {run / 'config.yaml'} --out {run}`")
+    return "re-create the folder (save_pretrained, or `layertrace export`) or restore it from a copy"
+
+
 def _load_folder(folder: Path, *, num_classes: int | None, final_norm: bool, dtype: torch.dtype | None,
                  source: str, preprocess_file: Path | None = None) -> LoadedModel:
-    model = _from_pretrained(str(folder), num_classes, local=True, where=f"model folder {folder}")
-    has_tokenizer = any((folder / f).is_file() for f in _TOKENIZER_FILES)
-    tokenizer = _load_tokenizer(folder, local=True) if has_tokenizer else None
+    fix = _damaged_fix(folder, source)
+    read_json_dict(folder / "config.json", fix)  # names the file: transformers' error would not say how to fix it
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors(weights, fix)
+    with reading(folder, fix, what="model folder"):
+        model = _from_pretrained(str(folder), num_classes, local=True, where=f"model folder {folder}")
+        has_tokenizer = any((folder / f).is_file() for f in _TOKENIZER_FILES)
+        tokenizer = _load_tokenizer(folder, local=True) if has_tokenizer else None
     pp_file = preprocess_file if preprocess_file is not None and preprocess_file.is_file() else folder / PREPROCESS_FILE
-    preprocess = read_json(pp_file) if pp_file.is_file() else _default_preprocess(model.config, folder)
+    preprocess = (read_json_dict(pp_file, fix) if pp_file.is_file()
+                  else _default_preprocess(model.config, folder))
     name = folder.parent.name if source == "run" else folder.name
     return _finish(model, final_norm=final_norm, dtype=dtype, tokenizer=tokenizer, preprocess=preprocess,
                    name=name, source=source, path=str(folder))
