@@ -709,7 +709,7 @@ class HFAutoAdapter(Adapter):
             mask = state.per_sample.get("attention_mask")
             if mask is None:
                 return h.mean(dim=1)
-            m = mask.to(h.dtype).unsqueeze(-1)
+            m = mask.to(device=h.device, dtype=h.dtype).unsqueeze(-1)
             return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
         if select == "patch_mean":
             return h[:, spec.skip:].mean(dim=1)
