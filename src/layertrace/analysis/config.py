@@ -24,6 +24,9 @@ class AnalyzeConfig:
         "help": "layer selector: all, an int, '1,4,-1' or a slice '0::2' (layer L is always added)"})
     num_classes: int | None = field(default=None, metadata={
         "help": "classes of the head (presets: default = the dataset's; folders: a different K means a fresh head)", "check": ">= 1"})
+    pooling: str | None = field(default=None, metadata={"aliases": ["model.pooling"], "help": (
+        "prediction feature: auto (the model's own head's choice) | cls | mean (masked) | last (last non-pad "
+        "token); default: a run folder's stored pooling, else auto")})
     final_norm: bool = field(default=True, metadata={"help": "apply the final norm in the shared readout"})
     batch_size: int = field(default=32, metadata={"help": "samples per forward pass", "check": ">= 1"})
     max_length: int | None = field(default=None, metadata={

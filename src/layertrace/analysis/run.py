@@ -79,7 +79,8 @@ def load_for_analysis(cfg: AnalyzeConfig):
                                shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
         if num_classes is None:
             num_classes = dataset.num_classes
-    loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed)
+    loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed,
+                        pooling=cfg.pooling)
     adapter = loaded.adapter
     pre = loaded.preprocess or {}
     max_length = int(cfg.max_length or pre.get("max_length") or 128)

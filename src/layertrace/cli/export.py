@@ -30,6 +30,10 @@ class ExportConfig:
     out: str = field(default="", metadata={"help": "output folder (the exported model, or its layers-K sub-folders)"})
     num_classes: int | None = field(default=None, metadata={"help": "classes of a preset's head (default: its own)", "check": ">= 1"})
     seed: int | None = field(default=0, metadata={"help": "seed of a preset's random init (presets only)"})
+    pooling: str | None = field(default=None, metadata={"aliases": ["model.pooling"], "help": (
+        "prediction feature recorded with the export (auto | cls | mean | last); default: the run's stored "
+        "pooling, else auto. Non-auto pooling is read by layertrace.load_model; plain transformers classes "
+        "read their own head's token")})
 
 
 def export_from_config(cfg: ExportConfig, force: bool = False) -> list[Path]:
@@ -52,7 +56,7 @@ def export_from_config(cfg: ExportConfig, force: bool = False) -> list[Path]:
     if not cfg.out:
         raise LayertraceError("no output folder: pass --out DIR")
     out = claim_out("export", cfg.out, force=force)
-    loaded = load_model(cfg.model, num_classes=cfg.num_classes, seed=cfg.seed)
+    loaded = load_model(cfg.model, num_classes=cfg.num_classes, seed=cfg.seed, pooling=cfg.pooling)
     n_layers = loaded.adapter.n_layers
     chosen = resolve_layers(n_layers, cfg.layers)
     if chosen[0] == 0:

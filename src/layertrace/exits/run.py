@@ -63,6 +63,9 @@ class ExitConfig:
     oracle: bool = field(default=True, metadata={"help": "also report the oracle (earliest layer staying correct)"})
     num_classes: int | None = field(default=None, metadata={
         "help": "classes of the head (presets: default = the dataset's)", "check": ">= 1"})
+    pooling: str | None = field(default=None, metadata={"aliases": ["model.pooling"], "help": (
+        "prediction feature: auto | cls | mean | last; default: a run folder's stored pooling (a run trained "
+        "with mean pooling exits with it), else auto")})
     final_norm: bool = field(default=True, metadata={"help": "apply the final norm in the shared readout"})
     batch_size: int = field(default=64, metadata={"help": "samples per batch (simulation cache and batch timing)", "check": ">= 1"})
     max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)", "check": ">= 2",
@@ -265,7 +268,8 @@ def _load(cfg: ExitConfig) -> _Loaded:
 
     device = resolve_device(cfg.device)
     acfg = AnalyzeConfig(model=cfg.model, data=cfg.data, split=cfg.split, limit=cfg.limit,
-                         num_classes=cfg.num_classes, final_norm=cfg.final_norm, batch_size=cfg.batch_size,
+                         num_classes=cfg.num_classes, final_norm=cfg.final_norm, pooling=cfg.pooling,
+                         batch_size=cfg.batch_size,
                          max_length=cfg.max_length, data_root=cfg.data_root, loader_kwargs=dict(cfg.loader_kwargs),
                          seed=cfg.seed, device=str(device))
     loaded, batches, dataset = load_for_analysis(acfg)
@@ -294,7 +298,8 @@ def _load(cfg: ExitConfig) -> _Loaded:
 
 def _run_info(cfg: ExitConfig, loaded: _Loaded) -> dict:
     return {"model": loaded.loaded.name or cfg.model, "model_spec": cfg.model, "data": cfg.data,
-            "split": cfg.split, "num_classes": loaded.adapter.num_outputs, "batch_size": cfg.batch_size}
+            "split": cfg.split, "num_classes": loaded.adapter.num_outputs, "batch_size": cfg.batch_size,
+            "pooling": getattr(loaded.adapter, "pooling", "auto")}
 
 
 @torch.no_grad()

@@ -496,7 +496,7 @@ class HFAutoAdapter(Adapter):
         object.__setattr__(self, "lm_head", spec.tail if self.kind == "causal_lm" else None)
         self._arity = 0
         self._probed = False
-        if any(p.is_meta for p in model.parameters()):  # no data to probe with (parameter counting)
+        if unmaterialised(model):  # no weights to probe with (a model on "meta" for parameter counting)
             n = getattr(model.config, "num_hidden_layers", None) or len(blocks)
             object.__setattr__(self, "layers", [blocks[i * len(blocks) // n] for i in range(n)])
             self.n_layers = int(n)
@@ -709,7 +709,7 @@ class HFAutoAdapter(Adapter):
             mask = state.per_sample.get("attention_mask")
             if mask is None:
                 return h.mean(dim=1)
-            m = mask.to(h.dtype).unsqueeze(-1)
+            m = mask.to(device=h.device, dtype=h.dtype).unsqueeze(-1)
             return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
         if select == "patch_mean":
             return h[:, spec.skip:].mean(dim=1)
@@ -741,6 +741,12 @@ class HFAutoAdapter(Adapter):
 
     def token_mask(self, state: State) -> Tensor | None:
         return state.per_sample.get("attention_mask") if self.kind == "causal_lm" else None
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the embedding's (execution) device; with a ``device_map`` each block's
+        Accelerate hook then moves the state to that block's device (and loads offloaded weights)."""
+        return _input_device(self.model)
 
     # ------------------------------------------------------------------ KV cache (causal LMs)
     def new_cache(self) -> Any:
@@ -836,6 +842,17 @@ def probe_batch(model: nn.Module, batch_size: int = 2, tokens: int = 6, seed: in
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+def dispatched(model: nn.Module) -> bool:
+    """The model was dispatched by Accelerate (``device_map``): its hooks place / load each module."""
+    return getattr(model, "hf_device_map", None) is not None or any(
+        hasattr(m, "_hf_hook") for m in model.modules())
+
+
+def unmaterialised(model: nn.Module) -> bool:
+    """Parameters on ``meta`` that no Accelerate hook will load (nothing can run)."""
+    return any(p.is_meta for p in model.parameters()) and not dispatched(model)
+
+
 def _float_dtype(model: nn.Module) -> torch.dtype:
     for p in model.parameters():
         if p.is_floating_point():
@@ -844,6 +861,7 @@ def _float_dtype(model: nn.Module) -> torch.dtype:
 
 
 def _input_device(model: nn.Module) -> torch.device:
+    """The device inputs go to (the embedding's execution device under Accelerate)."""
     try:
         emb = model.get_input_embeddings()
     except (NotImplementedError, AttributeError):
@@ -851,9 +869,16 @@ def _input_device(model: nn.Module) -> torch.device:
     hook = getattr(emb, "_hf_hook", None)
     if hook is not None and getattr(hook, "execution_device", None) is not None:
         return torch.device(hook.execution_device)
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    main_device = getattr(model, "_hf_hook", None)
+    if main_device is not None and getattr(main_device, "execution_device", None) is not None:
+        return torch.device(main_device.execution_device)
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        first = next(iter(device_map.values()))
+        return torch.device("cpu" if first in ("disk", "cpu") else (f"cuda:{first}" if isinstance(first, int)
+                                                                    else first))
+    devices = [p.device for p in model.parameters()]
+    return next((d for d in devices if d.type != "meta"), devices[0] if devices else torch.device("cpu"))
 
 
 # class name -> "verified" or the one-line reason a self-check failed, for this process
@@ -861,7 +886,7 @@ VERIFIED: dict[str, str] = {}
 
 
 def _close(a: Tensor, b: Tensor, what: str, name: str) -> None:
-    a, b = a.float(), b.float()
+    a, b = a.float(), b.float().to(a.device)
     if a.shape != b.shape:
         raise LayertraceError(f"{name} failed the self-check: {what} has shape {tuple(a.shape)} vs the model's "
                               f"{tuple(b.shape)}; pass check=False only if you know why")

@@ -97,7 +97,7 @@ def adapt(model: nn.Module | Adapter, final_norm: bool = True, pooling: str = "a
         name = type(model).__name__
         with _one_line(name, "discovery"):
             adapter = hf_auto.HFAutoAdapter(model, final_norm=final_norm, pooling=pooling)
-        if check and model not in _CHECKED and not _on_meta(model):
+        if check and model not in _CHECKED and not hf_auto.unmaterialised(model):
             with _one_line(name, "the self-check"):
                 # the check is of the family's discovery: the model's own readout and pooling
                 plain = adapter if (final_norm and pooling == "auto") else hf_auto.HFAutoAdapter(model)
@@ -138,10 +138,6 @@ def _is_hf(model: nn.Module) -> bool:
     except ModuleNotFoundError:
         return False
     return isinstance(model, PreTrainedModel)
-
-
-def _on_meta(model: nn.Module) -> bool:
-    return any(p.is_meta for p in model.parameters())
 
 
 @register("ToyTransformerClassifier")

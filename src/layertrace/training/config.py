@@ -27,6 +27,10 @@ class ModelSection:
         "tokenizer folder for causal-LM presets, which carry none (default: the model's own)"))
     final_norm: bool = field(default=True, metadata=_h(
         "apply the final norm in the shared readout (false reproduces the authors' GPT-2 code)"))
+    pooling: Optional[str] = field(default=None, metadata=_h(
+        "prediction feature of classifiers: auto (the model's own head's choice) | cls | mean (masked) | last "
+        "(last non-pad token); stored with the run, so exit / export / analyze read it the same way; default: "
+        "a run folder's stored pooling, else auto"))
 
 
 @dataclass

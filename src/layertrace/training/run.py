@@ -342,7 +342,8 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
     if _model_kind(cfg.model.spec) == "causal_lm":
         tokenizer = _lm_tokenizer(cfg, out) if cfg.model.tokenizer else None
         vocab = cfg.model.num_classes or (len(tokenizer) if tokenizer is not None else None)
-        loaded = load_model(cfg.model.spec, num_classes=vocab, final_norm=cfg.model.final_norm, seed=cfg.train.seed)
+        loaded = load_model(cfg.model.spec, num_classes=vocab, final_norm=cfg.model.final_norm, seed=cfg.train.seed,
+                            pooling=cfg.model.pooling)
         if tokenizer is not None:
             loaded.tokenizer = tokenizer
     else:
@@ -350,7 +351,7 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
                                 limit=cfg.data.train_limit, **cfg.data.loader_kwargs)
         _check_head(cfg, train_ds.num_classes)
         loaded = load_model(cfg.model.spec, num_classes=cfg.model.num_classes or train_ds.num_classes,
-                            final_norm=cfg.model.final_norm, seed=cfg.train.seed)
+                            final_norm=cfg.model.final_norm, seed=cfg.train.seed, pooling=cfg.model.pooling)
         _check_modality(cfg, loaded, train_ds)
     adapter = loaded.adapter
     adapter.train()
