@@ -64,15 +64,18 @@ class TrackSection:
         "analyze at most N test samples (none = the whole test split)"))
     exit_limit: Optional[int] = field(default=None, metadata=_h(
         "early-exit sweep on at most N test samples (none = the whole test split)"))
+    layer_removal_samples: Optional[int] = field(default=None, metadata=_h(
+        "layer-removal effect on about N analysed samples (every k-th batch; none = all)"))
 
 
 def _vision() -> TrackSection:
     return TrackSection(name="fmnist-vit", recipe="configs/demo/vit-fmnist.yaml",
-                        modes=["standard", "aligned", "multi-head"])
+                        modes=["standard", "aligned", "multi-head"], layer_removal_samples=1024)
 
 
 def _text() -> TrackSection:
-    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"])
+    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"],
+                        layer_removal_samples=128)
 
 
 @dataclass
@@ -82,6 +85,11 @@ class AnalysisSection:
     split: str = field(default="test", metadata=_h("split the analysis and early exit run on"))
     batch_size: int = field(default=128, metadata=_h("samples per forward pass"))
     cka: str = field(default="auto", metadata=_h("CKA estimator: auto | exact | minibatch"))
+    null_permutations: int = field(default=99, metadata=_h(
+        "permutations of the calibrated COS / CKA (0: off; >= 19)"))
+    null_max_samples: int = field(default=500, metadata=_h("samples of the COS / exact-CKA permutation null"))
+    layer_removal: bool = field(default=True, metadata=_h(
+        "skip each block in turn: final accuracy / CE change beside block influence and adjacent COS"))
 
 
 @dataclass
@@ -347,7 +355,9 @@ class Demo:
         a = self.cfg.analysis
         return {"model": str(run_dir), "data": train_cfg.data.name, "data_root": train_cfg.data.root,
                 "split": a.split, "limit": track.analyze_limit, "batch_size": a.batch_size, "cka": a.cka,
-                "device": self.cfg.device, "max_length": train_cfg.data.max_length}
+                "device": self.cfg.device, "max_length": train_cfg.data.max_length,
+                "null_permutations": a.null_permutations, "null_max_samples": a.null_max_samples,
+                "layer_removal": a.layer_removal, "layer_removal_samples": track.layer_removal_samples}
 
     def _analyze_stage(self, track: TrackSection, run_dir: Path) -> Stage:
         stamp = run_dir / ".demo-analyze.json"
