@@ -854,6 +854,7 @@ class _Pass:
             cka_estimator=getattr(self, "cka_mode", "none"),
             final_norm=bool(getattr(self.adapter, "final_norm", True)),
             adapter_family=getattr(self.adapter, "family", "custom"),
+            pooling=getattr(self.adapter, "pooling", "auto"),
             world_size=self.dist.world_size,
             similarity_samples_rule=("every sample's prediction-token feature" if not self.is_lm else
                                      f"up to {self.opts.tokens_per_sample} scored positions per sequence, uniform "

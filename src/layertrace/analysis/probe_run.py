@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import save_config
 from ..errors import LayertraceError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, check_out_dir, write_json
 from ..readout.probe import DEFAULT_L2, DEFAULT_MAX_ITER, DEFAULT_TOL
 from .probe import PROBE_NAME, ProbeResult, comparison_markdown, probe
 
@@ -27,25 +27,35 @@ class ProbeConfig:
     model: str = field(default="", metadata={
         "help": "preset (vit-demo, minilm-cls, ...), save_pretrained folder or training run folder whose layers are probed"})
     data: str = field(default="", metadata={
-        "help": "dataset of the probe's task (any the data layer loads: mnist-5k, bbc-news, fashion-mnist, ...)"})
+        "help": "dataset of the probe's task (any the data layer loads: mnist-5k, bbc-news, fashion-mnist, ...)",
+        "aliases": ("data.name",)})
     train_split: str = field(default="train", metadata={"help": "split the probes are fitted on"})
     test_split: str = field(default="test", metadata={"help": "split the probes are scored on"})
-    limit_train: int | None = field(default=None, metadata={"help": "fit on N train examples (seeded, class-stratified)"})
-    limit_test: int | None = field(default=None, metadata={"help": "score on N test examples (seeded, class-stratified)"})
+    limit_train: int | None = field(default=None, metadata={"help": "fit on N train examples (seeded, class-stratified)",
+                                                                "check": ">= 2"})
+    limit_test: int | None = field(default=None, metadata={"help": "score on N test examples (seeded, class-stratified)",
+                                                               "check": ">= 2"})
     out: str = field(default="", metadata={"help": "output folder: probe.json and probe-config.yaml"})
     layers: Any = field(default=None, metadata={"help": "layer selector: all, an int, '1,4,-1' or '0::2'"})
     l2: float = field(default=DEFAULT_L2, metadata={
-        "help": "ridge penalty l2/2 ||W||^2 on standardised features (docs/probe.md)"})
-    max_iter: int = field(default=DEFAULT_MAX_ITER, metadata={"help": "L-BFGS iterations per layer at most"})
-    tol: float = field(default=DEFAULT_TOL, metadata={"help": "stop when the largest gradient entry is below this"})
+        "help": "ridge penalty l2/2 ||W||^2 on standardised features (docs/probe.md)", "check": ">= 0"})
+    max_iter: int = field(default=DEFAULT_MAX_ITER, metadata={"help": "L-BFGS iterations per layer at most", "check": ">= 1"})
+    tol: float = field(default=DEFAULT_TOL, metadata={"help": "stop when the largest gradient entry is below this",
+                                                          "check": "> 0"})
     threads: int | None = field(default=1, metadata={
-        "help": "torch CPU threads of each fit (1: fastest for small probes; none: torch's default)"})
-    batch_size: int = field(default=64, metadata={"help": "samples per forward pass"})
-    max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)"})
-    data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded copy)"})
+        "help": "torch CPU threads of each fit (1: fastest for small probes; none: torch's default)", "check": ">= 1"})
+    batch_size: int = field(default=64, metadata={"help": "samples per forward pass", "check": ">= 1"})
+    max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)",
+                                                           "check": ">= 2", "aliases": ("data.max_length",)})
+    data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded copy)",
+                                                          "aliases": ("data.root",)})
+    loader_kwargs: dict = field(default_factory=dict, metadata={
+        "help": "extra options of the dataset loader, as in train: e.g. {validation_size: 500}, {label_column: y}",
+        "aliases": ("data.loader_kwargs",)})
     seed: int = field(default=0, metadata={"help": "seeds the limit subsamples and preset init"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16",
+                                                     "choices": ("auto", "fp32", "bf16", "fp16")})
     compare: list[str] | None = field(default=None, metadata={
         "help": "comma list of folders holding probe.json (standard, aligned, ...): one table instead of a probe run"})
 
@@ -87,8 +97,8 @@ def compare_probes(dirs: list[str]) -> list[tuple[str, ProbeResult]]:
 def probe_from_config(cfg: ProbeConfig, write: bool = True) -> ProbeResult | list[tuple[str, ProbeResult]]:
     """Run the probes (or, with ``compare``, tabulate existing ones) and write ``cfg.out``."""
     _check(cfg)
-    if write and not cfg.out:
-        raise LayertraceError("no output folder: pass --out DIR")
+    if write:
+        check_out_dir(cfg.out)
     if cfg.compare:
         results = compare_probes(list(cfg.compare))
         if write:
@@ -105,8 +115,10 @@ def probe_from_config(cfg: ProbeConfig, write: bool = True) -> ProbeResult | lis
     from .run import dataset_batches, resolve_device
 
     device = resolve_device(cfg.device)
-    train = load_dataset(cfg.data, cfg.train_split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit_train)
-    test = load_dataset(cfg.data, cfg.test_split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit_test)
+    train = load_dataset(cfg.data, cfg.train_split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit_train,
+                         **cfg.loader_kwargs)
+    test = load_dataset(cfg.data, cfg.test_split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit_test,
+                        **cfg.loader_kwargs)
     # a preset is built with a head for the probe's classes (unused); a folder keeps its own head
     is_preset = cfg.model in PRESETS and not Path(cfg.model).exists()
     loaded = load_model(cfg.model, num_classes=train.num_classes if is_preset else None, seed=cfg.seed)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LayertraceError
-from ..io import read_json, write_json, write_npz
+from ..io import read_json, read_json_dict, reading, write_json, write_npz
 
 JSON_NAME = "analysis.json"
 SAMPLES_NAME = "analysis_samples.npz"
@@ -142,7 +142,10 @@ class AnalysisResult:
         npz = path.with_name(SAMPLES_NAME)
         if load_samples and npz.is_file():
             samples = load_samples_npz(npz)
-        return cls.from_dict(read_json(path), samples=samples)
+        fix = f"re-run `layertrace analyze ... --out {path.parent}`"
+        data = read_json_dict(path, fix)
+        with reading(path, fix, what="analysis result"):
+            return cls.from_dict(data, samples=samples)
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``analysis.json`` and (when present) ``analysis_samples.npz`` into ``out_dir``."""
@@ -186,5 +189,6 @@ def load_samples_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise LayertraceError(f"{path}: file not found; it is written by 'layertrace analyze'")
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    with reading(path, f"re-run `layertrace analyze ... --out {path.parent}`", what="per-sample arrays"):
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}

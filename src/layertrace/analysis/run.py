@@ -22,12 +22,14 @@ import torch
 
 from ..config import save_config
 from ..errors import LayertraceError
+from ..io import check_out_dir, result_set
 from .config import AnalyzeConfig
 from .core import analyze
 from .dist import DistContext, init_from_env, shutdown
-from .result import AnalysisResult
+from .result import JSON_NAME, SAMPLES_NAME, AnalysisResult
 
 CONFIG_FILE = "analyze-config.yaml"  # not config.yaml: a training run folder keeps its own
+OWNED = (JSON_NAME, SAMPLES_NAME, CONFIG_FILE)  # what a re-run replaces (stale ones removed)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -72,10 +74,11 @@ def load_for_analysis(cfg: AnalyzeConfig):
     num_classes = cfg.num_classes
     if _is_classifier_preset(cfg.model):
         dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
-                               shift=cfg.shift, shift_seed=cfg.shift_seed)
+                               shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
         if num_classes is None:
             num_classes = dataset.num_classes
-    loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed)
+    loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed,
+                        pooling=cfg.pooling)
     adapter = loaded.adapter
     pre = loaded.preprocess or {}
     max_length = int(cfg.max_length or pre.get("max_length") or 128)
@@ -85,7 +88,7 @@ def load_for_analysis(cfg: AnalyzeConfig):
         return loaded, _lm_batches(cfg, loaded, max_length), None
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
-                               shift=cfg.shift, shift_seed=cfg.shift_seed)
+                               shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
     if len(dataset) == 0:
         raise LayertraceError(f"dataset {cfg.data!r} split {cfg.split!r} is empty; pick another split or data_root")
     if dataset.num_classes != adapter.num_outputs:
@@ -138,7 +141,7 @@ def _lm_batches(cfg: AnalyzeConfig, loaded, block: int) -> _TokenBlocks:
 
     if loaded.tokenizer is None:
         raise LayertraceError(f"causal LM {cfg.model!r} has no tokenizer; analyse a run folder that saved one")
-    docs = load_text_corpus(cfg.data, cfg.split, seed=cfg.seed)
+    docs = load_text_corpus(cfg.data_root or cfg.data, cfg.split, seed=cfg.seed, **cfg.loader_kwargs)
     ids: list[int] = []
     need = None if cfg.limit is None else cfg.limit * block
     for doc in docs:
@@ -164,8 +167,8 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
     from ..trace import resolve_precision
 
     _check_config(cfg)
-    if write and not cfg.out:
-        raise LayertraceError("no output folder: pass --out DIR")
+    if write:
+        check_out_dir(cfg.out)
     device = resolve_device(cfg.device)
     created = init_from_env(str(device))
     try:
@@ -187,9 +190,10 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
                              device=str(device), batch_size=cfg.batch_size,
                              model_source=getattr(loaded, "source", None))
         if write and DistContext.current().is_main:
-            out = Path(cfg.out)
-            result.save(out)
-            save_config(cfg, out, name=CONFIG_FILE)
+            # the new set replaces the old one: no analysis_samples.npz of an earlier run stays behind
+            with result_set(cfg.out, OWNED) as staging:
+                result.save(staging)
+                save_config(cfg, staging, name=CONFIG_FILE)
         return result
     finally:
         if created:

@@ -7,7 +7,10 @@ readout predicts at layer k of the original model: the truncated HF model runs b
 then its own head path (final norm -> pooler -> classifier / LM head), which is the readout.
 
 A readout without the final norm (``final_norm=False``) cannot be exported to a standard HF class
-for models that have one (ViT, DeiT, GPT-2, Llama): the HF class always applies it.
+for models that have one (ViT, DeiT, GPT-2, Llama): the HF class always applies it. A non-auto
+``pooling`` (e.g. a run trained with mean pooling) is recorded in the folder's ``preprocess.json``
+and ``layertrace_export.json``: ``load_model(folder)`` reads layer k with it; a plain transformers
+class reads its own head's token instead.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ _POST_LN_FAMILIES = {"bert", "roberta", "electra", "distilbert"}  # no final nor
 
 def _block_list(adapter: Adapter) -> nn.ModuleList:
     """The model's own ModuleList of blocks used by ``adapter``."""
-    for name in ("layers", "blocks"):
+    for name in ("_block_list", "layers", "blocks"):
         blocks = getattr(adapter, name, None)
         if isinstance(blocks, nn.ModuleList) and len(blocks) == adapter.n_layers:
             return blocks
@@ -111,12 +114,15 @@ def export_first_k(loaded_or_adapter: LoadedModel | Adapter | nn.Module, k: int,
         tokenizer = loaded.tokenizer
     if preprocess is None and loaded is not None:
         preprocess = loaded.preprocess
+    pooling = getattr(adapter, "pooling", "auto")
+    if pooling != "auto":  # load_model(out_dir) reads the export with the same prediction feature
+        preprocess = {**(preprocess or {}), "pooling": pooling}
     out = save_model_dir(model, out_dir, tokenizer=tokenizer, preprocess=preprocess)
     source_dir = Path(loaded.path) if loaded is not None and loaded.path else None
     if not preprocess and source_dir is not None and (source_dir / PREPROCESS_FILE).is_file():
         shutil.copyfile(source_dir / PREPROCESS_FILE, out / PREPROCESS_FILE)
     write_json(out / EXPORT_INFO_FILE, {
-        "k": k, "n_layers": adapter.n_layers, "model_class": type(adapter.model).__name__,
+        "k": k, "n_layers": adapter.n_layers, "model_class": type(adapter.model).__name__, "pooling": pooling,
         "source": None if loaded is None else {"name": loaded.name, "source": loaded.source, "path": loaded.path},
     })
     return out

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from ..errors import LayertraceError
 from .collapse import COLLAPSE_PLOTS, CAPTION as COLLAPSE_CAPTION, collapse_figures, collapse_table, has_collapse
 from .figures import Figures, FigureItem, groups_of
+from .lm_saturation import CAPTION as LM_SATURATION_CAPTION, lm_saturation_figures, lm_saturation_rows
 from .findings import Finding, all_findings
 from .page import Html, Section, esc, render_page, table_html
 from .runs import RunResults, load_runs, order_runs
@@ -252,6 +253,8 @@ def render_summary(title: str, runs: list[RunResults], findings: list[Finding], 
             ("Layer removal vs similarity", REMOVAL_CAPTION, removal_rows(runs))):
         if rows:
             out += [f"## {title_}", "", caption, "", _md_table(header, rows), ""]
+    for name, header, rows in lm_saturation_rows(runs):
+        out += [f"## Causal LM saturation: {name}", "", LM_SATURATION_CAPTION, "", _md_table(header, rows), ""]
     header, rows = probe_cells(runs)
     if rows:
         out += ["## Task transfer: linear probes per layer", "", PROBE_NOTE, "", _md_table(header, rows), ""]
@@ -400,8 +403,9 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
     blocks = figs.training_curves()
     sections.append(Section("Training curves", "", blocks or [_missing("metrics.jsonl", "train with `layertrace train`")]))
 
-    if lm_items:
-        sections.append(Section("Causal language model track", "", list(lm_items)))
+    lm_blocks = lm_saturation_figures(figs) + list(lm_items)
+    if lm_blocks:
+        sections.append(Section("Causal language model track", "", lm_blocks))
 
     # Reproducibility.
     cfg_blocks = []

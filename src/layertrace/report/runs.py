@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LayertraceError
-from ..io import read_json
+from ..io import read_json, reading
 
 # Training modes as they appear at the end of a run folder name ``<data>-<model>-<mode>``.
 KNOWN_MODES = (
@@ -89,8 +89,9 @@ class RunResults:
             return {}
         import numpy as np
 
-        with np.load(npz, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        with reading(npz, f"re-run `layertrace analyze ... --out {self.path}`", what="per-sample arrays"):
+            with np.load(npz, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -171,9 +172,10 @@ def load_run(path: str | Path) -> RunResults:
         if not mode and isinstance(cfg_mode, str):
             run.mode = cfg_mode
     if (p / "analysis.json").is_file():
-        run.analysis = _check_analysis(read_json(p / "analysis.json"), p / "analysis.json")
+        run.analysis = _check_analysis(read_json(p / "analysis.json", f"re-run `layertrace analyze ... --out {p}`"),
+                                       p / "analysis.json")
     for exit_path in sorted(p.glob("exit*.json")):
-        data = _check_exit(read_json(exit_path), exit_path)
+        data = _check_exit(read_json(exit_path, f"re-run `layertrace exit ... --out {p}`"), exit_path)
         run.exits[_exit_policy_name(exit_path, data)] = data
     if (p / "metrics.jsonl").is_file():
         run.metrics = _read_jsonl(p / "metrics.jsonl")
