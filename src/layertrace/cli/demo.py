@@ -70,12 +70,12 @@ class TrackSection:
 
 def _vision() -> TrackSection:
     return TrackSection(name="fmnist-vit", recipe="configs/demo/vit-fmnist.yaml",
-                        modes=["standard", "aligned", "multi-head"], layer_removal_samples=1024)
+                        modes=["standard", "aligned", "multi-head"], layer_removal_samples=512)
 
 
 def _text() -> TrackSection:
     return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"],
-                        layer_removal_samples=128)
+                        layer_removal_samples=64)
 
 
 @dataclass
@@ -85,9 +85,9 @@ class AnalysisSection:
     split: str = field(default="test", metadata=_h("split the analysis and early exit run on"))
     batch_size: int = field(default=128, metadata=_h("samples per forward pass", check=">= 1"))
     cka: str = field(default="auto", metadata=_h("CKA estimator: auto | exact | minibatch", choices=("auto", "exact", "minibatch")))
-    null_permutations: int = field(default=99, metadata=_h(
+    null_permutations: int = field(default=49, metadata=_h(
         "permutations of the calibrated COS / CKA (0: off; >= 19)", check=">= 0"))
-    null_max_samples: int = field(default=500, metadata=_h("samples of the COS / exact-CKA permutation null",
+    null_max_samples: int = field(default=300, metadata=_h("samples of the COS / exact-CKA permutation null",
                                                            check=">= 4"))
     layer_removal: bool = field(default=True, metadata=_h(
         "skip each block in turn: final accuracy / CE change beside block influence and adjacent COS"))
