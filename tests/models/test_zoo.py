@@ -248,3 +248,84 @@ def test_check_false_skips_the_self_check(monkeypatch):
     assert a.n_layers == 2
     with pytest.raises(LayertraceError, match="self-check ran"):
         adapt(get("gpt2").build())
+
+
+def test_generic_adapter_gets_the_same_self_check():
+    from layertrace.models import GenericAdapter
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.fc = torch.nn.Linear(6, 8), torch.nn.Linear(8, 3)
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(2))
+
+        def forward(self, x):
+            h = self.stem(x)
+            for b in self.blocks:
+                h = h + torch.tanh(b(h))
+            return self.fc(h)
+
+    net = Net().eval()
+    batch = {"x": torch.randn(3, 6)}
+    right = [lambda h, b=b: h + torch.tanh(b(h)) for b in net.blocks]
+    wrong = [lambda h, b=b: torch.tanh(b(h)) for b in net.blocks]  # the residual forgotten
+    common = dict(embed=lambda batch: net.stem(batch["x"]), head=net.fc, model_logits=lambda batch: net(batch["x"]))
+    GenericAdapter(net, blocks=right, check_batch=batch, **common)
+    with pytest.raises(LayertraceError, match=r"GenericAdapter\(Net\) failed the self-check: the readout"):
+        GenericAdapter(net, blocks=wrong, check_batch=batch, **common)
+
+
+def test_env_models_lists_verified_and_refused_families(monkeypatch, capsys):
+    from layertrace.cli.main import main
+    from layertrace.models import zoo
+
+    real = zoo.verify_zoo
+    monkeypatch.setattr(zoo, "verify_zoo", lambda names=None: real(["gpt2", "bert-model", "swin"]))
+    assert main(["env", "--models"]) == 0
+    out = capsys.readouterr().out
+    assert "2 verified, 1 refused, 0 failed" in out
+    assert "GPT2LMHeadModel" in out and "cannot serve SwinForImageClassification" in out
+
+
+@pytest.mark.parametrize("name", ["bert-model", "clip-vision-proj"])
+def test_headless_encoders_get_similarity_of_every_layer_without_a_readout(name, tmp_path):
+    import numpy as np
+
+    import layertrace
+    from layertrace.analysis.result import AnalysisResult
+    from layertrace.metrics import cos_matrix
+
+    model, a = built(name)
+    g = torch.Generator().manual_seed(0)
+    if name == "bert-model":
+        batches = [{"input_ids": torch.randint(3, VOCAB, (6, 7), generator=g),
+                    "attention_mask": torch.ones(6, 7, dtype=torch.long)} for _ in range(2)]
+    else:
+        batches = [{"pixel_values": torch.randn(6, 3, 16, 16, generator=g)} for _ in range(2)]
+    result = layertrace.analyze(model, batches)
+    assert result.kind == "encoder" and result.n_samples == 12 and np.isnan(result.accuracy).all()
+    with torch.no_grad():  # an independent reference: the features of every layer, COS by the metrics module
+        feats = torch.cat([a.trace(b, with_logits=False).features for b in batches], dim=1)
+    np.testing.assert_allclose(result.cos_matrix, np.asarray(cos_matrix(feats.double())), atol=1e-6)
+    again = AnalysisResult.from_json(result.save(tmp_path))  # analysis.json: NaN readout written as null
+    np.testing.assert_allclose(again.cos_matrix, result.cos_matrix)
+
+
+@pytest.mark.parametrize("name", ["gemma2", "mixtral", "deberta-v2", "modernbert", "llama-cls", "dinov2-registers",
+                                  "clip-image-cls"])
+def test_export_of_first_k_blocks_equals_layer_k_readout(name, tmp_path):
+    import transformers
+
+    from layertrace.models import export_first_k
+
+    model, a = built(name)
+    batch = batch_for(name, model)
+    out = export_first_k(a, 1, tmp_path / "k1")
+    small = getattr(transformers, type(model).__name__).from_pretrained(out).eval()
+    with torch.no_grad():
+        want = a.trace(batch, layers=[1]).logits[0]
+        got = small(**batch).logits if a.kind != "causal_lm" else adapt(small).model_logits(batch)
+    if a.kind == "causal_lm":
+        real = batch["attention_mask"].bool()
+        want, got = want[real], got[real]
+    assert_close(got, want, atol=ATOL, rtol=1e-4)

@@ -280,6 +280,10 @@ class _Pass:
         self.layers = layers
         self.S = len(layers)
         self.is_lm = adapter.kind == "causal_lm"
+        # headless encoders have no classifier: every layer's similarity, no readout statistics
+        self.headless = adapter.kind == "encoder"
+        if self.headless:
+            opts.theory = False
         # Classifier adapters whose similarity feature is the readout's own input (pool = identity)
         # get one readout call on the stacked (S, B, d) features instead of one per layer.
         self._stacked_readout = not self.is_lm and type(adapter).pool is Adapter.pool
@@ -415,6 +419,8 @@ class _Pass:
     def _process_batch(self, b: int, batch: Mapping[str, Any]) -> None:
         if self.is_lm:
             feats, rec = self._lm_batch(b, batch)
+        elif self.headless:
+            feats, rec = self._headless_batch(b, batch)
         else:
             feats, rec = self._classifier_batch(b, batch)
         self._similarity_samples(b, feats, rec)
@@ -423,6 +429,19 @@ class _Pass:
             t0 = time.perf_counter()
             self.removal.update(batch)
             self.removal_s += time.perf_counter() - t0
+
+    def _headless_batch(self, b: int, batch: Mapping[str, Any]) -> tuple[Tensor, _BatchRecord]:
+        """A headless encoder (``kind="encoder"``: BertModel, CLIP towers): similarity only, no readout."""
+        t0 = time.perf_counter()
+        trace = trace_batch(self.adapter, batch, self.layers, with_logits=False,
+                            precision=self.opts.precision, batch_index=b)
+        self.forward_s += time.perf_counter() - t0
+        n = int(trace.features.shape[1])
+        self.readout.add_count(n)
+        rec = _BatchRecord(n_samples=n)
+        if self.opts.per_sample:
+            rec.arrays["sim_index"] = np.arange(n)
+        return trace.features, rec
 
     def _classifier_batch(self, b: int, batch: Mapping[str, Any]) -> tuple[Tensor, _BatchRecord]:
         labels = self._check_labels(batch, b)
@@ -633,6 +652,8 @@ class _Pass:
         # ---- per-sample arrays of every process, in global batch order
         samples = self._gather_samples()
         counts = self.readout.compute()
+        if self.headless:  # no readout: NaN, not the zeros of an empty accumulator
+            counts = {k: np.full(self.S, np.nan) for k in counts}
         n_samples = int(samples.pop("_n_samples"))
         n_pred = int(self.readout.count)
         if n_pred == 0:
@@ -645,7 +666,7 @@ class _Pass:
             entropy=counts["entropy"], cross_entropy=counts["cross_entropy"],
             perplexity=np.exp(counts["cross_entropy"]) if self.is_lm else None,
             saturation_hist=sat_hist, saturation_cumulative=saturation_cumulative(sat_hist),
-            effective_depth=effective_depths(counts["accuracy"], self.layers, o.epsilons),
+            effective_depth={} if self.headless else effective_depths(counts["accuracy"], self.layers, o.epsilons),
         )
         if self.S > 1:
             result.norm_ratio = np.append(ratio_sum / np.maximum(ratio_count, 1), np.nan)

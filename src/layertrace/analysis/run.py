@@ -57,6 +57,8 @@ def _check_config(cfg: AnalyzeConfig) -> None:
         raise LayertraceError(f"batch_size={cfg.batch_size} must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
         raise LayertraceError(f"limit={cfg.limit} must be at least 1 (omit it to analyse the whole split)")
+    if cfg.cache_dir:
+        check_out_dir(cfg.cache_dir, flag="--cache_dir")
 
 
 def _is_classifier_preset(spec: str) -> bool:

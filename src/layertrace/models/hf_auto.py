@@ -901,8 +901,8 @@ def _close(a: Tensor, b: Tensor, what: str, name: str) -> None:
 def self_check(adapter: Adapter, batch: Mapping[str, Any] | None = None) -> float:
     """Check the adapter against its model on one tiny batch; raise a one-line error naming the check.
 
-    Checks: readout of layer L == the model's own output; every layer l < L == ``output_hidden_states[l]``
-    (real tokens); ``State.select`` of one sample + block by block == that sample's row; causal LMs:
+    Checks: readout of layer L == the model's own output (``model_logits`` for a GenericAdapter);
+    HF models: every layer l < L == ``output_hidden_states[l]`` (real tokens); ``State.select`` of one sample + block by block == that sample's row; causal LMs:
     cached incremental decoding of the last token == the full forward. Runs in eval mode (restored).
 
     Returns:
@@ -917,11 +917,16 @@ def self_check(adapter: Adapter, batch: Mapping[str, Any] | None = None) -> floa
         batch = dict(batch) if batch is not None else probe_batch(model)
         inputs = adapter.model_inputs(batch)
         lm = adapter.kind == "causal_lm"
-        if lm and "position_ids" not in inputs and getattr(adapter, "_takes_position_ids", True):
-            t = inputs["input_ids"].shape[1]
-            inputs["position_ids"] = positions_from_mask(inputs["attention_mask"], t)
-        out = model(**inputs, output_hidden_states=True)
-        ref = adapter.model_logits(batch)
+        hs = None
+        if isinstance(adapter, HFAutoAdapter):  # one forward gives the reference output and every layer
+            if lm and "position_ids" not in inputs and adapter._takes_position_ids:
+                t = inputs["input_ids"].shape[1]
+                inputs["position_ids"] = positions_from_mask(inputs["attention_mask"], t)
+            out = model(**inputs, output_hidden_states=True)
+            ref = _output_of(out, adapter.spec.output)
+            hs = getattr(out, "hidden_states", None)
+        else:  # GenericAdapter: its model_logits callable is the reference
+            ref = adapter.model_logits(batch)
         states = [adapter.embed(batch)]
         for layer in range(1, adapter.n_layers + 1):
             states.append(adapter.block(layer, states[-1]))
@@ -932,7 +937,6 @@ def self_check(adapter: Adapter, batch: Mapping[str, Any] | None = None) -> floa
             _close(got[real], ref[real], "the readout of the last layer", name)
         else:
             _close(got, ref, "the readout of the last layer", name)
-        hs = getattr(out, "hidden_states", None)
         if hs is not None:
             if len(hs) != adapter.n_layers + 1:
                 raise LayertraceError(f"{name} failed the self-check: output_hidden_states has {len(hs)} entries "
@@ -951,7 +955,7 @@ def self_check(adapter: Adapter, batch: Mapping[str, Any] | None = None) -> floa
                 _close(row[0][real[1]], got[1][real[1]], "State.select + block by block", name)
             else:
                 _close(row[0], got[1], "State.select + block by block", name)
-        if lm and hasattr(adapter, "new_cache") and "input_ids" in batch:
+        if lm and hasattr(adapter, "new_cache") and "input_ids" in batch and "attention_mask" in batch:
             ids, mask = batch["input_ids"], batch["attention_mask"]
             cache = adapter.new_cache()
             state = adapter.embed({"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "past_key_values": cache})

@@ -218,3 +218,37 @@ def get(name: str) -> ZooModel:
         if z.name == name:
             return z
     raise KeyError(name)
+
+
+def verify_zoo(names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Build every zoo model and adapt it (running the self-check): what this install serves.
+
+    Returns:
+        one dict per model: ``name``, ``model_class``, ``group``, ``status`` (``verified``,
+        ``refused`` or ``FAILED``), ``detail`` (self-check time, or the one-line reason), ``n_layers``.
+    """
+    import time
+    import warnings
+
+    from ..errors import LayertraceError
+    from .registry import adapt
+
+    rows = []
+    for z in ZOO:
+        if names and z.name not in names:
+            continue
+        row: dict[str, Any] = {"name": z.name, "model_class": z.model_class, "group": z.group, "n_layers": None}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = z.build()
+            start = time.perf_counter()
+            adapter = adapt(model)
+            row.update(status="verified", n_layers=adapter.n_layers,
+                       detail=f"adapt + self-check {1000 * (time.perf_counter() - start):.0f} ms")
+        except LayertraceError as exc:
+            row.update(status="refused" if z.group == "refused" else "FAILED", detail=str(exc))
+        except Exception as exc:  # building the model failed (a transformers version without the class)
+            row.update(status="FAILED", detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+        rows.append(row)
+    return rows
