@@ -308,6 +308,9 @@ class _Pass:
             if self.is_lm:
                 raise LayertraceError("collapse=True (neural collapse) applies to classifiers, not causal LMs")
             self.collapse = CollapseStage(adapter, self.S)
+        if opts.layer_removal and adapter.kind == "encoder":
+            raise LayertraceError("layer_removal needs the model's own head (its readout scores the skipped "
+                                  "model); this headless encoder has none: analyse a classifier or causal LM")
         self.removal = (LayerRemovalStage(adapter, opts.precision, opts.token_chunk)
                         if opts.layer_removal else None)
         self.removal_s = 0.0
