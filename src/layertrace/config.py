@@ -6,7 +6,9 @@ Every CLI subcommand has one config dataclass (nested dataclasses allowed). The 
   ``field(metadata={"help": ...})``),
 * loads a YAML file whose keys mirror the dataclass (unknown keys raise a one-line error with a
   suggestion),
-* applies dotted overrides on top (``--train.lr 3e-4``), converting values to the field's type,
+* applies dotted overrides on top (``--train.lr 3e-4``), converting values to the field's type and
+  checking the range / choices a field declares (``metadata={"check": "> 0"}``, ``"[0, 1)"``,
+  ``{"choices": ("auto", "true", "false")}``), so a bad value fails where it is parsed, not deep in torch,
 * is written back as the resolved ``config.yaml`` of every output folder.
 
 Example::
@@ -69,6 +71,9 @@ def convert_value(value: Any, ftype: Any, key: str) -> Any:
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
             return convert_value(value, non_none[0], key)
+        lists = [a for a in non_none if a is list or typing.get_origin(a) is list]
+        if lists and isinstance(value, str) and "," in value:  # '1,1,1': every list option takes commas
+            return convert_value(value, lists[0], key)
         # Union of several types (e.g. int | str | list[int]): trust YAML's reading of a string.
         parsed = _yaml_scalar(value) if isinstance(value, str) else value
         for a in non_none:
@@ -126,6 +131,77 @@ def _yaml_scalar(text: str) -> Any:
         return text
 
 
+# ----------------------------------------------------------------------------- ranges and choices
+def _parse_check(spec: str) -> tuple[float | None, bool, float | None, bool]:
+    """``"> 0"`` / ``">= 1"`` / ``"[0, 1)"`` -> ``(low, low_closed, high, high_closed)`` (None = unbounded)."""
+    text = spec.replace(" ", "")
+    for op, closed in ((">=", True), (">", False)):
+        if text.startswith(op):
+            return float(text[len(op):]), closed, None, False
+    for op, closed in (("<=", True), ("<", False)):
+        if text.startswith(op):
+            return None, False, float(text[len(op):]), closed
+    if text[:1] in "[(" and text[-1:] in "])" and "," in text:
+        low, high = text[1:-1].split(",")
+        return float(low), text[0] == "[", float(high), text[-1] == "]"
+    raise ValueError(f"bad range spec {spec!r}")  # a bug in a config class, not user input
+
+
+def check_field(key: str, value: Any, f: dataclasses.Field) -> None:
+    """Check ``value`` against the ``check`` range / ``choices`` / ``length`` of field ``f``.
+
+    Raises:
+        LayertraceError: naming the key, the value and the allowed range.
+    """
+    if value is None:
+        return
+    choices = f.metadata.get("choices")
+    if choices is not None and str(value).lower() not in [str(c).lower() for c in choices]:
+        raise LayertraceError(f"config key {key!r}: {value!r} is not one of {', '.join(map(str, choices))}"
+                              f"{did_you_mean(str(value), map(str, choices))}")
+    length = f.metadata.get("length")
+    if length is not None and isinstance(value, (list, tuple)) and len(value) != length:
+        raise LayertraceError(f"config key {key!r}: {list(value)!r} must hold {length} values, e.g. "
+                              f"{f.default_factory() if f.default_factory is not _MISSING else f.default!r}")
+    spec = f.metadata.get("check")
+    if spec is None:
+        return
+    low, low_closed, high, high_closed = _parse_check(spec)
+    for item in (value if isinstance(value, (list, tuple)) else [value]):
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue  # a non-numeric alternative of a union (a layer spec, a policy name)
+        ok = item == item  # NaN is in no range
+        ok = ok and (low is None or item > low or (low_closed and item == low))
+        ok = ok and (high is None or item < high or (high_closed and item == high))
+        if not ok:
+            shown = f"in {spec}" if spec.strip()[:1] in "[(" else spec
+            raise LayertraceError(f"config key {key!r}: {item!r} is out of range; it must be {shown}")
+
+
+def validate_config(cfg: Any, prefix: str = "") -> None:
+    """Check every field of a (nested) config instance against its declared range / choices.
+
+    :func:`load_config` checks each value as it is parsed; this checks an instance built in code
+    (``TrainSection(lr=-1)``) before it is used.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_config(value, f"{prefix}{f.name}.")
+        else:
+            check_field(f"{prefix}{f.name}", value, f)
+
+
+def describe_check(f: dataclasses.Field) -> str:
+    """The range / choices of a field as shown in ``--help`` (``""`` when it declares none)."""
+    if "choices" in f.metadata:
+        return " | ".join(map(str, f.metadata["choices"]))
+    spec = f.metadata.get("check")
+    if spec is None:
+        return ""
+    return f"each {spec}" if f.metadata.get("length") or f.metadata.get("each") else spec
+
+
 def config_to_dict(cfg: Any) -> dict:
     """A config dataclass (nested) as a plain dict."""
     return dataclasses.asdict(cfg)
@@ -160,6 +236,8 @@ def read_yaml(path: str | Path) -> dict:
         raise LayertraceError(f"config file {p} not found; check the path (examples are in configs/)")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise LayertraceError(f"config file {p} is not text (not UTF-8); give the YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -167,6 +245,16 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise LayertraceError(f"config file {p} must hold a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def _aliases(cls: type) -> dict[str, str]:
+    """``{alias: field}``: other spellings of a field (``metadata={"aliases": ("data.name",)}``), so every
+    command takes the data options under the names ``layertrace train`` uses (``--data.name``, ...)."""
+    out = {}
+    for name, f, _ in _leaf_fields(cls):
+        for alias in f.metadata.get("aliases", ()):
+            out[alias] = name
+    return out
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> T:
@@ -178,15 +266,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
         overrides: ``{"dotted.key": value}``; string values are converted to the field's type.
 
     Raises:
-        LayertraceError: unknown key (with a suggestion), wrong type, missing/bad YAML.
+        LayertraceError: unknown key (with a suggestion), wrong type, a value out of its field's range,
+            missing/bad YAML.
     """
     cfg = cls()
     leaves = {name: ftype for name, _, ftype in _leaf_fields(cls)}
+    fields = {name: f for name, f, _ in _leaf_fields(cls)}
+    aliases = _aliases(cls)
     layers = [(read_yaml(path), f"config file {path}")] if path else []
     layers.append((dict(overrides or {}), "override"))
     for data, origin in layers:
         flat = _flatten(data) if origin != "override" else dict(data)
         for key, value in flat.items():
+            key = aliases.get(key, key)
             if key not in leaves:
                 # A dict-valued leaf given as nested YAML keys.
                 parent = next((n for n in leaves if key.startswith(n + ".")), None)
@@ -196,7 +288,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
                         f"see --help for the valid keys"
                     )
                 continue
-            _set_dotted(cfg, key, convert_value(value, leaves[key], key))
+            value = convert_value(value, leaves[key], key)
+            check_field(key, value, fields[key])
+            _set_dotted(cfg, key, value)
     return cfg
 
 
@@ -220,12 +314,13 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         opts = [f"--{name}"]
         if "_" in name:
             opts.append(f"--{name.replace('_', '-')}")
+        opts += [f"--{alias}" for alias in f.metadata.get("aliases", ())]
         parser.add_argument(
             *opts,
             dest=f"cfg::{name}",
             default=argparse.SUPPRESS,
             metavar=f.metadata.get("metavar", tname.upper() if tname in ("int", "float", "str") else "VALUE"),
-            help=f"{help_text} (default: {default!r})",
+            help=f"{help_text}{f' [{describe_check(f)}]' if describe_check(f) else ''} (default: {default!r})",
             # A bare boolean flag means true (``--with-lm``); ``--with-lm false`` still works.
             **({"nargs": "?", "const": "true"} if ftype is bool else {}),
         )

@@ -19,3 +19,9 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest of ``choices`` to ``name``, or ``""``."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def loader_option(name: str, example: str) -> str:
+    """How a user sets dataset-loader option ``name``: the same spelling in every command
+    (``--data.loader_kwargs '{name: example}'``) and in the Python API (``name=example``)."""
+    return f"--data.loader_kwargs '{{{name}: {example}}}' (Python: {name}={example})"

@@ -128,3 +128,43 @@ def pairwise(features: np.ndarray, pair_fn) -> np.ndarray:
     """Loop ``pair_fn(X_l, X_m)`` over every pair of layers."""
     n_layers = features.shape[0]
     return np.array([[pair_fn(features[l], features[m]) for m in range(n_layers)] for l in range(n_layers)])
+
+
+def naive_mutual_knn(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    """Huh et al. (2024): mean over samples of |kNN_x(i) & kNN_y(i)| / k, cosine neighbours (self excluded)."""
+    n = x.shape[0]
+    k = min(k, n - 1)
+
+    def neighbours(z, i):
+        unit = [v / np.linalg.norm(v) if np.linalg.norm(v) > 0 else v for v in z]
+        sims = [(float(unit[i] @ unit[j]), j) for j in range(n) if j != i]
+        return {j for _, j in sorted(sims, reverse=True)[:k]}
+
+    return float(np.mean([len(neighbours(x, i) & neighbours(y, i)) / k for i in range(n)]))
+
+
+def naive_calibrate(x: np.ndarray, y: np.ndarray, sim, n_permutations: int, seed: int, alpha: float = 0.05):
+    """calibrated-similarity 0.1.1's ``calibrate`` (Algorithm 1) transcribed for one pair: the rows of y
+    permuted by ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))`` K times; returns
+    (calibrated score, p-value, tau)."""
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    observed = sim(x, y)
+    null = [sim(x, y[torch.randperm(x.shape[0], generator=g).numpy()]) for _ in range(n_permutations)]
+    combined = sorted([observed, *null])
+    tau = combined[min(max(math.ceil((1.0 - alpha) * (n_permutations + 1)) - 1, 0), n_permutations)]
+    p_value = (1.0 + sum(v >= observed for v in null)) / (n_permutations + 1)
+    return min(max((observed - tau) / max(1.0 - tau, 1e-12), 0.0), 1.0), p_value, tau
+
+
+def naive_calibrated_matrix(features: np.ndarray, sim, n_permutations: int = 200, seed: int = 0) -> np.ndarray:
+    """naive_calibrate over every pair l < m (the later layer m permuted), mirrored, diagonal 1."""
+    n_layers = features.shape[0]
+    out = np.eye(n_layers)
+    for l in range(n_layers):
+        for m in range(l + 1, n_layers):
+            out[l, m] = out[m, l] = naive_calibrate(features[l], features[m], sim, n_permutations, seed)[0]
+    return out

@@ -23,7 +23,9 @@ from .reference import (
     median_distance,
     naive_cos,
     naive_linear_cka,
+    naive_calibrated_matrix,
     naive_minibatch_cka,
+    naive_mutual_knn,
     naive_procrustes,
     naive_rbf_cka,
     pairwise,
@@ -49,7 +51,8 @@ def feature_sets(draw, min_samples: int = 6, max_samples: int = 24):
 
 def test_registry_covers_every_metric_with_properties():
     assert set(NAMES) == set(METRICS) == set(METRIC_INFO)
-    assert {"cos", "linear_cka", "minibatch_cka", "rbf_cka", "procrustes"} <= set(NAMES)
+    assert {"cos", "linear_cka", "minibatch_cka", "rbf_cka", "procrustes", "mutual_knn", "calibrated_cos",
+            "calibrated_cka"} <= set(NAMES)
     for name in NAMES:
         assert get_metric(name) is METRICS[name]
 
@@ -155,6 +158,12 @@ def _reference(name: str, features: np.ndarray) -> np.ndarray:
         return pairwise(features, lambda x, y: naive_rbf_cka(x, y, 0.8 * median_distance(x), 0.8 * median_distance(y)))
     if name == "procrustes":
         return pairwise(features, naive_procrustes)
+    if name == "mutual_knn":
+        return pairwise(features, naive_mutual_knn)
+    if name == "calibrated_cos":
+        return naive_calibrated_matrix(features, naive_cos)
+    if name == "calibrated_cka":
+        return naive_calibrated_matrix(features, naive_linear_cka)
     raise AssertionError(f"no naive reference for registered metric {name!r}: add one")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,3 +48,44 @@ def test_no_collapse_section_without_collapse(tmp_path):
     analyze(ToyAdapter(ToyTransformerClassifier().eval()), _batches(0)).save(tmp_path / "toy-tiny-standard")
     paths = build_report([tmp_path], tmp_path / "report.html")
     assert "Neural collapse" not in paths.html.read_text() and "Neural collapse" not in paths.summary.read_text()
+
+
+def test_probe_table_prints_the_probe_json(tmp_path):
+    from layertrace.analysis.probe import ProbeResult
+
+    for i, mode in enumerate(("standard", "aligned")):
+        ProbeResult(n_layers=2, layers=[0, 1, 2], model="m", data="mnist-5k", num_classes=10, n_train=50,
+                    n_test=20, accuracy=[0.1 + i / 10, 0.5, 0.75], majority_accuracy=0.1).save(tmp_path / f"x-vit-{mode}")
+    paths = build_report([tmp_path], tmp_path / "report.html")
+    assert "Task transfer: linear probes per layer" in paths.html.read_text()
+    md = paths.summary.read_text().split("## Task transfer: linear probes per layer\n", 1)[1]
+    lines = [ln for ln in md.splitlines() if ln.startswith("| x-vit-")]
+    assert lines == ["| x-vit-standard | mnist-5k | 10.00 | 10.00 | 50.00 | 75.00 |",
+                     "| x-vit-aligned | mnist-5k | 10.00 | 20.00 | 50.00 | 75.00 |"]
+
+
+def test_collapse_and_probe_findings_follow_the_json(tmp_path):
+    import math
+
+    from layertrace.analysis.probe import ProbeResult
+    from layertrace.report.findings import all_findings
+    from layertrace.report.runs import load_runs
+
+    nc1 = {}
+    for seed, mode in enumerate(("standard", "aligned")):
+        torch.manual_seed(seed)
+        res = analyze(ToyAdapter(ToyTransformerClassifier().eval()), _batches(seed), collapse=True)
+        res.save(tmp_path / f"toy-tiny-{mode}")
+        nc1[mode] = res.collapse["nc1"][1:-1]  # layers 1..L-1
+        acc = [0.1, 0.5, 0.75] if mode == "standard" else [0.1, 0.49, 0.76]  # within 2 points: holds
+        ProbeResult(n_layers=2, layers=[0, 1, 2], data="mnist-5k", accuracy=acc).save(tmp_path / f"toy-tiny-{mode}")
+    findings = {f.claim.split(":")[0]: f for f in all_findings(load_runs([tmp_path]))}
+    nc = findings["Aligned training brings neural collapse to shallower layers"]
+    gm = {m: math.exp(np.mean(np.log(v))) for m, v in nc1.items()}
+    assert nc.status == ("holds" if gm["aligned"] < gm["standard"] else "does not hold")
+    assert f"aligned {gm['aligned']:.3g}, standard {gm['standard']:.3g}" in nc.evidence
+    probe_claim = next(f for k, f in findings.items() if k.startswith("Aligned training keeps transferability"))
+    assert probe_claim.status == "holds"
+    ProbeResult(n_layers=2, layers=[0, 1, 2], data="mnist-5k", accuracy=[0.1, 0.4, 0.76]).save(tmp_path / "toy-tiny-aligned")
+    again = [f for f in all_findings(load_runs([tmp_path])) if f.claim.startswith("Aligned training keeps")]
+    assert again[0].status == "does not hold" and "1 of 2 layers" in again[0].evidence

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LayertraceError
-from ..io import read_json, write_json, write_npz
+from ..io import read_json, read_json_dict, reading, write_json, write_npz
 
 JSON_NAME = "analysis.json"
 SAMPLES_NAME = "analysis_samples.npz"
@@ -81,6 +81,12 @@ class AnalysisResult:
     # (S,) float64 arrays "nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3",
     # "within_trace", "between_trace", plus "feature", "dim", "n_classes", "n_samples"
     collapse: dict[str, Any] | None = None
+    # --- permutation-null calibration (null_permutations=K): {"n_permutations", "alpha", "seed",
+    # "cos": {...}, "cka": {...}} with (S, S) "score", "calibrated", "tau", "p_value" per metric
+    calibration: dict[str, Any] | None = None
+    # --- layer-removal effect (layer_removal=True; analysis/removal.py): per block 1..L
+    # "delta_accuracy", "delta_cross_entropy", "block_influence", "adjacent_cos", ... and "spearman"
+    layer_removal: dict[str, Any] | None = None
     # --- how it ran
     config: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
@@ -111,6 +117,13 @@ class AnalysisResult:
         if kwargs.get("collapse"):
             kwargs["collapse"] = {k: _float_array(v) if isinstance(v, list) else v
                                   for k, v in kwargs["collapse"].items()}
+        if kwargs.get("calibration"):
+            kwargs["calibration"] = {k: ({kk: _float_array(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
+                                         if isinstance(v, dict) else v)
+                                     for k, v in kwargs["calibration"].items()}
+        if kwargs.get("layer_removal"):
+            kwargs["layer_removal"] = {k: _float_array(v) if isinstance(v, list) and k != "blocks" else v
+                                       for k, v in kwargs["layer_removal"].items()}
         return cls(**kwargs, samples=samples)
 
     def to_json(self, path: str | Path) -> Path:
@@ -129,7 +142,10 @@ class AnalysisResult:
         npz = path.with_name(SAMPLES_NAME)
         if load_samples and npz.is_file():
             samples = load_samples_npz(npz)
-        return cls.from_dict(read_json(path), samples=samples)
+        fix = f"re-run `layertrace analyze ... --out {path.parent}`"
+        data = read_json_dict(path, fix)
+        with reading(path, fix, what="analysis result"):
+            return cls.from_dict(data, samples=samples)
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``analysis.json`` and (when present) ``analysis_samples.npz`` into ``out_dir``."""
@@ -173,5 +189,6 @@ def load_samples_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise LayertraceError(f"{path}: file not found; it is written by 'layertrace analyze'")
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    with reading(path, f"re-run `layertrace analyze ... --out {path.parent}`", what="per-sample arrays"):
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}

@@ -22,12 +22,14 @@ import torch
 
 from ..config import save_config
 from ..errors import LayertraceError
+from ..io import check_out_dir, result_set
 from .config import AnalyzeConfig
 from .core import analyze
 from .dist import DistContext, init_from_env, shutdown
-from .result import AnalysisResult
+from .result import JSON_NAME, SAMPLES_NAME, AnalysisResult
 
 CONFIG_FILE = "analyze-config.yaml"  # not config.yaml: a training run folder keeps its own
+OWNED = (JSON_NAME, SAMPLES_NAME, CONFIG_FILE)  # what a re-run replaces (stale ones removed)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -55,6 +57,8 @@ def _check_config(cfg: AnalyzeConfig) -> None:
         raise LayertraceError(f"batch_size={cfg.batch_size} must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
         raise LayertraceError(f"limit={cfg.limit} must be at least 1 (omit it to analyse the whole split)")
+    if cfg.cache_dir:
+        check_out_dir(cfg.cache_dir, flag="--cache_dir")
 
 
 def _is_classifier_preset(spec: str) -> bool:
@@ -65,41 +69,56 @@ def _is_classifier_preset(spec: str) -> bool:
 
 def load_for_analysis(cfg: AnalyzeConfig):
     """``(loaded_model, batches, data_description)`` for a config (no analysis yet)."""
-    from ..data import load_dataset, make_batches
+    from ..data import load_dataset
     from ..models.loading import load_model
 
     dataset = None
     num_classes = cfg.num_classes
     if _is_classifier_preset(cfg.model):
-        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit)
+        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
+                               shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
         if num_classes is None:
             num_classes = dataset.num_classes
-    loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed)
+    loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed,
+                        pooling=cfg.pooling)
     adapter = loaded.adapter
     pre = loaded.preprocess or {}
     max_length = int(cfg.max_length or pre.get("max_length") or 128)
     if adapter.kind == "causal_lm":
+        if cfg.shift:
+            raise LayertraceError(f"shift {cfg.shift!r} applies to image datasets, not a causal LM's corpus: drop --shift")
         return loaded, _lm_batches(cfg, loaded, max_length), None
     if dataset is None:
-        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit)
+        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
+                               shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
     if len(dataset) == 0:
         raise LayertraceError(f"dataset {cfg.data!r} split {cfg.split!r} is empty; pick another split or data_root")
     if dataset.num_classes != adapter.num_outputs:
         raise LayertraceError(
             f"model {cfg.model!r} has {adapter.num_outputs} output classes but dataset {cfg.data!r} has "
             f"{dataset.num_classes}: pass --num_classes {dataset.num_classes} (a fresh head) or the matching dataset")
+    return loaded, dataset_batches(dataset, loaded, cfg.batch_size, max_length, cfg.model, cfg.data), dataset
+
+
+def dataset_batches(dataset, loaded, batch_size: int, max_length: int, model: str, data: str):
+    """Re-iterable batches of a classification ``dataset`` in the form ``loaded`` (a
+    :func:`~layertrace.models.loading.load_model` result) takes: tokenised with its tokenizer, or
+    images normalised with its preprocessing. Raises on a text / image mismatch."""
+    from ..data import make_batches
+
+    pre = loaded.preprocess or {}
     modality = pre.get("modality")
     is_text = hasattr(dataset, "texts")
     if modality and modality != ("text" if is_text else "image"):
-        raise LayertraceError(f"model {cfg.model!r} takes {modality} inputs but dataset {cfg.data!r} is "
+        raise LayertraceError(f"model {model!r} takes {modality} inputs but dataset {data!r} is "
                               f"{'text' if is_text else 'images'}; pick a matching model and dataset")
     if is_text:
         if loaded.tokenizer is None:
-            raise LayertraceError(f"model {cfg.model!r} has no tokenizer; save one in its folder to analyse text")
-        batches = make_batches(dataset, cfg.batch_size, tokenizer=loaded.tokenizer, max_length=max_length)
+            raise LayertraceError(f"model {model!r} has no tokenizer; save one in its folder to analyse text")
+        batches = make_batches(dataset, batch_size, tokenizer=loaded.tokenizer, max_length=max_length)
     else:
-        batches = make_batches(dataset, cfg.batch_size, image_mean=pre.get("image_mean"), image_std=pre.get("image_std"))
-    return loaded, batches, dataset
+        batches = make_batches(dataset, batch_size, image_mean=pre.get("image_mean"), image_std=pre.get("image_std"))
+    return batches
 
 
 class _TokenBlocks:
@@ -124,7 +143,7 @@ def _lm_batches(cfg: AnalyzeConfig, loaded, block: int) -> _TokenBlocks:
 
     if loaded.tokenizer is None:
         raise LayertraceError(f"causal LM {cfg.model!r} has no tokenizer; analyse a run folder that saved one")
-    docs = load_text_corpus(cfg.data, cfg.split, seed=cfg.seed)
+    docs = load_text_corpus(cfg.data_root or cfg.data, cfg.split, seed=cfg.seed, **cfg.loader_kwargs)
     ids: list[int] = []
     need = None if cfg.limit is None else cfg.limit * block
     for doc in docs:
@@ -150,8 +169,8 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
     from ..trace import resolve_precision
 
     _check_config(cfg)
-    if write and not cfg.out:
-        raise LayertraceError("no output folder: pass --out DIR")
+    if write:
+        check_out_dir(cfg.out)
     device = resolve_device(cfg.device)
     created = init_from_env(str(device))
     try:
@@ -165,14 +184,18 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
             procrustes=cfg.procrustes, extra_max_samples=cfg.extra_max_samples, theory=cfg.theory,
             epsilons=tuple(cfg.epsilons), tokens_per_sample=cfg.tokens_per_sample, seed=cfg.seed,
             per_sample=cfg.per_sample, save_logits=cfg.save_logits, precision=precision,
-            progress=cfg.progress, collapse=cfg.collapse,
+            progress=cfg.progress, collapse=cfg.collapse, null_permutations=cfg.null_permutations,
+            null_max_samples=cfg.null_max_samples, layer_removal=cfg.layer_removal,
+            layer_removal_samples=cfg.layer_removal_samples,
         )
-        result.config.update(split=cfg.split, limit=cfg.limit, device=str(device), batch_size=cfg.batch_size,
+        result.config.update(split=cfg.split, limit=cfg.limit, shift=cfg.shift, shift_seed=cfg.shift_seed,
+                             device=str(device), batch_size=cfg.batch_size,
                              model_source=getattr(loaded, "source", None))
         if write and DistContext.current().is_main:
-            out = Path(cfg.out)
-            result.save(out)
-            save_config(cfg, out, name=CONFIG_FILE)
+            # the new set replaces the old one: no analysis_samples.npz of an earlier run stays behind
+            with result_set(cfg.out, OWNED) as staging:
+                result.save(staging)
+                save_config(cfg, staging, name=CONFIG_FILE)
         return result
     finally:
         if created:

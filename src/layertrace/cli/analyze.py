@@ -22,13 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..analysis.config import AnalyzeConfig
 
     add_config_args(parser, AnalyzeConfig)
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even when it is the run folder of another model")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.config import AnalyzeConfig
     from ..analysis.run import analyze_from_config
 
+    from .outputs import claim_out
+
     cfg = config_from_args(AnalyzeConfig, args)
+    if cfg.out:
+        claim_out("analyze", cfg.out, model=cfg.model, force=args.force)
     result = analyze_from_config(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(f"{result.model} on {result.data} ({cfg.split}): {result.n_samples} samples, "

@@ -43,8 +43,8 @@ HELP = ("train, analyze and early-exit the paper's comparisons on the embedded d
 MODES = ("standard", "aligned", "aligned-alternating", "multi-head", "cos-reg")
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
+def _h(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
 
 
 @dataclass
@@ -61,18 +61,21 @@ class TrackSection:
     overrides: dict = field(default_factory=dict, metadata=_h(
         "dotted `layertrace train` keys applied on top of the recipe for every mode, e.g. {train.steps: 300}"))
     analyze_limit: Optional[int] = field(default=None, metadata=_h(
-        "analyze at most N test samples (none = the whole test split)"))
+        "analyze at most N test samples (none = the whole test split)", check=">= 1"))
     exit_limit: Optional[int] = field(default=None, metadata=_h(
-        "early-exit sweep on at most N test samples (none = the whole test split)"))
+        "early-exit sweep on at most N test samples (none = the whole test split)", check=">= 1"))
+    layer_removal_samples: Optional[int] = field(default=None, metadata=_h(
+        "layer-removal effect on about N analysed samples (every k-th batch; none = all)", check=">= 1"))
 
 
 def _vision() -> TrackSection:
     return TrackSection(name="fmnist-vit", recipe="configs/demo/vit-fmnist.yaml",
-                        modes=["standard", "aligned", "multi-head"])
+                        modes=["standard", "aligned", "multi-head"], layer_removal_samples=512)
 
 
 def _text() -> TrackSection:
-    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"])
+    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"],
+                        layer_removal_samples=64)
 
 
 @dataclass
@@ -80,8 +83,14 @@ class AnalysisSection:
     """Settings of the analysis pass shared by every model."""
 
     split: str = field(default="test", metadata=_h("split the analysis and early exit run on"))
-    batch_size: int = field(default=128, metadata=_h("samples per forward pass"))
-    cka: str = field(default="auto", metadata=_h("CKA estimator: auto | exact | minibatch"))
+    batch_size: int = field(default=128, metadata=_h("samples per forward pass", check=">= 1"))
+    cka: str = field(default="auto", metadata=_h("CKA estimator: auto | exact | minibatch", choices=("auto", "exact", "minibatch")))
+    null_permutations: int = field(default=49, metadata=_h(
+        "permutations of the calibrated COS / CKA (0: off; >= 19)", check=">= 0"))
+    null_max_samples: int = field(default=300, metadata=_h("samples of the COS / exact-CKA permutation null",
+                                                           check=">= 4"))
+    layer_removal: bool = field(default=True, metadata=_h(
+        "skip each block in turn: final accuracy / CE change beside block influence and adjacent COS"))
 
 
 @dataclass
@@ -92,13 +101,13 @@ class ExitSection:
         "exit policy: confidence (the paper's max-probability rule), entropy, patience"))
     measure: bool = field(default=True, metadata=_h("also measure wall-clock speed-ups (batched executor)"))
     measure_samples: int = field(default=64, metadata=_h(
-        "samples timed at batch size 64 per threshold (every sweep point is timed)"))
-    measure_samples_batch1: int = field(default=8, metadata=_h("samples timed at batch size 1 per threshold"))
-    repeats: int = field(default=3, metadata=_h("interleaved timing repeats (medians are reported)"))
+        "samples timed at batch size 64 per threshold (every sweep point is timed)", check=">= 1"))
+    measure_samples_batch1: int = field(default=8, metadata=_h("samples timed at batch size 1 per threshold", check=">= 0"))
+    repeats: int = field(default=3, metadata=_h("interleaved timing repeats (medians are reported)", check=">= 1"))
     threads: Optional[int] = field(default=1, metadata=_h(
         "torch CPU threads while timing (1: the benchmark protocol, steadier on a shared CPU; none = unchanged)"))
     tolerance: float = field(default=0.01, metadata=_h(
-        "accuracy loss (fraction) allowed at the report's operating point (0.01 = one point)"))
+        "accuracy loss (fraction) allowed at the report's operating point (0.01 = one point)", check="[0, 1)"))
 
 
 @dataclass
@@ -109,9 +118,9 @@ class DemoConfig:
         "quick (2-core CPU, 14 min measured) | paper (GPU: 12-layer DeiT-S-sized ViT, longer schedules)"))
     out: str = field(default="demo-out", metadata=_h("output folder (reused: finished stages are skipped)"))
     with_lm: bool = field(default=False, metadata=_h("also run the causal-LM track (per-layer generation)"))
-    lm_preset: str = field(default="quick", metadata=_h("preset of the LM track (quick | paper)"))
-    device: str = field(default="auto", metadata=_h("auto | cpu | cuda"))
-    threads: Optional[int] = field(default=None, metadata=_h("torch CPU threads (default: all cores)"))
+    lm_preset: str = field(default="quick", metadata=_h("preset of the LM track (quick | paper)", choices=("quick", "paper")))
+    device: str = field(default="auto", metadata=_h("auto | cpu | cuda", choices=("auto", "cpu", "cuda")))
+    threads: Optional[int] = field(default=None, metadata=_h("torch CPU threads (default: all cores)", check=">= 1"))
     vision: TrackSection = field(default_factory=_vision)
     text: TrackSection = field(default_factory=_text)
     mlp: MLPExperimentConfig = field(default_factory=MLPExperimentConfig)
@@ -350,7 +359,11 @@ class Demo:
         a = self.cfg.analysis
         return {"model": str(run_dir), "data": train_cfg.data.name, "data_root": train_cfg.data.root,
                 "split": a.split, "limit": track.analyze_limit, "batch_size": a.batch_size, "cka": a.cka,
-                "device": self.cfg.device, "max_length": train_cfg.data.max_length}
+                "device": self.cfg.device, "max_length": train_cfg.data.max_length,
+                "null_permutations": a.null_permutations, "null_max_samples": a.null_max_samples,
+                "layer_removal": a.layer_removal, "layer_removal_samples": track.layer_removal_samples,
+                # the recipe's loader options too (only when set: the stamps of earlier demos stay valid)
+                **({"loader_kwargs": dict(train_cfg.data.loader_kwargs)} if train_cfg.data.loader_kwargs else {})}
 
     def _analyze_stage(self, track: TrackSection, run_dir: Path) -> Stage:
         stamp = run_dir / ".demo-analyze.json"
@@ -379,7 +392,8 @@ class Demo:
                 "device": self.cfg.device, "max_length": s["max_length"], "tolerance": self.cfg.exits.tolerance,
                 "measure_samples": self.cfg.exits.measure_samples,
                 "measure_samples_batch1": self.cfg.exits.measure_samples_batch1, "repeats": self.cfg.exits.repeats,
-                "threads": self.cfg.exits.threads}
+                "threads": self.cfg.exits.threads,
+                **({"loader_kwargs": s["loader_kwargs"]} if "loader_kwargs" in s else {})}
 
     def _exit_stage(self, track: TrackSection, run_dir: Path) -> Stage:
         stamp = run_dir / ".demo-exit.json"
@@ -554,7 +568,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import check_out_dir
+
     cfg = resolve_config(getattr(args, "config", None), overrides_from_args(args))
+    check_out_dir(cfg.out)
     report = Demo(cfg).run()
     print(f"report: {report}\nsummary: {report.parent / 'summary.md'}")
     return 0

@@ -2,6 +2,8 @@
 
     layertrace env           human-readable report
     layertrace env --json    the same as one JSON object (``versions``, ``device``, ``assets``)
+    layertrace env --models  also build the tiny model of every family in the zoo and run adapt()'s
+                             self-check on it: which Hugging Face families this install verifies (~20 s)
 
 Exit code 0 even when assets are missing (the report says how to get them); ``--strict`` exits 1
 when any embedded asset is absent (for setup checks).
@@ -24,6 +26,8 @@ PACKAGES = ("torch", "transformers", "accelerate", "numpy", "tokenizers", "safet
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     parser.add_argument("--strict", action="store_true", help="exit 1 if an embedded dataset or model is missing")
+    parser.add_argument("--models", action="store_true",
+                        help="self-check a tiny model of every family in the zoo (docs/models.md) and list them")
 
 
 def _version(package: str) -> str | None:
@@ -95,12 +99,28 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_models(rows: list[dict]) -> str:
+    """The ``--models`` table: one line per zoo family."""
+    served = sum(r["status"] == "verified" for r in rows)
+    lines = ["", f"model families (tiny config-built models, adapt() self-check): {served} verified, "
+                 f"{sum(r['status'] == 'refused' for r in rows)} refused, {sum(r['status'] == 'FAILED' for r in rows)} failed"]
+    width = max(len(r["name"]) for r in rows)
+    cls_width = max(len(r["model_class"]) for r in rows)
+    for r in rows:
+        lines.append(f"  {r['name']:<{width}}  {r['model_class']:<{cls_width}}  {r['status']:<8}  {r['detail']}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     report = collect()
+    if getattr(args, "models", False):
+        from ..models.zoo import verify_zoo
+
+        report["models"] = verify_zoo()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_report(report))
+        print(format_report(report) + (format_models(report["models"]) if "models" in report else ""))
     missing = [a["name"] for a in report["assets"] if not a["present"]]
     if args.strict and missing:
         print(f"layertrace env: missing embedded assets: {', '.join(missing)}", file=sys.stderr)

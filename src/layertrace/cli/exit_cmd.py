@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..exits.run import ExitConfig
 
     add_config_args(parser, ExitConfig)
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even when it is the run folder of another model")
 
 
 def _fmt(value, spec: str) -> str:
@@ -33,7 +35,11 @@ def _fmt(value, spec: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..exits.run import ExitConfig, exit_from_config
 
+    from .outputs import claim_out
+
     cfg = config_from_args(ExitConfig, args)
+    if cfg.out:
+        claim_out("exit", cfg.out, model=cfg.model or None, force=args.force)
     body = exit_from_config(cfg)
     if cfg.compare:
         from ..exits.run import comparison_markdown

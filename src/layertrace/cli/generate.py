@@ -33,17 +33,18 @@ class GenerateConfig:
     model: str = field(default="", metadata={"help": "causal-LM run folder, save_pretrained folder or preset"})
     prompt: list[str] | None = field(default=None, metadata={
         "help": "comma list of prompts (one row each; batched with left padding)"})
-    decoder: str = field(default="speculative", metadata={"help": "speculative | full"})
+    decoder: str = field(default="speculative", metadata={"help": "speculative | full", "choices": ("speculative", "full")})
     draft_layer: Optional[int] = field(default=None, metadata={
-        "help": "k: blocks that draft (default: chosen from analysis.json or the prompts)"})
-    gamma: Optional[int] = field(default=None, metadata={"help": "drafted tokens per round (default: chosen)"})
+        "help": "k: blocks that draft (default: chosen from analysis.json or the prompts)", "check": ">= 1"})
+    gamma: Optional[int] = field(default=None, metadata={"help": "drafted tokens per round (default: chosen)", "check": ">= 1"})
     analysis: Optional[str] = field(default=None, metadata={
         "help": "analysis.json (or its folder) giving per-layer acceptance (default: the model folder's)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per prompt"})
-    strategy: str = field(default="greedy", metadata={"help": "greedy | nucleus | top_k | sample"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus mass (nucleus / sample)"})
-    top_k: int = field(default=50, metadata={"help": "top-k candidates (top_k / sample)"})
-    temperature: float = field(default=1.0, metadata={"help": "softmax temperature (sampling)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per prompt", "check": ">= 1"})
+    strategy: str = field(default="greedy", metadata={"help": "greedy | nucleus | top_k | sample",
+                                                           "choices": ("greedy", "nucleus", "top_k", "sample")})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus mass (nucleus / sample)", "check": "(0, 1]"})
+    top_k: int = field(default=50, metadata={"help": "top-k candidates (top_k / sample)", "check": ">= 1"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature (sampling)", "check": "> 0"})
     seed: int = field(default=0, metadata={"help": "seed of the sampling generator"})
     out: Optional[str] = field(default=None, metadata={"help": "also write generate.json into this folder"})
 
@@ -60,6 +61,10 @@ def generate_from_config(cfg: GenerateConfig) -> dict:
         raise LayertraceError("no prompt given: pass --prompt TEXT (or a comma list for a batch)")
     if cfg.decoder not in ("speculative", "full"):
         raise LayertraceError(f"decoder={cfg.decoder!r}: use speculative or full")
+    if cfg.out:
+        from ..io import check_out_dir
+
+        check_out_dir(cfg.out)
     loaded = load_model(cfg.model)
     adapter = loaded.adapter.eval()
     if adapter.kind != "causal_lm":

@@ -7,14 +7,18 @@ Each subcommand lives in its own module ``layertrace.cli.<module>`` exposing
     run(args) -> int                           the work; returns the exit code
 
 Only the chosen subcommand's module is imported, so ``layertrace env`` stays fast. A
-:class:`~layertrace.errors.LayertraceError` is printed as one line without a traceback, exit code 2.
+:class:`~layertrace.errors.LayertraceError` or a usage error is printed as one line without a
+traceback, exit code 2; any other exception (a bug) as one line asking for a bug report, exit code 1.
+``--debug`` (any subcommand) or ``LAYERTRACE_DEBUG=1`` shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from typing import Sequence
 
 from ..errors import LayertraceError, did_you_mean
@@ -24,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "train, analyze and early-exit the paper's comparisons on the embedded data; write the report"),
     "train": ("train", "train a model: standard, aligned, aligned-alternating, multi-head or cos-reg"),
     "analyze": ("analyze", "one pass over data: COS/CKA similarity, layer-wise readout, saturation, theory checks"),
+    "probe": ("probe", "linear probe per layer on frozen features of any model and dataset (task transfer)"),
     "exit": ("exit_cmd", "early-exit sweep (simulated and measured) with a shared classifier or per-layer heads"),
     "report": ("report", "build report.html + summary.md from run folders"),
     "export": ("export", "export the first k blocks plus the shared head as a standalone HF model"),
@@ -48,13 +53,26 @@ def _overview() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line :class:`LayertraceError` s (no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise LayertraceError(f"{message}; see {self.prog} --help")
+
+
 def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     """The argparse parser of subcommand ``name`` and its module."""
     module_name, text = SUBCOMMANDS[name]
     module = importlib.import_module(f"layertrace.cli.{module_name}")
-    parser = argparse.ArgumentParser(prog=f"layertrace {name}", description=getattr(module, "HELP", text))
+    parser = _Parser(prog=f"layertrace {name}", description=getattr(module, "HELP", text))
     module.add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, print the full traceback (for bug reports); also LAYERTRACE_DEBUG=1")
     return parser, module
+
+
+def _debug(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("LAYERTRACE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,19 +91,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"layertrace: error: unknown command {name!r}{did_you_mean(name, SUBCOMMANDS)}; "
               f"commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
+    debug = _debug(argv[1:])
     try:
         parser, module = build_parser(name)
         try:
             args = parser.parse_args(argv[1:])
-        except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        except SystemExit as exc:  # argparse: --help (0)
             return int(exc.code or 0)
         return int(module.run(args) or 0)
     except LayertraceError as exc:
-        print(f"layertrace {name}: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"layertrace {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"layertrace {name}: interrupted; finished work is saved and a re-run resumes", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line by default, the traceback with --debug
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"layertrace {name}: internal error ({type(exc).__name__}: {first}); re-run with --debug "
+              f"(or LAYERTRACE_DEBUG=1) and report the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

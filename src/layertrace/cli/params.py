@@ -36,14 +36,14 @@ class ParamsConfig:
         "help": "preset name(s), comma separated, or a model / run folder (default: the paper's rows "
                 "deit-s,deit-b,gpt2-small unless a plain config is given)"})
     num_classes: Optional[int] = field(default=None, metadata={
-        "help": "classes K (causal LMs: vocabulary); with --model it overrides the preset's head"})
-    hidden_size: Optional[int] = field(default=None, metadata={"help": "plain config: hidden size d"})
-    layers: Optional[int] = field(default=None, metadata={"help": "plain config: number of blocks L"})
+        "help": "classes K (causal LMs: vocabulary); with --model it overrides the preset's head", "check": ">= 1"})
+    hidden_size: Optional[int] = field(default=None, metadata={"help": "plain config: hidden size d", "check": ">= 1"})
+    layers: Optional[int] = field(default=None, metadata={"help": "plain config: number of blocks L", "check": ">= 1"})
     base_params: Optional[int] = field(default=None, metadata={
-        "help": "plain config: parameters of the shared-head model (to print both totals)"})
+        "help": "plain config: parameters of the shared-head model (to print both totals)", "check": ">= 1"})
     convention: str = field(default="paper", metadata={
         "help": "paper (an extra head = its K x d weights, Table 1) | copied_heads (full head path per layer, "
-                "as the multi-head baseline trains it)"})
+                "as the multi-head baseline trains it)", "choices": ("paper", "copied_heads")})
     flops: bool = field(default=False, metadata={
         "help": "also measure forward FLOPs per layer (embedding, each block, head) on one input"})
     out: Optional[str] = field(default=None, metadata={"help": "also write params.json into this folder"})
@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from ..models.cost import compare_params, compare_params_config
 
     cfg = config_from_args(ParamsConfig, args)
+    if cfg.out:
+        from ..io import check_out_dir
+
+        check_out_dir(cfg.out)
     plain = [cfg.hidden_size, cfg.layers]
     rows = []
     extra_lines: list[str] = []

@@ -19,7 +19,7 @@ class ReportConfig:
         "help": "path of the HTML page; summary.md is written beside it"})
     title: str = field(default="layertrace report", metadata={"help": "page title"})
     exit_tolerance: float = field(default=0.01, metadata={
-        "help": "accuracy loss (fraction) allowed at the comparison table's operating point (0.01 = 1 point)"})
+        "help": "accuracy loss (fraction) allowed at the comparison table's operating point (0.01 = 1 point)", "check": "[0, 1)"})
     runs: list = field(default_factory=list, metadata={
         "help": "run folders (same as the positional RUN_DIR arguments; both are used)"})
 
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import LayertraceError
+    from ..io import check_out_file
     from ..report import build_report
 
     cfg = config_from_args(ReportConfig, args)
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(cfg.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise LayertraceError(f"--out {out} must end in .html (summary.md is written beside it)")
+    check_out_file(out)
     cfg.runs = run_dirs
     paths = build_report(run_dirs, out, title=cfg.title, exit_tolerance=cfg.exit_tolerance)
     save_config(cfg, out.parent, name="report-config.yaml")

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; reused / resumed if present)")
     parser.add_argument("--resume", action="store_true",
                         help="require RUN_DIR to hold a run to continue (it resumes by default when it does)")
+    parser.add_argument("--force", action="store_true",
+                        help="train into RUN_DIR even when it holds analysis / exit results of another model "
+                             "(they are deleted)")
     add_config_args(parser, TrainConfig)
 
 
@@ -31,13 +34,20 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import TrainConfig
     from ..training.run import SUMMARY_FILE, train_from_config
 
+    from .outputs import claim_out, drop_model_results
+
     cfg = config_from_args(TrainConfig, args)
-    out = Path(args.out)
+    out = claim_out("train", args.out, force=args.force)
     if args.resume:
         if not cfg.train.resume:
             raise LayertraceError("--resume contradicts --train.resume false; drop one of them")
         if not ((out / "checkpoints" / "latest.json").is_file() or (out / SUMMARY_FILE).is_file()):
             raise LayertraceError(f"--resume: {out} holds no checkpoint to continue from; drop --resume to start a run")
+    has_run = (out / SUMMARY_FILE).is_file() or (out / "checkpoints").is_dir()
+    if out.is_dir() and (args.force or (has_run and not cfg.train.resume)):
+        gone = drop_model_results(out)  # they describe the model this run replaces
+        if gone:
+            print(f"[train] removed results of the previous model: {', '.join(gone)}", flush=True)
     summary = train_from_config(cfg, out)
     if summary.final_eval is not None:
         print(summary.table())

@@ -23,11 +23,12 @@ from .assets import embedded_assets, minilm_checkpoint_dir
 from .base import SPLITS, ImageClassificationData, TextClassificationData, clear_cache
 from .batches import Batches, make_batches
 from .corpus import chunk_tokens, load_text_corpus
+from .shift import SHIFT_KINDS, apply_shift, parse_shift
 
 __all__ = [
     "load_dataset", "dataset_names", "make_batches", "Batches", "ImageClassificationData",
     "TextClassificationData", "load_text_corpus", "chunk_tokens", "embedded_assets",
-    "minilm_checkpoint_dir", "clear_cache", "SPLITS",
+    "minilm_checkpoint_dir", "clear_cache", "SPLITS", "apply_shift", "parse_shift", "SHIFT_KINDS",
 ]
 
 
@@ -62,6 +63,7 @@ def dataset_names() -> list[str]:
 
 
 def load_dataset(name: str, split: str = "train", *, root=None, seed: int = 0, limit: int | None = None,
+                 shift: str | None = None, shift_seed: int = 0,
                  **options) -> ImageClassificationData | TextClassificationData:
     """Load one split of a classification dataset.
 
@@ -74,6 +76,9 @@ def load_dataset(name: str, split: str = "train", *, root=None, seed: int = 0, l
     seed: seed of the ``limit`` subsample. Splits themselves are fixed by ``split_seed`` (option,
       default 0) so test sets stay identical across training seeds.
     limit: keep N examples: a seeded, class-stratified subsample (in dataset order).
+    shift: image datasets: a distribution shift applied after the split and the subsample, e.g.
+      ``"rotate:15"``, ``"noise:0.2"``, ``"contrast:0.5"``, ``"rotate:30+noise:0.1"``
+      (:mod:`layertrace.data.shift`); ``shift_seed`` seeds its noise.
     options: loader-specific (``validation_size``, ``split_seed``, ``path``, ``text_column``, ...).
     Returns :class:`ImageClassificationData` (uint8 (N, C, H, W)) or :class:`TextClassificationData`.
     """
@@ -82,7 +87,8 @@ def load_dataset(name: str, split: str = "train", *, root=None, seed: int = 0, l
     if name.startswith("hf:"):
         from .hub import load_hub
 
-        return load_hub(name, split, root=root, seed=seed, limit=limit, **options)
+        ds = load_hub(name, split, root=root, seed=seed, limit=limit, **options)
+        return apply_shift(ds, shift, shift_seed) if shift else ds
     loaders = _loaders()
     key = ALIASES.get(name.lower(), name.lower())
     if key == "digits":
@@ -99,4 +105,5 @@ def load_dataset(name: str, split: str = "train", *, root=None, seed: int = 0, l
             f"dataset {key!r} has no option {unknown[0]!r}{did_you_mean(unknown[0], accepted)}; "
             f"its options: {', '.join(accepted)}"
         )
-    return loader(split, root=root, seed=seed, limit=limit, **options)
+    ds = loader(split, root=root, seed=seed, limit=limit, **options)
+    return apply_shift(ds, shift, shift_seed) if shift else ds

@@ -20,7 +20,7 @@ from typing import Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
 
-from ..errors import LayertraceError
+from ..errors import LayertraceError, loader_option
 
 SPLITS = ("train", "validation", "test")
 # Fractions used wherever a source has no official split: train / validation / test.
@@ -267,8 +267,8 @@ def with_validation(name: str, split: str, load_official: Callable[[str], D],
     check_split(name, split)
     if split == "validation" and not validation_size:
         raise LayertraceError(
-            f"dataset {name!r} has only its official train/test splits; pass validation_size=N to hold "
-            f"out N training examples as split='validation'"
+            f"dataset {name!r} has only its official train/test splits; pass {loader_option('validation_size', 'N')} "
+            f"to hold out N training examples as split='validation'"
         )
     if split == "test":
         return load_official("test")

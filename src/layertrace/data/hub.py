@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import LayertraceError
+from ..errors import LayertraceError, loader_option
 from .base import (
     SPLITS,
     ImageClassificationData,
@@ -98,7 +98,7 @@ def _convert(rows: Any, target: str, image_column: str | None, text_column: str 
     """("image" | "text", images or texts, labels, class names) of one HF split."""
     label_col = _column(rows, label_column, LABEL_COLUMNS, target)
     if label_col is None:
-        raise LayertraceError(f"hf:{target}: no label column among {rows.column_names}; pass label_column=")
+        raise LayertraceError(f"hf:{target}: no label column among {rows.column_names}; pass {loader_option('label_column', 'NAME')}")
     labels, names = _class_names(rows, label_col, list(rows[label_col]), class_names, f"hf:{target}")
     image_col = _column(rows, image_column, IMAGE_COLUMNS, target)
     if image_col is not None and text_column is None:
@@ -118,7 +118,7 @@ def _convert(rows: Any, target: str, image_column: str | None, text_column: str 
     text_col = _column(rows, text_column, TEXT_COLUMNS, target)
     if text_col is None:
         raise LayertraceError(
-            f"hf:{target}: no image or text column among {rows.column_names}; pass text_column= or image_column="
+            f"hf:{target}: no image or text column among {rows.column_names}; pass {loader_option('text_column', 'NAME')} or image_column"
         )
     texts = list(rows[text_col])
     if texts and not isinstance(texts[0], str):
@@ -198,7 +198,7 @@ def load_hub_corpus(spec: str, split: str = "train", *, config: str | None = Non
     rows, is_pool = _pick_split(obj, target, split)
     column = _column(rows, text_column, TEXT_COLUMNS, target)
     if column is None:
-        raise LayertraceError(f"hf:{target}: no text column among {rows.column_names}; pass text_column=")
+        raise LayertraceError(f"hf:{target}: no text column among {rows.column_names}; pass {loader_option('text_column', 'NAME')}")
     texts = list(rows[column])
     if is_pool:
         index = stratified_split(np.zeros(len(texts), np.int64), as_seed(split_seed), groups=texts)[SPLITS.index(split)]

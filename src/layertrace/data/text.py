@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import LayertraceError
+from ..errors import LayertraceError, loader_option
 from . import assets
 from .base import (
     SPLITS,
@@ -221,7 +221,7 @@ def _read_records(path: Path, fmt: str, text_column: str, label_column: str,
             for column in (text_column, label_column):
                 if column not in record:
                     raise LayertraceError(f"{path}: line {line_no} has no {column!r}; keys: {sorted(record)} "
-                                          f"(set text_column= / label_column=)")
+                                          f"(set {loader_option('text_column', 'NAME')} / label_column)")
             texts.append(record[text_column])
             labels.append(record[label_column])
     else:
@@ -230,7 +230,7 @@ def _read_records(path: Path, fmt: str, text_column: str, label_column: str,
         header, rows = _csv_rows(path, sep)
         for column in (text_column, label_column):
             if column not in header:
-                raise LayertraceError(f"{path}: no column {column!r} in the header {header} (set text_column= / label_column=)")
+                raise LayertraceError(f"{path}: no column {column!r} in the header {header} (set {loader_option('text_column', 'NAME')} / label_column)")
         ti, li = header.index(text_column), header.index(label_column)
         for line_no, row in enumerate(rows, start=2):
             if not row:

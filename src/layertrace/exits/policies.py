@@ -69,9 +69,15 @@ class ExitPolicy:
 
     def check_thresholds(self, thresholds: Any, n_layers: int) -> list[float]:
         """Validate and return thresholds as floats (one-line error naming the fix)."""
-        values = [float(t) for t in thresholds]
+        try:
+            values = [float(t) for t in thresholds]
+        except (TypeError, ValueError):
+            raise LayertraceError(f"policy {self.name!r}: thresholds {thresholds!r} are not numbers; "
+                                  f"e.g. --thresholds 0.5,0.9") from None
         if not values:
             raise LayertraceError(f"policy {self.name!r} needs at least one threshold, e.g. --thresholds 0.5,0.9")
+        if any(v != v for v in values):
+            raise LayertraceError(f"policy {self.name!r}: a threshold is NaN; give numbers, e.g. --thresholds 0.5,0.9")
         return values
 
     def __repr__(self) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import LayertraceError
+from ..io import check_out_dir, reading, result_set
 from ..models.base import Adapter
 from .executor import Readout, layer_logits, readout_layers
 from .policies import default_thresholds, get_policy
@@ -37,6 +38,8 @@ EXIT_FILE = "exit.json"
 COMPARISON_FILE = "comparison.json"
 CONFIG_FILE = "exit-config.yaml"  # not config.yaml: a training run folder keeps its own
 SCHEMA = "layertrace-exit-1"
+COMPARISON_MD = "comparison.md"
+OWNED = (EXIT_FILE, COMPARISON_FILE, COMPARISON_MD, CONFIG_FILE)  # what a re-run replaces (stale ones removed)
 HEADS_FILE = "heads.safetensors"
 
 
@@ -46,39 +49,48 @@ class ExitConfig:
 
     model: str = field(default="", metadata={
         "help": "training run folder, save_pretrained folder, or preset (vit-demo, minilm-cls, ...)"})
-    data: str = field(default="", metadata={"help": "dataset name (fashion-mnist, rotten-tomatoes, ...)"})
+    data: str = field(default="", metadata={"help": "dataset name (fashion-mnist, rotten-tomatoes, ...)",
+                                            "aliases": ("data.name",)})
     split: str = field(default="test", metadata={"help": "train | validation | test"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate N examples (seeded, class-stratified)"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate N examples (seeded, class-stratified)", "check": ">= 1"})
     out: str = field(default="", metadata={"help": "output folder: exit.json and exit-config.yaml"})
     policy: str = field(default="confidence", metadata={
         "help": "confidence (max prob >= t) | entropy (<= t nats) | patience (t layers agree) | fixed (layer t)"})
     thresholds: list[float] | None = field(default=None, metadata={
         "help": "comma list of thresholds, e.g. 0.5,0.7,0.9 (default: a sweep suited to the policy)"})
     heads: str = field(default="auto", metadata={
-        "help": "auto (per-layer heads when the run folder has heads.safetensors) | shared | per-layer"})
+        "help": "auto (per-layer heads when the run folder has heads.safetensors) | shared | per-layer", "choices": ("auto", "shared", "per-layer")})
     oracle: bool = field(default=True, metadata={"help": "also report the oracle (earliest layer staying correct)"})
     num_classes: int | None = field(default=None, metadata={
-        "help": "classes of the head (presets: default = the dataset's)"})
+        "help": "classes of the head (presets: default = the dataset's)", "check": ">= 1"})
+    pooling: str | None = field(default=None, metadata={"aliases": ["model.pooling"], "help": (
+        "prediction feature: auto | cls | mean | last; default: a run folder's stored pooling (a run trained "
+        "with mean pooling exits with it), else auto")})
     final_norm: bool = field(default=True, metadata={"help": "apply the final norm in the shared readout"})
-    batch_size: int = field(default=64, metadata={"help": "samples per batch (simulation cache and batch timing)"})
-    max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)"})
-    data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded)"})
+    batch_size: int = field(default=64, metadata={"help": "samples per batch (simulation cache and batch timing)", "check": ">= 1"})
+    max_length: int | None = field(default=None, metadata={"help": "token limit per text (default: the model's)", "check": ">= 2",
+                                                           "aliases": ("data.max_length",)})
+    data_root: str | None = field(default=None, metadata={"help": "folder of the dataset files (default: embedded)",
+                                                          "aliases": ("data.root",)})
+    loader_kwargs: dict = field(default_factory=dict, metadata={
+        "help": "extra options of the dataset loader, as in train: e.g. {validation_size: 500}, {label_column: y}",
+        "aliases": ("data.loader_kwargs",)})
     seed: int = field(default=0, metadata={"help": "seeds the limit subsample and preset init"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     measure: bool = field(default=True, metadata={"help": "measure wall-clock speed-up of the runtime executor"})
     measure_samples: int = field(default=256, metadata={
-        "help": "samples timed at --batch_size (the first ones of the split)"})
-    measure_samples_batch1: int = field(default=32, metadata={"help": "samples timed at batch size 1 (0: skip)"})
-    repeats: int = field(default=3, metadata={"help": "interleaved timing repeats (medians are reported)"})
+        "help": "samples timed at --batch_size (the first ones of the split)", "check": ">= 1"})
+    measure_samples_batch1: int = field(default=32, metadata={"help": "samples timed at batch size 1 (0: skip)", "check": ">= 0"})
+    repeats: int = field(default=3, metadata={"help": "interleaved timing repeats (medians are reported)", "check": ">= 1"})
     threads: int | None = field(default=None, metadata={
-        "help": "torch CPU threads while timing (default: unchanged); 1 gives steadier numbers on a busy machine"})
+        "help": "torch CPU threads while timing (default: unchanged); 1 gives steadier numbers on a busy machine", "check": ">= 1"})
     compare: list[str] | None = field(default=None, metadata={
         "help": "comma list of run folders to compare under this protocol (instead of --model): writes "
                 "comparison.json + comparison.md"})
     target_accuracy_drop: float | None = field(default=None, metadata={
-        "help": "--compare: per run, the fastest threshold within this accuracy drop of its full model"})
+        "help": "--compare: per run, the fastest threshold within this accuracy drop of its full model", "check": "[0, 1]"})
     target_speedup: float | None = field(default=None, metadata={
-        "help": "--compare: per run, the most accurate threshold with at least this layer speed-up"})
+        "help": "--compare: per run, the most accurate threshold with at least this layer speed-up", "check": ">= 1"})
 
 
 # ----------------------------------------------------------------------------- core evaluation
@@ -256,8 +268,10 @@ def _load(cfg: ExitConfig) -> _Loaded:
 
     device = resolve_device(cfg.device)
     acfg = AnalyzeConfig(model=cfg.model, data=cfg.data, split=cfg.split, limit=cfg.limit,
-                         num_classes=cfg.num_classes, final_norm=cfg.final_norm, batch_size=cfg.batch_size,
-                         max_length=cfg.max_length, data_root=cfg.data_root, seed=cfg.seed, device=str(device))
+                         num_classes=cfg.num_classes, final_norm=cfg.final_norm, pooling=cfg.pooling,
+                         batch_size=cfg.batch_size,
+                         max_length=cfg.max_length, data_root=cfg.data_root, loader_kwargs=dict(cfg.loader_kwargs),
+                         seed=cfg.seed, device=str(device))
     loaded, batches, dataset = load_for_analysis(acfg)
     adapter = loaded.adapter.to(device).eval()
     if adapter.kind != "classifier":
@@ -284,7 +298,8 @@ def _load(cfg: ExitConfig) -> _Loaded:
 
 def _run_info(cfg: ExitConfig, loaded: _Loaded) -> dict:
     return {"model": loaded.loaded.name or cfg.model, "model_spec": cfg.model, "data": cfg.data,
-            "split": cfg.split, "num_classes": loaded.adapter.num_outputs, "batch_size": cfg.batch_size}
+            "split": cfg.split, "num_classes": loaded.adapter.num_outputs, "batch_size": cfg.batch_size,
+            "pooling": getattr(loaded.adapter, "pooling", "auto")}
 
 
 @torch.no_grad()
@@ -295,12 +310,14 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     from ..io import write_json
 
     _check(cfg)
-    if write and not cfg.out:
-        raise LayertraceError("no output folder: pass --out DIR")
+    if write:
+        check_out_dir(cfg.out)
     get_policy(cfg.policy)
     if cfg.compare:
         return compare_from_config(cfg, write)
     loaded = _load(cfg)
+    if cfg.thresholds:  # before the pass over the data: the policy's domain needs only the layer count
+        get_policy(cfg.policy).check_thresholds(cfg.thresholds, loaded.adapter.n_layers)
     evaluation = evaluate_exits(loaded.adapter, loaded.batches, cfg.policy, cfg.thresholds, loaded.readout,
                                 oracle=cfg.oracle, measure=cfg.measure, measure_samples=cfg.measure_samples,
                                 batch1_batches=loaded.batch1, repeats=cfg.repeats, threads=cfg.threads)
@@ -308,20 +325,20 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     body = evaluation.to_dict()
     body["config"] = config_to_dict(cfg)
     if write and cfg.out:
-        out = Path(cfg.out)
-        write_json(out / EXIT_FILE, body)
-        save_config(cfg, out, name=CONFIG_FILE)
+        with result_set(cfg.out, OWNED) as staging:  # the new set replaces the old (no stale comparison.json)
+            write_json(staging / EXIT_FILE, body)
+            save_config(cfg, staging, name=CONFIG_FILE)
     return body
 
 
 # ----------------------------------------------------------------------------- comparison
 def _run_mode(spec: str) -> str:
     """Training mode of a run folder (train_summary.json, else config.yaml), else ``"model"``."""
-    from ..io import read_json
+    from ..io import read_json_dict
 
     folder = Path(spec)
     if (folder / "train_summary.json").is_file():
-        mode = read_json(folder / "train_summary.json").get("mode")
+        mode = read_json_dict(folder / "train_summary.json").get("mode")
         if mode:
             return str(mode)
     if (folder / "config.yaml").is_file():
@@ -441,11 +458,11 @@ def compare_from_config(cfg: ExitConfig, write: bool = True) -> dict:
                          limit=cfg.limit, measure=cfg.measure, **options)
     table["config"] = config_to_dict(cfg)
     if write and cfg.out:
-        out = Path(cfg.out)
-        write_json(out / COMPARISON_FILE, table)
-        with atomic_path(out / "comparison.md") as tmp:
-            tmp.write_text(comparison_markdown(table))
-        save_config(cfg, out, name=CONFIG_FILE)
+        with result_set(cfg.out, OWNED) as staging:
+            write_json(staging / COMPARISON_FILE, table)
+            with atomic_path(staging / COMPARISON_MD) as tmp:
+                tmp.write_text(comparison_markdown(table))
+            save_config(cfg, staging, name=CONFIG_FILE)
     return table
 
 
@@ -489,7 +506,8 @@ def sweep_analysis(path: str | Path, policy: str = "confidence", thresholds: Seq
     npz = p / "analysis_samples.npz" if p.is_dir() else p
     if not npz.is_file():
         raise LayertraceError(f"{npz}: no analysis_samples.npz; run `layertrace analyze ... --out DIR` first")
-    with np.load(npz) as data:
+    with reading(npz, f"re-run `layertrace analyze ... --out {npz.parent}`", what="per-sample arrays"), \
+            np.load(npz, allow_pickle=False) as data:
         if "logits" not in data or "labels" not in data:
             raise LayertraceError(f"{npz} has no per-layer logits; re-run `layertrace analyze` with --save_logits true")
         traced = [int(l) for l in data["layers"]]

@@ -37,8 +37,8 @@ from ..errors import LayertraceError
 DATA_SHORT = {"mnist-5k": "mnist", "mnist": "mnist", "fashion-mnist": "fmnist"}
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
+def _h(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
 
 
 @dataclass
@@ -48,14 +48,14 @@ class MLPExperimentConfig:
     enabled: bool = field(default=True, metadata=_h("run the MLP with/without residual connections experiment"))
     data: str = field(default="mnist-5k", metadata=_h("dataset: mnist-5k (embedded, 4k train / 500 test) or "
                                                        "fashion-mnist"))
-    train_limit: int | None = field(default=None, metadata=_h("use at most N training images (none = all)"))
-    test_limit: int | None = field(default=None, metadata=_h("analyze at most N test images (none = all)"))
-    n_layers: int = field(default=9, metadata=_h("hidden blocks L (the paper: 9)"))
-    width: int = field(default=128, metadata=_h("width d of every hidden layer"))
-    epochs: float = field(default=12.0, metadata=_h("passes over the training images"))
-    batch_size: int = field(default=128, metadata=_h("training batch size"))
-    lr: float = field(default=1e-3, metadata=_h("peak AdamW learning rate (cosine decay, no warmup)"))
-    weight_decay: float = field(default=0.01, metadata=_h("AdamW weight decay"))
+    train_limit: int | None = field(default=None, metadata=_h("use at most N training images (none = all)", check=">= 1"))
+    test_limit: int | None = field(default=None, metadata=_h("analyze at most N test images (none = all)", check=">= 1"))
+    n_layers: int = field(default=9, metadata=_h("hidden blocks L (the paper: 9)", check=">= 1"))
+    width: int = field(default=128, metadata=_h("width d of every hidden layer", check=">= 1"))
+    epochs: float = field(default=12.0, metadata=_h("passes over the training images", check="> 0"))
+    batch_size: int = field(default=128, metadata=_h("training batch size", check=">= 1"))
+    lr: float = field(default=1e-3, metadata=_h("peak AdamW learning rate (cosine decay, no warmup)", check="> 0"))
+    weight_decay: float = field(default=0.01, metadata=_h("AdamW weight decay", check=">= 0"))
     seed: int = field(default=0, metadata=_h("seed of the init and data order (both variants share it)"))
 
 

@@ -8,7 +8,7 @@ Skipped layers and the KV cache. Later tokens attend to the keys/values of every
 every layer, so a token that exited at layer e must still leave keys/values at layers e+1..L. We
 follow CALM: the exited hidden state h_e is *copied* to the skipped layers, i.e. the keys/values of
 layer l > e are computed from h_e (the layer's input norm and key/value projections only, through
-:meth:`~layertrace.models.hf_causal.CausalLMAdapter.fill_cache`; no attention, no MLP). In a batch,
+:meth:`~layertrace.models.hf_auto.HFAutoAdapter.fill_cache`; no attention, no MLP). In a batch,
 rows are decided independently; a layer's full block is skipped once every row has exited (rows
 that exited earlier ride along with their copied state until then, which keeps the cache
 rectangular), so the saving is largest at batch size 1, CALM's setting.
@@ -76,7 +76,7 @@ def early_exit_generate(
     """Decode with per-token early exit at the first layer whose confidence is >= ``tau``.
 
     Args:
-        model: an HF causal LM (GPT-2 / Llama layout) or its adapter.
+        model: any Hugging Face causal LM adapt() serves (docs/models.md) or its adapter.
         input_ids, attention_mask: (B, P) prompts, as for :func:`~layertrace.lm.generate.generate`.
         tau: exit threshold; any value > 1 never exits early (full-depth decoding).
         confidence: ``"softmax"`` (max probability of the shared readout) or ``"state"`` (cosine

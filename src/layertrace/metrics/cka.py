@@ -13,20 +13,27 @@ All pairs come from stacked products, never a loop of per-pair Gram matrices:
 * feature space (n > d): ``||X_l^T X_m||_F^2`` are block norms of the stacked cross-covariance
   ``S^T S`` with S = [X_0 .. X_{L-1}] (n, L d); computed one block row at a time
   (``X_l^T S[:, l d:]``), which halves the work and keeps memory at O(n L d + L d^2);
-* sample space (n <= d): ``<K_l, K_m>`` is ``G G^T`` with G the (L, n^2) stack of Gram matrices.
+* sample space (n small beside d): ``<K_l, K_m>`` are inner products of the flattened Gram
+  matrices, computed by upper block triangle (GRAM_BLOCK_ROWS rows at a time, never the whole
+  (L, n, n) stack). ``space="auto"`` takes the one with fewer multiply-adds.
 
 Minibatch CKA (Nguyen et al. 2021) sums the unbiased HSIC of Song et al. (2012) over batches::
 
     CKA = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) * sum_b HSIC_1(L_b, L_b))
 
-with ``HSIC_1(K, L) = <U(K), U(L)> / (b (b - 3))``, where U is U-centering (Szekely & Rizzo 2014):
-zero the diagonal, subtract row and column sums / (b - 2), add the total / ((b - 1)(b - 2)), zero the
-diagonal again. This equals Song et al.'s formula exactly, and makes all pairs one product of the
-stacked (L, b^2) U-centred Gram vectors. Being an inner product, the self terms are >= 0 and
-|CKA| <= 1 (Cauchy-Schwarz), so the estimator never produces NaN; cross terms, and so minibatch CKA
-values, can be slightly negative for unrelated layers (this is the unbiased estimator, not clipped to
-0). Each batch is column-centred before its Gram matrices: HSIC_1 is exactly shift invariant, and
-centring removes float cancellation.
+    HSIC_1(K, L) = [tr(K~ L~) + 1'K~1 1'L~1 / ((b - 1)(b - 2)) - 2 / (b - 2) 1'K~L~1] / (b (b - 3))
+
+with K~ the Gram matrix with zeroed diagonal. Only tr(K~ L~) = <K~, L~> needs O(b^2) products (the
+blocked Gram inner products above, all pairs at once); the other terms come from feature sums in
+float64. As an inner product of U-centred Gram matrices (Szekely & Rizzo 2014) the self terms are
+>= 0 and |CKA| <= 1 (Cauchy-Schwarz), so the estimator never produces NaN; cross terms, and so
+minibatch CKA values, can be slightly negative for unrelated layers (this is the unbiased estimator,
+not clipped to 0). Each batch is column-centred before its Gram matrices: HSIC_1 is exactly shift
+invariant, and centring removes float cancellation.
+
+Precision: ``precision="auto"`` multiplies the large products in float32 (above FLOAT32_MIN_MACS),
+with every float32 sum over at most FLOAT32_INNER terms / FLOAT32_CHUNK_ROWS samples and the partial
+results, the centring and the small terms in float64 (docs/metrics.md, "Precision").
 
 A degenerate layer (no variation after centering, see ``DegenerateLayerWarning``) gets CKA 0 with every
 other layer and 1 with itself.
@@ -51,9 +58,23 @@ from ._input import (
 )
 
 SPACES = ("auto", "feature", "sample")
+PRECISIONS = ("auto", "float64", "float32")
 
-#: Memory budget (bytes) for the temporaries of one stacked product (Gram stacks, kernel blocks).
+#: Memory budget (bytes) for the temporaries of one stacked product (kernel blocks of RBF CKA).
 WORK_BYTES = 256 * 2**20
+
+#: Rows of one Gram block in the sample-space products: the working memory is one (L, rows, b)
+#: block, whatever the batch size (no (L, b, b) Gram stack is ever held).
+GRAM_BLOCK_ROWS = 256
+
+#: Rows of one float32 chunk of the feature-space cross-covariances, each chunk's product then
+#: accumulated in float64: the float32 sums never run over more than this many samples.
+FLOAT32_CHUNK_ROWS = 2048
+
+#: ``precision="auto"`` multiplies in float32 when the products need at least this many
+#: multiply-adds (below it float64 costs nothing noticeable); measured error of the float32 path on
+#: 13 x 10,000 x 384 transformer-like features: see BENCHMARKS.md ("Similarity" section).
+FLOAT32_MIN_MACS = 2**24
 
 #: Default refusal threshold of StreamingLinearCKA's (L d)^2 float64 cross-covariance state.
 STREAMING_MAX_BYTES = 2 * 2**30
@@ -63,6 +84,20 @@ def _check_space(space: str) -> str:
     if space not in SPACES:
         raise LayertraceError(f"space={space!r} is not one of {list(SPACES)}{did_you_mean(space, SPACES)}")
     return space
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise LayertraceError(f"precision={precision!r} is not one of {list(PRECISIONS)}"
+                              f"{did_you_mean(precision, PRECISIONS)}")
+    return precision
+
+
+def _multiply_dtype(precision: str, macs: float) -> torch.dtype:
+    """The dtype of the large products: float32 for ``"float32"``, or ``"auto"`` above FLOAT32_MIN_MACS."""
+    if precision == "float32" or (precision == "auto" and macs >= FLOAT32_MIN_MACS):
+        return torch.float32
+    return torch.float64
 
 
 def _centred_stack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,31 +111,104 @@ def _centred_stack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return stacked, centred_sq, raw_sq
 
 
-def _cross_cov_sq_norms(stacked: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """(n, L d) centred stack -> (L, L) with entries ||X_l^T X_m||_F^2, one block row per product."""
-    dim = stacked.shape[1] // n_layers
+def _cross_cov_sq_norms(stacked: torch.Tensor, n_layers: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(n, L d) centred float64 stack -> (L, L) float64 with entries ||X_l^T X_m||_F^2.
+
+    One block row ``X_l^T S[:, l d:]`` per layer (the upper block triangle: half the work). With
+    ``dtype=float32`` each block is multiplied in float32 over chunks of FLOAT32_CHUNK_ROWS samples
+    and the chunks are summed in float64 (the inputs are centred in float64 first, so no float32
+    cancellation of large means).
+    """
+    n_samples, width = stacked.shape
+    dim = width // n_layers
     out = torch.zeros(n_layers, n_layers, dtype=torch.float64, device=stacked.device)
+    if dtype == torch.float64:
+        chunks = [stacked]
+    else:
+        chunks = [stacked[s:s + FLOAT32_CHUNK_ROWS].to(dtype) for s in range(0, n_samples, FLOAT32_CHUNK_ROWS)]
     for l in range(n_layers):
-        block = stacked[:, l * dim:(l + 1) * dim].T @ stacked[:, l * dim:]  # (d, (L - l) d)
+        block = None
+        for part in chunks:
+            prod = (part[:, l * dim:(l + 1) * dim].T @ part[:, l * dim:]).to(torch.float64)  # (d, (L - l) d)
+            block = prod if block is None else block.add_(prod)
         out[l, l:] = block.reshape(dim, n_layers - l, dim).pow(2).sum(dim=(0, 2))
     return out + torch.triu(out, diagonal=1).T
 
 
-def _gram_inner_products(stacked: torch.Tensor, n_layers: int) -> torch.Tensor:
+#: Inner length of one float32 partial product in :func:`inner_products` (the partial sums are
+#: added in float64, so no float32 sum runs over more than this many terms).
+FLOAT32_INNER = 4096
+
+
+def inner_products(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b.T`` for flattened stacks (L, N), (M, N) -> (L, M) float64.
+
+    float64 inputs: one product. float32 inputs: the N axis is cut into pieces of FLOAT32_INNER,
+    one batched float32 product per piece, and the pieces summed in float64 (a single float32 dot
+    product over N ~ 10^6 terms loses ~1e-6 relative; pieces of 4096 keep it at ~1e-8).
+    """
+    b = a if b is None else b
+    if a.dtype == torch.float64:
+        return a @ b.T
+    n = a.shape[1]
+    whole = n - n % FLOAT32_INNER
+    out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
+    if whole:
+        pa = a[:, :whole].reshape(a.shape[0], -1, FLOAT32_INNER).transpose(0, 1)  # (P, L, c)
+        pb = b[:, :whole].reshape(b.shape[0], -1, FLOAT32_INNER).transpose(0, 1)
+        out += (pa @ pb.transpose(1, 2)).to(torch.float64).sum(dim=0)
+    if whole < n:
+        out += (a[:, whole:] @ b[:, whole:].T).to(torch.float64)
+    return out
+
+
+def _gram_products(per_layer: torch.Tensor, dtype: torch.dtype = torch.float64,
+                   zero_diagonal: bool = False) -> torch.Tensor:
+    """All-pairs Gram inner products ``<K_l, K_m>`` of a stack (L, n, d), K_l = X_l X_l^T -> (L, L) float64.
+
+    Gram rows come in blocks of GRAM_BLOCK_ROWS against the rows from that block on (the upper block
+    triangle, mirrored by counting the off-diagonal blocks twice), so the working memory is one
+    (L, rows, n) block, never the (L, n, n) stack. Each block's (L, rows * n) x (rows * n, L) product
+    is added in float64 (:func:`inner_products`). ``zero_diagonal``: use K with its diagonal set to 0 (the unbiased HSIC's K~).
+    """
+    n_layers, n, _ = per_layer.shape
+    x = per_layer.to(dtype)
+    out = torch.zeros(n_layers, n_layers, dtype=torch.float64, device=per_layer.device)
+    for start in range(0, n, GRAM_BLOCK_ROWS):
+        stop = min(n, start + GRAM_BLOCK_ROWS)
+        block = x[:, start:stop] @ x[:, start:].transpose(1, 2)  # (L, r, n - start)
+        if zero_diagonal:
+            block.diagonal(dim1=1, dim2=2).zero_()
+        flat = block.reshape(n_layers, -1)
+        square = block[:, :, :stop - start].reshape(n_layers, -1)  # the diagonal block, counted once
+        out += 2.0 * inner_products(flat) - inner_products(square)
+    return out
+
+
+def _gram_inner_products(stacked: torch.Tensor, n_layers: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(n, L d) centred stack -> (L, L) with entries <K_l, K_m>, K_l = X_l X_l^T (sample space)."""
     n_samples = stacked.shape[0]
     per_layer = stacked.reshape(n_samples, n_layers, -1).permute(1, 0, 2)  # (L, n, d)
-    grams = (per_layer @ per_layer.transpose(1, 2)).reshape(n_layers, -1)
-    return grams @ grams.T
+    return _gram_products(per_layer, dtype)
 
 
-def linear_cka_matrix(features: Any, space: str = "auto") -> np.ndarray:
+def _linear_cka_space(n_layers: int, n: int, dim: int) -> str:
+    """The cheaper space for exact linear CKA: feature n d^2 L(L+1)/2 vs sample L n^2 d / 2 + L^2 n^2 / 2."""
+    feature = n * dim * dim * n_layers * (n_layers + 1) / 2
+    sample = n_layers * n * n * dim / 2 + n_layers * n_layers * n * n / 2
+    return "feature" if feature <= sample else "sample"
+
+
+def linear_cka_matrix(features: Any, space: str = "auto", *, precision: str = "auto") -> np.ndarray:
     """Exact column-centred linear CKA for every pair of layers.
 
     Args:
         features: (layers L, samples n, dim d), torch or numpy, any float dtype, CPU or CUDA.
-        space: ``"auto"`` (feature space if n > d, else sample space), ``"feature"`` or ``"sample"``;
-            both give the same values, they differ in cost (O(n L^2 d^2 / 2) vs O(L n^2 d + L^2 n^2)).
+        space: ``"auto"`` (the cheaper of the two by multiply-adds), ``"feature"`` or ``"sample"``;
+            both give the same values, they differ in cost (O(n L^2 d^2 / 2) vs O(L n^2 d / 2 + L^2 n^2 / 2)).
+        precision: dtype of the large products (centring and every sum are float64): ``"auto"``
+            (float32 when the products need >= FLOAT32_MIN_MACS multiply-adds, else float64),
+            ``"float64"`` or ``"float32"``. The float32 path's error is measured in BENCHMARKS.md.
 
     Returns:
         (L, L) float64 numpy, symmetric, in [0, 1], diagonal 1. Invariant to an orthogonal transform
@@ -109,13 +217,16 @@ def linear_cka_matrix(features: Any, space: str = "auto") -> np.ndarray:
     x = as_features(features, min_samples=2)
     n_layers, n_samples, dim = x.shape
     space = _check_space(space)
+    precision = _check_precision(precision)
     if space == "auto":
-        space = "feature" if n_samples > dim else "sample"
+        space = _linear_cka_space(n_layers, n_samples, dim)
     stacked, centred_sq, raw_sq = _centred_stack(x)
     if space == "feature":
-        gram = _cross_cov_sq_norms(stacked, n_layers)
+        dtype = _multiply_dtype(precision, n_samples * dim * dim * n_layers * (n_layers + 1) / 2)
+        gram = _cross_cov_sq_norms(stacked, n_layers, dtype)
     else:
-        gram = _gram_inner_products(stacked, n_layers)
+        dtype = _multiply_dtype(precision, n_layers * n_samples * n_samples * dim / 2)
+        gram = _gram_inner_products(stacked, n_layers, dtype)
     degenerate = degenerate_layers(centred_sq, raw_sq)
     warn_degenerate("linear_cka_matrix", degenerate)
     return finish_similarity(gram, degenerate, 0.0, 1.0)
@@ -124,75 +235,55 @@ def linear_cka_matrix(features: Any, space: str = "auto") -> np.ndarray:
 # --------------------------------------------------------------------------- minibatch (unbiased HSIC)
 
 
-def _batched_gram(x: torch.Tensor, rows_per_block: int = 64) -> torch.Tensor:
-    """Gram matrices x x^T for a stack (L, b, d) -> (L, b, b), exactly symmetric.
-
-    Computed one block of rows at a time against the rows from that block on (the upper block
-    triangle) and mirrored: ~30% less work than the full batched product for b = 256.
-    """
-    n_layers, b, _ = x.shape
-    out = torch.empty(n_layers, b, b, dtype=x.dtype, device=x.device)
-    for start in range(0, b, rows_per_block):
-        rows = slice(start, min(b, start + rows_per_block))
-        block = x[:, rows] @ x[:, start:].transpose(1, 2)  # (L, r, b - start)
-        out[:, rows, start:] = block
-        out[:, start:, rows] = block.transpose(1, 2)
-    return out
-
-
-def _u_centre(grams: torch.Tensor) -> torch.Tensor:
-    """U-centre a stack of Gram matrices (L, b, b) in place (Szekely & Rizzo 2014) and return it."""
-    b = grams.shape[-1]
-    k = grams
-    k.diagonal(dim1=1, dim2=2).zero_()
-    row = k.sum(dim=2)  # (L, b)
-    total = row.sum(dim=1)  # (L,)
-    k -= row[:, :, None] / (b - 2)
-    k -= row[:, None, :] / (b - 2)
-    k += (total / ((b - 1) * (b - 2)))[:, None, None]
-    k.diagonal(dim1=1, dim2=2).zero_()
-    return k
-
-
 def _hsic_space(n_layers: int, batch: int, dim: int, space: str) -> str:
+    """Sample space (blocked Gram products, upper triangle) unless the feature-space form needs fewer
+    multiply-adds (batches much larger than the width). Memory is one Gram block either way."""
     if space != "auto":
         return space
-    sample_cost = n_layers * batch * batch * dim + n_layers * n_layers * batch * batch
+    sample_cost = n_layers * batch * batch * dim / 2 + n_layers * n_layers * batch * batch / 2
     feature_cost = batch * dim * dim * n_layers * (n_layers + 1) / 2
-    fits = 3 * n_layers * batch * batch * 8 <= WORK_BYTES
-    return "sample" if fits and sample_cost <= feature_cost else "feature"
+    return "sample" if sample_cost <= feature_cost else "feature"
 
 
-def _unbiased_hsic(xc: torch.Tensor, space: str = "auto") -> torch.Tensor:
+def _unbiased_hsic(xc: torch.Tensor, space: str = "auto", precision: str = "auto") -> torch.Tensor:
     """Unbiased HSIC_1 of linear kernels for every layer pair of one batch.
 
     ``xc`` is a float64 (L, b, d) batch (column-centred by the caller for accuracy; the estimator
     itself is shift invariant). Returns (L, L) float64 on xc's device.
+
+    Song et al.'s three terms, with K~ = K - diag(K)::
+
+        tr(K~ L~)    sample space: <K~, L~> from blocked Gram products (float32 multiplies allowed);
+                     feature space: ||X^T Y||_F^2 - sum_i |x_i|^2 |y_i|^2
+        1^T K~ 1     = |sum_i x_i|^2 - sum_i |x_i|^2                              (float64, O(L b d))
+        1^T K~ L~ 1  = sum_i (x_i . sum_x - |x_i|^2)(y_i . sum_y - |y_i|^2)        (float64, O(L b d))
+
+    Only tr(K~ L~) needs O(b^2) or O(d^2) products; with centred batches it dominates the other
+    terms, so its float32 rounding is the whole error of the float32 path.
     """
     n_layers, b, dim = xc.shape
     space = _hsic_space(n_layers, b, dim, space)
-    if space == "sample":
-        u = _u_centre(_batched_gram(xc)).reshape(n_layers, -1)
-        return (u @ u.T) / (b * (b - 3))
-    # Feature space: Song et al.'s three terms from feature sums, with K~ = K - diag(K):
-    #   tr(K~ L~)    = ||X^T Y||_F^2 - sum_i |x_i|^2 |y_i|^2
-    #   1^T K~ 1     = |sum_i x_i|^2 - sum_i |x_i|^2
-    #   1^T K~ L~ 1  = sum_i (x_i . sum_x - |x_i|^2)(y_i . sum_y - |y_i|^2)
     sq = xc.pow(2).sum(dim=2)  # (L, b)
     sums = xc.sum(dim=1)  # (L, d)
     k_one = torch.einsum("lbd,ld->lb", xc, sums) - sq  # K~ 1, (L, b)
     k_total = sums.pow(2).sum(dim=1) - sq.sum(dim=1)  # (L,)
-    stacked = xc.permute(1, 0, 2).reshape(b, n_layers * dim)
-    trace_kl = _cross_cov_sq_norms(stacked, n_layers) - sq @ sq.T
+    if space == "sample":
+        dtype = _multiply_dtype(precision, n_layers * b * b * dim / 2)
+        trace_kl = _gram_products(xc, dtype, zero_diagonal=True)
+    else:
+        dtype = _multiply_dtype(precision, b * dim * dim * n_layers * (n_layers + 1) / 2)
+        stacked = xc.permute(1, 0, 2).reshape(b, n_layers * dim)
+        trace_kl = _cross_cov_sq_norms(stacked, n_layers, dtype) - sq @ sq.T
     hsic = trace_kl + torch.outer(k_total, k_total) / ((b - 1) * (b - 2)) - 2.0 * (k_one @ k_one.T) / (b - 2)
     return hsic / (b * (b - 3))
 
 
-def unbiased_hsic_matrix(batch_features: Any, space: str = "auto") -> np.ndarray:
+def unbiased_hsic_matrix(batch_features: Any, space: str = "auto", *, precision: str = "auto") -> np.ndarray:
     """Song et al.'s unbiased HSIC_1 with linear kernels for every layer pair of one batch.
 
     Args:
         batch_features: (L, b, d) with b >= 4.
+        space / precision: as for :class:`MinibatchCKA`.
     Returns:
         (L, L) float64 numpy, symmetric; diagonal >= 0; off-diagonal may be negative.
     """
@@ -201,16 +292,75 @@ def unbiased_hsic_matrix(batch_features: Any, space: str = "auto") -> np.ndarray
         raise LayertraceError(f"unbiased HSIC needs a batch of at least 4 samples, got {x.shape[1]}")
     xc = fresh_float64(x)
     xc -= xc.mean(dim=1, keepdim=True)
-    return _unbiased_hsic(xc, _check_space(space)).cpu().numpy()
+    return _unbiased_hsic(xc, _check_space(space), _check_precision(precision)).cpu().numpy()
+
+
+class PermutedGrams:
+    """``<K_l, P K_m P^T>`` for every layer pair of a held Gram stack (L, n, n) and any permutation P.
+
+    ``P K_m P^T`` is the Gram matrix of ``X_m[perm]``, so a permutation costs a gather, not a new
+    Gram product. By symmetry only the upper triangle i < j is gathered (``K_m[perm_i, perm_j]``, one
+    flat ``index_select``) plus the diagonal: half the memory traffic of permuting the whole stack.
+    """
+
+    def __init__(self, grams: torch.Tensor):
+        self.n_layers, n, _ = grams.shape
+        self.n = n
+        self.rows, self.cols = torch.triu_indices(n, n, offset=1, device=grams.device)
+        self.flat = grams.reshape(self.n_layers, -1)
+        self.upper = grams[:, self.rows, self.cols]  # (L, n (n - 1) / 2)
+        self.diag = grams.diagonal(dim1=1, dim2=2).contiguous()  # (L, n)
+
+    def products(self, perm: torch.Tensor) -> torch.Tensor:
+        """(L, L) float64: entry (l, m) is <K_l, K_m[perm][:, perm]>."""
+        perm = perm.to(self.flat.device)
+        moved = self.flat.index_select(1, perm[self.rows] * self.n + perm[self.cols])
+        return 2.0 * inner_products(self.upper, moved) + inner_products(self.diag, self.diag[:, perm])
+
+
+def _null_hsic(xc: torch.Tensor, perms: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Unbiased HSIC_1(K_l, K_m permuted) of one centred batch (L, b, d) for K row permutations (K, b).
+
+    Entry [k, l, m] is HSIC_1 between layer l and layer m with its samples reordered by ``perms[k]``
+    (``U(P K P^T) = P U(K) P^T``: the Gram stack is computed once and only gathered per permutation).
+    Returns (K, L, L) float64; only the upper triangle l < m is the null of pair (l, m).
+    """
+    n_layers, b, _ = xc.shape
+    x = xc.to(dtype)
+    grams = x @ x.transpose(1, 2)  # (L, b, b), held once per batch
+    grams.diagonal(dim1=1, dim2=2).zero_()  # K~
+    sq = xc.pow(2).sum(dim=2)
+    k_one = torch.einsum("lbd,ld->lb", xc, xc.sum(dim=1)) - sq  # K~ 1 (float64)
+    k_total = k_one.sum(dim=1)
+    permuted = PermutedGrams(grams)
+    out = torch.empty(len(perms), n_layers, n_layers, dtype=torch.float64, device=xc.device)
+    perms = perms.to(xc.device)
+    for k, perm in enumerate(perms):
+        out[k] = permuted.products(perm) + torch.outer(k_total, k_total) / ((b - 1) * (b - 2)) \
+            - 2.0 * (k_one @ k_one[:, perm].T) / (b - 2)
+    return out / (b * (b - 3))
 
 
 class MinibatchCKA:
     """Minibatch linear CKA (Nguyen et al. 2021) for all layer pairs, accumulated batch by batch.
 
     ``update(batch (L, b, d))`` adds the unbiased HSIC_1 (Song et al. 2012) of every layer pair of
-    the batch; ``compute() -> (L, L)``. Memory O(L^2), independent of the number of samples; the cost
-    per batch is one batched Gram product (L b^2 d) plus one (L, b^2) x (b^2, L) product (or the
-    feature-space form when that is cheaper, e.g. for very large batches).
+    the batch; ``compute() -> (L, L)``. Memory O(L^2) plus one (L, 256, b) Gram block, independent
+    of the number of samples; the cost per batch is the upper block triangle of the Gram products
+    (L b^2 d / 2) plus their flattened inner products (L^2 b^2 / 2), or the feature-space form when
+    that needs fewer multiply-adds (batches much larger than the width).
+
+    Args:
+        n_layers: L.
+        space: ``"auto"`` | ``"sample"`` | ``"feature"`` (same values, different cost).
+        precision: dtype of the large products: ``"auto"`` (float32 when a batch needs at least
+            FLOAT32_MIN_MACS multiply-adds), ``"float64"`` or ``"float32"``. Centring, the small
+            terms and every sum are float64 either way.
+        null_permutations: K > 0 also accumulates a permutation null (see :meth:`calibrated`):
+            per batch, K seeded within-batch row permutations of each later layer of a pair, so the
+            null is streamed like the estimate itself (memory: one (L, b, b) Gram stack per batch).
+        seed: seeds the null's permutations (one generator, drawn batch after batch), or pass
+            ``permutations=`` to :meth:`update`.
 
     Values are symmetric, in [-1, 1] (Cauchy-Schwarz: the estimator is an inner product of U-centred
     Gram matrices), diagonal 1. Summed cross terms may be negative for unrelated layers and are kept
@@ -220,17 +370,28 @@ class MinibatchCKA:
     :meth:`merge` two accumulators; merging equals one pass over the union of the batches.
     """
 
-    def __init__(self, n_layers: int, *, space: str = "auto"):
+    def __init__(self, n_layers: int, *, space: str = "auto", precision: str = "auto",
+                 null_permutations: int = 0, seed: int = 0):
         self.n_layers = int(n_layers)
         self.space = _check_space(space)
+        self.precision = _check_precision(precision)
         self.hsic = torch.zeros(self.n_layers, self.n_layers, dtype=torch.float64)
         self.raw_sq = torch.zeros(self.n_layers, dtype=torch.float64)
         self.centred_sq = torch.zeros(self.n_layers, dtype=torch.float64)
         self.n_batches = 0
         self.n_samples = 0
+        if int(null_permutations) < 0:
+            raise LayertraceError(f"MinibatchCKA: null_permutations={null_permutations} must be >= 0")
+        self.null_permutations = int(null_permutations)
+        self.null_hsic = torch.zeros(self.null_permutations, self.n_layers, self.n_layers, dtype=torch.float64)
+        self._generator = torch.Generator().manual_seed(int(seed))
 
-    def update(self, batch_features: Any) -> "MinibatchCKA":
-        """Add one batch (L, b, d), b >= 4 (torch or numpy, any float dtype, any device)."""
+    def update(self, batch_features: Any, permutations: Any = None) -> "MinibatchCKA":
+        """Add one batch (L, b, d), b >= 4 (torch or numpy, any float dtype, any device).
+
+        ``permutations``: (K, b) row permutations for the null (default: drawn from the seeded
+        generator, ``torch.randperm(b)`` K times); only with ``null_permutations=K``.
+        """
         x = as_features(batch_features, name="batch_features")
         check_layer_count(x, self.n_layers, "MinibatchCKA.update")
         b = x.shape[1]
@@ -245,7 +406,19 @@ class MinibatchCKA:
         centred_sq = torch.linalg.vector_norm(xc, dim=(1, 2)).square()
         self.raw_sq += (centred_sq + b * mean.square().sum(dim=(1, 2))).cpu()
         self.centred_sq += centred_sq.cpu()
-        self.hsic += _unbiased_hsic(xc, self.space).cpu()
+        self.hsic += _unbiased_hsic(xc, self.space, self.precision).cpu()
+        if self.null_permutations:
+            from .calibration import check_permutations, draw_permutations
+
+            if permutations is None:
+                perms = draw_permutations(b, self.null_permutations, self._generator)
+            else:
+                perms = check_permutations(permutations, b, self.null_permutations, "MinibatchCKA.update")
+            dtype = _multiply_dtype(self.precision, self.n_layers * b * b * x.shape[2])
+            self.null_hsic += _null_hsic(xc, perms, dtype).cpu()
+        elif permutations is not None:
+            raise LayertraceError("MinibatchCKA.update: permutations given but the accumulator was built with "
+                                  "null_permutations=0; pass null_permutations=K")
         self.n_batches += 1
         self.n_samples += b
         return self
@@ -258,6 +431,26 @@ class MinibatchCKA:
         warn_degenerate("MinibatchCKA", degenerate, "are constant within every batch")
         return finish_similarity(self.hsic, degenerate, -1.0, 1.0)
 
+    def null(self) -> np.ndarray:
+        """(K, L, L) float64: minibatch CKA of every pair under each of the K streamed permutations
+        (pair (l, m), l < m, permutes layer m; the lower triangle mirrors it, the diagonal is 1)."""
+        if not self.null_permutations:
+            raise LayertraceError("MinibatchCKA.null: built with null_permutations=0; pass null_permutations=K")
+        if self.n_batches == 0:
+            raise LayertraceError("MinibatchCKA.null: no batch was added; call update() first")
+        degenerate = degenerate_layers(self.centred_sq, self.raw_sq)
+        diag = torch.diagonal(self.hsic)
+        upper = torch.triu(self.null_hsic, diagonal=1)
+        sums = upper + upper.transpose(1, 2) + torch.diag_embed(diag.expand(self.null_permutations, -1))
+        return np.stack([finish_similarity(s, degenerate, -1.0, 1.0) for s in sums])
+
+    def calibrated(self, alpha: float = 0.05) -> dict[str, Any]:
+        """Permutation-calibrated minibatch CKA: :func:`~layertrace.metrics.calibrate_scores` of
+        :meth:`compute` against :meth:`null` (keys ``score``, ``calibrated``, ``tau``, ``p_value``, ...)."""
+        from .calibration import calibrate_scores
+
+        return calibrate_scores(self.compute(), self.null(), alpha=alpha)
+
     def state_dict(self) -> dict[str, Any]:
         """Plain-numpy state; every numeric entry is a sum (all-reduce with SUM works)."""
         return {
@@ -267,31 +460,36 @@ class MinibatchCKA:
             "centred_sq": self.centred_sq.numpy().copy(),
             "n_batches": self.n_batches,
             "n_samples": self.n_samples,
+            "null_hsic": self.null_hsic.numpy().copy(),
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "MinibatchCKA":
-        acc = cls(state["n_layers"])
+        null = np.asarray(state.get("null_hsic", np.zeros((0, state["n_layers"], state["n_layers"]))), dtype=np.float64)
+        acc = cls(state["n_layers"], null_permutations=null.shape[0])
         acc.hsic = torch.as_tensor(np.asarray(state["hsic"], dtype=np.float64)).clone()
         acc.raw_sq = torch.as_tensor(np.asarray(state["raw_sq"], dtype=np.float64)).clone()
         acc.centred_sq = torch.as_tensor(np.asarray(state["centred_sq"], dtype=np.float64)).clone()
+        acc.null_hsic = torch.as_tensor(null).clone()
         acc.n_batches = int(state["n_batches"])
         acc.n_samples = int(state["n_samples"])
         return acc
 
     def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
-        """Add another accumulator's batches (same number of layers) into this one."""
-        if other.n_layers != self.n_layers:
-            raise LayertraceError(f"MinibatchCKA.merge: {other.n_layers} layers vs {self.n_layers}")
+        """Add another accumulator's batches (same number of layers and permutations) into this one."""
+        if other.n_layers != self.n_layers or other.null_permutations != self.null_permutations:
+            raise LayertraceError(f"MinibatchCKA.merge: {other.n_layers} layers / {other.null_permutations} "
+                                  f"permutations vs {self.n_layers} / {self.null_permutations}")
         self.hsic += other.hsic
         self.raw_sq += other.raw_sq
         self.centred_sq += other.centred_sq
+        self.null_hsic += other.null_hsic
         self.n_batches += other.n_batches
         self.n_samples += other.n_samples
         return self
 
 
-def minibatch_cka_matrix(features: Any, batch_size: int = 256) -> np.ndarray:
+def minibatch_cka_matrix(features: Any, batch_size: int = 256, *, precision: str = "auto") -> np.ndarray:
     """Minibatch CKA over consecutive batches of ``batch_size`` samples (see :class:`MinibatchCKA`).
 
     A last batch under 4 samples is folded into the previous one. (L, L) float64 in [-1, 1].
@@ -303,7 +501,7 @@ def minibatch_cka_matrix(features: Any, batch_size: int = 256) -> np.ndarray:
     starts = list(range(0, n, batch_size))
     if n - starts[-1] < 4 and len(starts) > 1:
         starts.pop()
-    acc = MinibatchCKA(x.shape[0])
+    acc = MinibatchCKA(x.shape[0], precision=precision)
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else n
         acc.update(x[:, start:stop])

@@ -13,8 +13,10 @@ from typing import Callable
 import numpy as np
 
 from ..errors import LayertraceError, did_you_mean
+from .calibration import calibrated_cka_matrix, calibrated_cos_matrix
 from .cka import linear_cka_matrix, minibatch_cka_matrix, rbf_cka_matrix
 from .cos import cos_matrix
+from .knn import mutual_knn_matrix
 from .procrustes import procrustes_similarity_matrix
 
 MetricFn = Callable[..., np.ndarray]
@@ -70,6 +72,17 @@ _INFOS = [
                (0.0, 1.0), layer_orthogonal=True, shared_orthogonal=True, layer_scaling=True,
                sample_scaling=False, translation=True),
     MetricInfo("procrustes", procrustes_similarity_matrix, "orthogonal Procrustes similarity (nuclear norm)",
+               (0.0, 1.0), layer_orthogonal=True, shared_orthogonal=True, layer_scaling=True,
+               sample_scaling=False, translation=True),
+    MetricInfo("mutual_knn", mutual_knn_matrix, "mutual k-NN alignment (k = 10, cosine neighbours)",
+               (0.0, 1.0), layer_orthogonal=True, shared_orthogonal=True, layer_scaling=True,
+               sample_scaling=True, translation=False),
+    MetricInfo("calibrated_cos", calibrated_cos_matrix,
+               "COS calibrated against 200 seeded row permutations (95 % quantile)",
+               (0.0, 1.0), layer_orthogonal=False, shared_orthogonal=True, layer_scaling=True,
+               sample_scaling=False, translation=True),
+    MetricInfo("calibrated_cka", calibrated_cka_matrix,
+               "exact linear CKA calibrated against 200 seeded row permutations (95 % quantile)",
                (0.0, 1.0), layer_orthogonal=True, shared_orthogonal=True, layer_scaling=True,
                sample_scaling=False, translation=True),
 ]

@@ -7,7 +7,10 @@ readout predicts at layer k of the original model: the truncated HF model runs b
 then its own head path (final norm -> pooler -> classifier / LM head), which is the readout.
 
 A readout without the final norm (``final_norm=False``) cannot be exported to a standard HF class
-for models that have one (ViT, DeiT, GPT-2, Llama): the HF class always applies it.
+for models that have one (ViT, DeiT, GPT-2, Llama): the HF class always applies it. A non-auto
+``pooling`` (e.g. a run trained with mean pooling) is recorded in the folder's ``preprocess.json``
+and ``layertrace_export.json``: ``load_model(folder)`` reads layer k with it; a plain transformers
+class reads its own head's token instead.
 """
 
 from __future__ import annotations
@@ -31,15 +34,15 @@ _POST_LN_FAMILIES = {"bert", "roberta", "electra", "distilbert"}  # no final nor
 
 def _block_list(adapter: Adapter) -> nn.ModuleList:
     """The model's own ModuleList of blocks used by ``adapter``."""
-    for name in ("layers", "blocks"):
+    for name in ("_block_list", "layers", "blocks"):
         blocks = getattr(adapter, name, None)
         if isinstance(blocks, nn.ModuleList) and len(blocks) == adapter.n_layers:
             return blocks
     candidates = [m for m in adapter.model.modules() if isinstance(m, nn.ModuleList) and len(m) == adapter.n_layers]
     if len(candidates) != 1:
         raise LayertraceError(
-            f"cannot find the block list of {type(adapter.model).__name__} to truncate; export supports HF "
-            f"ViT / DeiT / BERT-family / GPT-2 / Llama-layout models"
+            f"cannot find the block list of {type(adapter.model).__name__} to truncate; export supports "
+            f"Hugging Face models whose blocks are one ModuleList with one entry per layer"
         )
     return candidates[0]
 
@@ -68,11 +71,21 @@ def truncated_model(adapter: Adapter, k: int) -> nn.Module:
     parent_path, _, attr = path.rpartition(".")
     parent = out.get_submodule(parent_path) if parent_path else out
     setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:k]))
-    config = out.config
+    # the config that counts these blocks: the model's own, or its vision / text sub-config (CLIP, SigLIP)
+    n = len(getattr(model.get_submodule(parent_path) if parent_path else model, attr))
+    configs = [c for c in (out.config, getattr(out.config, "vision_config", None), getattr(out.config, "text_config", None))
+               if c is not None and getattr(c, "num_hidden_layers", None) == n]
+    if not configs:
+        raise LayertraceError(f"could not find the layer count of {type(out.config).__name__} to set it to {k}")
+    config = configs[0]
     config.num_hidden_layers = k  # maps to n_layer / n_layers through each config's attribute_map
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, (list, tuple)) and len(layer_types) > k:
         config.layer_types = list(layer_types)[:k]
+    if hasattr(config, "stage_names") and hasattr(config, "set_output_features_output_indices"):
+        # backbone configs (DINOv2) name one stage per layer and point their outputs at the last one
+        config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, k + 1)]
+        config.set_output_features_output_indices(out_features=None, out_indices=None)
     if int(config.num_hidden_layers) != k:
         raise LayertraceError(f"could not set the layer count of {type(config).__name__} to {k}")
     return out
@@ -111,12 +124,15 @@ def export_first_k(loaded_or_adapter: LoadedModel | Adapter | nn.Module, k: int,
         tokenizer = loaded.tokenizer
     if preprocess is None and loaded is not None:
         preprocess = loaded.preprocess
+    pooling = getattr(adapter, "pooling", "auto")
+    if pooling != "auto":  # load_model(out_dir) reads the export with the same prediction feature
+        preprocess = {**(preprocess or {}), "pooling": pooling}
     out = save_model_dir(model, out_dir, tokenizer=tokenizer, preprocess=preprocess)
     source_dir = Path(loaded.path) if loaded is not None and loaded.path else None
     if not preprocess and source_dir is not None and (source_dir / PREPROCESS_FILE).is_file():
         shutil.copyfile(source_dir / PREPROCESS_FILE, out / PREPROCESS_FILE)
     write_json(out / EXPORT_INFO_FILE, {
-        "k": k, "n_layers": adapter.n_layers, "model_class": type(adapter.model).__name__,
+        "k": k, "n_layers": adapter.n_layers, "model_class": type(adapter.model).__name__, "pooling": pooling,
         "source": None if loaded is None else {"name": loaded.name, "source": loaded.source, "path": loaded.path},
     })
     return out

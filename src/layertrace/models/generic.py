@@ -46,6 +46,11 @@ class GenericAdapter(Adapter):
         final_norm: apply ``norm`` in the readout.
         num_outputs: K; inferred from ``head`` when it is (or ends with) an ``nn.Linear``.
         model_logits: optional ``batch -> logits`` of the unmodified model (parity checks).
+        check_batch: a small batch the model takes; when given (with ``model_logits`` or a model
+            whose output has ``.logits``), the constructor runs the same self-check as ``adapt()``
+            (:func:`~layertrace.models.hf_auto.self_check`: the readout of layer L == the model's
+            logits, ``State.select`` + block by block == the batch) and raises a one-line
+            ``LayertraceError`` naming the failed check.
     """
 
     family = "generic"
@@ -63,6 +68,7 @@ class GenericAdapter(Adapter):
         num_outputs: int | None = None,
         hidden_size: int | None = None,
         model_logits: Callable[[Mapping[str, Any]], Tensor] | None = None,
+        check_batch: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if kind not in ("classifier", "causal_lm"):
@@ -92,6 +98,17 @@ class GenericAdapter(Adapter):
             hidden_size = first_linear.in_features
         self.hidden_size = int(hidden_size)
         self._model_logits = model_logits
+        if check_batch is not None:
+            from .hf_auto import self_check
+
+            name = f"GenericAdapter({type(model).__name__})"
+            try:
+                self_check(self, check_batch)
+            except LayertraceError as exc:
+                raise LayertraceError(str(exc).replace(type(model).__name__, name, 1)) from None
+            except Exception as exc:  # the callables crashed on the check batch
+                raise LayertraceError(f"{name} failed the self-check: {type(exc).__name__}: "
+                                      f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}") from None
 
     def embed(self, batch: Mapping[str, Any]) -> State:
         out = self._embed(self.model_inputs(batch))

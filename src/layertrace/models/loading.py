@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import LayertraceError
-from ..io import read_json, write_json
+from ..io import check_safetensors, read_json, read_json_dict, reading, write_json
 from .base import Adapter
 from .presets import PRESETS, build_preset, get_preset, quiet_transformers
 from .registry import adapt
@@ -170,28 +170,50 @@ def _from_pretrained(source: str, num_classes: int | None, local: bool, where: s
 
 
 def _finish(model: nn.Module, *, final_norm: bool, dtype: torch.dtype | None, tokenizer: Any, preprocess: dict,
-            name: str, source: str, path: str | None) -> LoadedModel:
+            name: str, source: str, path: str | None, pooling: str | None = None) -> LoadedModel:
     if dtype is not None:
         model = model.to(dtype)
     model.eval()
-    adapter = adapt(model, final_norm=final_norm)
-    return LoadedModel(model=model, adapter=adapter, tokenizer=tokenizer, preprocess=dict(preprocess),
+    preprocess = dict(preprocess)
+    # the pooling asked for, else the one stored with the model (a run trained with mean pooling), else auto
+    chosen = pooling or preprocess.get("pooling") or "auto"
+    adapter = adapt(model, final_norm=final_norm, pooling=chosen)
+    preprocess.pop("pooling", None)
+    if chosen != "auto":
+        preprocess["pooling"] = chosen  # travels with save_pretrained / RUN/preprocess.json / export
+    return LoadedModel(model=model, adapter=adapter, tokenizer=tokenizer, preprocess=preprocess,
                        name=name, source=source, path=path)
 
 
+def _damaged_fix(folder: Path, source: str) -> str:
+    """What to do about a model folder whose files cannot be read."""
+    if source == "run":
+        run = folder.parent
+        return (f"rebuild it from the run's checkpoints: delete {run / 'train_summary.json'}, then run "
+                f"`layertrace train --config {run / 'config.yaml'} --out {run}`")
+    return "re-create the folder (save_pretrained, or `layertrace export`) or restore it from a copy"
+
+
 def _load_folder(folder: Path, *, num_classes: int | None, final_norm: bool, dtype: torch.dtype | None,
-                 source: str, preprocess_file: Path | None = None) -> LoadedModel:
-    model = _from_pretrained(str(folder), num_classes, local=True, where=f"model folder {folder}")
-    has_tokenizer = any((folder / f).is_file() for f in _TOKENIZER_FILES)
-    tokenizer = _load_tokenizer(folder, local=True) if has_tokenizer else None
+                 source: str, preprocess_file: Path | None = None, pooling: str | None = None) -> LoadedModel:
+    fix = _damaged_fix(folder, source)
+    read_json_dict(folder / "config.json", fix)  # names the file: transformers' error would not say how to fix it
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors(weights, fix)
+    with reading(folder, fix, what="model folder"):
+        model = _from_pretrained(str(folder), num_classes, local=True, where=f"model folder {folder}")
+        has_tokenizer = any((folder / f).is_file() for f in _TOKENIZER_FILES)
+        tokenizer = _load_tokenizer(folder, local=True) if has_tokenizer else None
     pp_file = preprocess_file if preprocess_file is not None and preprocess_file.is_file() else folder / PREPROCESS_FILE
-    preprocess = read_json(pp_file) if pp_file.is_file() else _default_preprocess(model.config, folder)
+    preprocess = (read_json_dict(pp_file, fix) if pp_file.is_file()
+                  else _default_preprocess(model.config, folder))
     name = folder.parent.name if source == "run" else folder.name
     return _finish(model, final_norm=final_norm, dtype=dtype, tokenizer=tokenizer, preprocess=preprocess,
-                   name=name, source=source, path=str(folder))
+                   name=name, source=source, path=str(folder), pooling=pooling)
 
 
-def _load_hub(name: str, *, num_classes: int | None, final_norm: bool, dtype: torch.dtype | None) -> LoadedModel:
+def _load_hub(name: str, *, num_classes: int | None, final_norm: bool, dtype: torch.dtype | None,
+              pooling: str | None = None) -> LoadedModel:
     try:
         model = _from_pretrained(name, num_classes, local=False, where=f"hub model {name}")
     except LayertraceError:
@@ -207,11 +229,13 @@ def _load_hub(name: str, *, num_classes: int | None, final_norm: bool, dtype: to
     except (OSError, ValueError):
         tokenizer = None
     return _finish(model, final_norm=final_norm, dtype=dtype, tokenizer=tokenizer,
-                   preprocess=_default_preprocess(model.config, None), name=name, source="hub", path=None)
+                   preprocess=_default_preprocess(model.config, None), name=name, source="hub", path=None,
+                   pooling=pooling)
 
 
 def load_model(spec: str | Path, *, num_classes: int | None = None, final_norm: bool = True,
-               dtype: torch.dtype | str | None = None, seed: int | None = None) -> LoadedModel:
+               dtype: torch.dtype | str | None = None, seed: int | None = None,
+               pooling: str | None = None) -> LoadedModel:
     """Load a model with its adapter, tokenizer and preprocessing.
 
     Args:
@@ -225,6 +249,10 @@ def load_model(spec: str | Path, *, num_classes: int | None = None, final_norm: 
         dtype: cast the model (``torch.float32`` / ``"bfloat16"`` / ...); default: as built / saved.
         seed: seed torch before building a preset (reproducible random init); ``None`` leaves the
             global generator alone.
+        pooling: the classifier's prediction feature (``auto`` | ``cls`` | ``mean`` | ``last``, see
+            :func:`~layertrace.models.adapt`); ``None`` = the pooling stored in the folder's
+            ``preprocess.json`` (a run trained with mean pooling), else ``auto``. A non-auto choice
+            is written into ``LoadedModel.preprocess["pooling"]`` so it travels with the model.
 
     Returns:
         :class:`LoadedModel` (model in eval mode).
@@ -239,16 +267,16 @@ def load_model(spec: str | Path, *, num_classes: int | None = None, final_norm: 
     if path.is_dir():
         if (path / "config.json").is_file():
             return _load_folder(path, num_classes=num_classes, final_norm=final_norm, dtype=torch_dtype,
-                                source="directory")
+                                source="directory", pooling=pooling)
         if (path / "model" / "config.json").is_file():
             return _load_folder(path / "model", num_classes=num_classes, final_norm=final_norm, dtype=torch_dtype,
-                                source="run", preprocess_file=path / PREPROCESS_FILE)
+                                source="run", preprocess_file=path / PREPROCESS_FILE, pooling=pooling)
         raise LayertraceError(
             f"folder {path} holds neither config.json (a save_pretrained folder) nor model/config.json "
             f"(a training run); point to the folder that has them"
         )
     if text.startswith("hf:"):
-        return _load_hub(text[3:], num_classes=num_classes, final_norm=final_norm, dtype=torch_dtype)
+        return _load_hub(text[3:], num_classes=num_classes, final_norm=final_norm, dtype=torch_dtype, pooling=pooling)
     if text in PRESETS:
         preset = get_preset(text)
         if seed is not None:
@@ -257,11 +285,11 @@ def load_model(spec: str | Path, *, num_classes: int | None = None, final_norm: 
         tokenizer = _load_tokenizer(preset.tokenizer_dir(), local=True) if preset.tokenizer_dir else None
         return _finish(model, final_norm=final_norm, dtype=torch_dtype, tokenizer=tokenizer,
                        preprocess=preset.preprocess, name=text, source="preset",
-                       path=str(preset.checkpoint()) if preset.checkpoint else None)
+                       path=str(preset.checkpoint()) if preset.checkpoint else None, pooling=pooling)
     looks_like_path = text.startswith((".", "/", "~")) or text.endswith(("/", "\\"))
     if looks_like_path or path.exists():
         raise LayertraceError(f"model folder {text!r} not found; check the path (or give a preset: {', '.join(PRESETS)})")
     if "/" in text:
-        return _load_hub(text, num_classes=num_classes, final_norm=final_norm, dtype=torch_dtype)
+        return _load_hub(text, num_classes=num_classes, final_norm=final_norm, dtype=torch_dtype, pooling=pooling)
     get_preset(text)  # raises the unknown-preset error with a suggestion
     raise AssertionError("unreachable")

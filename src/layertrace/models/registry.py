@@ -1,14 +1,17 @@
 """Which adapter serves which model: ``adapt(model)``.
 
-Families register a factory under the model class names they serve. Hugging Face families live
-in modules imported lazily (only when a model from ``transformers`` is adapted), so
-``import layertrace`` never imports transformers.
+Hugging Face models are served by discovery (:mod:`layertrace.models.hf_auto`, imported only when
+one is adapted, so ``import layertrace`` never imports transformers) and checked on load
+(:func:`~layertrace.models.hf_auto.self_check`). Other model classes register a factory under their
+class name (the toy model below); anything else goes through ``GenericAdapter``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+import weakref
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from torch import nn
 
@@ -18,11 +21,7 @@ from .base import Adapter
 AdapterFactory = Callable[..., Adapter]
 _FACTORIES: dict[str, AdapterFactory] = {}
 # Modules that register more families when imported (kept lazy: they import transformers).
-_LAZY_FAMILY_MODULES: list[str] = [
-    "layertrace.models.hf_vision",   # ViT, DeiT image classifiers
-    "layertrace.models.hf_text",     # BERT-family sequence classifiers (BERT, MiniLM, RoBERTa, DistilBERT)
-    "layertrace.models.hf_causal",   # causal LMs (GPT-2, Llama / Qwen2 / Mistral layout)
-]
+_LAZY_FAMILY_MODULES: list[str] = []  # Hugging Face models are served by discovery (hf_auto), not by class
 _loaded_lazy = False
 
 
@@ -50,22 +49,37 @@ def _load_lazy_families() -> None:
 
 
 def registered_families() -> list[str]:
-    """Names of every model class an adapter is registered for (imports the HF families)."""
+    """Model class names served: the zoo's verified Hugging Face families and registered factories."""
+    from .zoo import ZOO
+
     _load_lazy_families()
-    return sorted(_FACTORIES)
+    return sorted(set(_FACTORIES) | {z.model_class for z in ZOO if z.group != "refused"})
 
 
-def adapt(model: nn.Module | Adapter, final_norm: bool = True) -> Adapter:
-    """Wrap a model in the adapter of its family (an Adapter is returned unchanged).
+def adapt(model: nn.Module | Adapter, final_norm: bool = True, pooling: str = "auto", check: bool = True) -> Adapter:
+    """Wrap a model in its adapter (an Adapter is returned unchanged).
+
+    Hugging Face models are served by discovery (:class:`~layertrace.models.hf_auto.HFAutoAdapter`):
+    the blocks, the arguments the model passes them, the final norm and the head are found by
+    introspection, then checked on one tiny batch against the model itself.
 
     Args:
-        model: an HF model instance of a supported family, a toy model, or an Adapter.
+        model: an HF model (causal LM, sequence / image classifier, headless encoder), a toy model,
+            or an Adapter.
         final_norm: apply the final norm in the shared readout (default; PAPER.md section 1).
+        pooling: the prediction feature of classifiers / encoders: ``auto`` (the model's own head's
+            choice), ``cls``, ``mean`` (masked) or ``last`` (last non-padding token).
+        check: run the self-check the first time a model object is adapted (a couple of forwards
+            of a 2-sample batch); ``False`` skips it.
 
     Raises:
-        LayertraceError: no adapter is registered for the model's class.
+        LayertraceError: no adapter serves the model, the family cannot be served (the reason is
+            named), or the self-check failed (the check is named).
     """
     if isinstance(model, Adapter):
+        if pooling != "auto" and getattr(model, "pooling", "auto") != pooling:
+            raise LayertraceError(f"this adapter was built with pooling={getattr(model, 'pooling', 'auto')!r}; "
+                                  f"adapt the model itself to use pooling={pooling!r}")
         return model
     if not isinstance(model, nn.Module):
         raise LayertraceError(f"adapt() needs a torch nn.Module, got {type(model).__name__}")
@@ -74,11 +88,57 @@ def adapt(model: nn.Module | Adapter, final_norm: bool = True) -> Adapter:
     for cls in type(model).__mro__:
         factory = _FACTORIES.get(cls.__name__)
         if factory is not None:
+            if pooling != "auto":
+                raise LayertraceError(f"{type(model).__name__} has a fixed prediction feature; pooling={pooling!r} "
+                                      f"applies to Hugging Face models")
             return factory(model, final_norm=final_norm)
+    if _is_hf(model):
+        from . import hf_auto
+
+        name = type(model).__name__
+        with _one_line(name, "discovery"):
+            adapter = hf_auto.HFAutoAdapter(model, final_norm=final_norm, pooling=pooling)
+        if check and model not in _CHECKED and not hf_auto.unmaterialised(model):
+            with _one_line(name, "the self-check"):
+                # the check is of the family's discovery: the model's own readout and pooling
+                plain = adapter if (final_norm and pooling == "auto") else hf_auto.HFAutoAdapter(model)
+                seconds = hf_auto.self_check(plain)
+            hf_auto.VERIFIED[name] = f"verified ({seconds * 1000:.0f} ms self-check)"
+            _CHECKED.add(model)
+        return adapter
     raise LayertraceError(
-        f"no adapter for model class {type(model).__name__}; supported: {', '.join(sorted(_FACTORIES)) or 'none'}; "
+        f"no adapter for model class {type(model).__name__}; supported: Hugging Face transformers models and "
+        f"{', '.join(sorted(_FACTORIES)) or 'none'}; "
         f"wrap it with layertrace.models.GenericAdapter(model, embed=..., blocks=..., head=...)"
     )
+
+
+_CHECKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+@contextmanager
+def _one_line(name: str, stage: str) -> Iterator[None]:
+    """Record the outcome for ``layertrace models``; any crash becomes a one-line LayertraceError."""
+    from . import hf_auto
+
+    try:
+        yield
+    except LayertraceError as exc:
+        hf_auto.VERIFIED[name] = str(exc)
+        raise
+    except Exception as exc:  # the model's own code refused our inputs: refuse, never return numbers
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        msg = f"{name} failed {stage}: {type(exc).__name__}" + (f": {first}" if first else "")
+        hf_auto.VERIFIED[name] = msg
+        raise LayertraceError(msg) from None
+
+
+def _is_hf(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ModuleNotFoundError:
+        return False
+    return isinstance(model, PreTrainedModel)
 
 
 @register("ToyTransformerClassifier")

@@ -17,10 +17,13 @@ from typing import Any, Callable, Sequence
 from ..errors import LayertraceError
 from .collapse import COLLAPSE_PLOTS, CAPTION as COLLAPSE_CAPTION, collapse_figures, collapse_table, has_collapse
 from .figures import Figures, FigureItem, groups_of
+from .lm_saturation import CAPTION as LM_SATURATION_CAPTION, lm_saturation_figures, lm_saturation_rows
 from .findings import Finding, all_findings
 from .page import Html, Section, esc, render_page, table_html
 from .runs import RunResults, load_runs, order_runs
 from .series import fmt, fmt_pct, number
+from .trust import (CALIBRATION_CAPTION, REMOVAL_CAPTION, calibration_figures, calibration_rows, removal_figures,
+                    removal_rows)
 from .tables import (DEFAULT_EXIT_TOLERANCE, ComparisonRow, comparison_rows, operating_point, overview_rows,
                      per_layer_table)
 
@@ -176,6 +179,20 @@ def theory_rows(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
     return ["check"] + list(flat), rows
 
 
+PROBE_NOTE = ("Test accuracy (%) of a linear probe fitted per layer on the frozen features of another task's "
+              "train split (layertrace probe: standardised features, L2-regularised logistic regression; "
+              "docs/probe.md). Look for: whether aligned training keeps the shallow and middle layers as "
+              "transferable as the standard run's.")
+
+
+def probe_cells(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the probe table (one row per run with a probe.json)."""
+    from ..analysis.probe import ProbeResult, comparison_rows
+
+    results = [(r.name, ProbeResult.from_dict(r.probe)) for r in runs if r.probe]
+    return comparison_rows(results) if results else ([], [])
+
+
 def collapse_cells(runs: list[RunResults], key: str) -> tuple[list[str], list[list[str]]]:
     """Header and cells of one neural-collapse measure per layer (rows: runs)."""
     layers, values, names = collapse_table(runs, key)
@@ -231,6 +248,16 @@ def render_summary(title: str, runs: list[RunResults], findings: list[Finding], 
     if rows:
         out += ["## Theory checks", "", _md_table(header, rows), ""]
     out += collapse_summary(runs)
+    for title_, caption, (header, rows) in (
+            ("Raw vs permutation-calibrated similarity", CALIBRATION_CAPTION, calibration_rows(runs)),
+            ("Layer removal vs similarity", REMOVAL_CAPTION, removal_rows(runs))):
+        if rows:
+            out += [f"## {title_}", "", caption, "", _md_table(header, rows), ""]
+    for name, header, rows in lm_saturation_rows(runs):
+        out += [f"## Causal LM saturation: {name}", "", LM_SATURATION_CAPTION, "", _md_table(header, rows), ""]
+    header, rows = probe_cells(runs)
+    if rows:
+        out += ["## Task transfer: linear probes per layer", "", PROBE_NOTE, "", _md_table(header, rows), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -305,11 +332,23 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
                 blocks.append(Html(f"<p>{esc(title_)}:</p>" + table_html(header, rows,
                                                                          numeric=set(range(1, len(header))))))
         blocks += figs.similarity_heatmaps()
+        header, rows = calibration_rows(runs)
+        if rows:  # analyze --null_permutations K
+            blocks += calibration_figures(figs)
+            blocks.append(Html("<p>Pairs above chance after calibration:</p>" + table_html(
+                header, rows, numeric=set(range(2, len(header))))))
         blocks += figs.cos_box_plots()
         blocks += figs.adjacent_and_norm_curves()
     else:
         blocks.append(_missing("analysis.json", "run `layertrace analyze` on each model"))
     sections.append(Section("Layer-wise similarity: COS and CKA", "", blocks))
+
+    # Layer removal beside similarity (analyze --layer_removal true).
+    header, rows = removal_rows(runs)
+    if rows:
+        blocks = removal_figures(figs)
+        blocks.append(Html(table_html(header, rows, numeric=set(range(1, len(header))))))
+        sections.append(Section("Layer removal vs similarity", esc(REMOVAL_CAPTION), blocks))
 
     # Neural collapse (analyze --collapse true).
     if has_collapse(runs):
@@ -318,6 +357,12 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
             header, rows = collapse_cells(runs, key)
             blocks.append(Html(f"<p>{esc(title_)}:</p>" + table_html(header, rows, numeric=set(range(1, len(header))))))
         sections.append(Section("Neural collapse per layer", esc(COLLAPSE_CAPTION), blocks))
+
+    # Task transfer (layertrace probe).
+    header, rows = probe_cells(runs)
+    if rows:
+        sections.append(Section("Task transfer: linear probes per layer", esc(PROBE_NOTE), [Html(table_html(
+            header, rows, numeric=set(range(2, len(header)))))]))
 
     # The MLP contrast.
     mlp_runs = [r for r in runs if r.mode in ("residual", "plain")]
@@ -359,8 +404,9 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
     blocks = figs.training_curves()
     sections.append(Section("Training curves", "", blocks or [_missing("metrics.jsonl", "train with `layertrace train`")]))
 
-    if lm_items:
-        sections.append(Section("Causal language model track", "", list(lm_items)))
+    lm_blocks = lm_saturation_figures(figs) + list(lm_items)
+    if lm_blocks:
+        sections.append(Section("Causal language model track", "", lm_blocks))
 
     # Reproducibility.
     cfg_blocks = []

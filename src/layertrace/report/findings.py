@@ -25,6 +25,7 @@ AGREEMENT_MIN = 0.8           # COS-CKA Spearman over layer pairs counted as "CO
 MLP_CKA_GAP = 0.2             # plain MLP: CKA to last exceeds COS to last by this much on average
 THM21_MAX_VIOLATIONS = 0.1    # Theorem 2.1 "holds" when at most 10% of layer triples violate it
 SPEEDUP_RATIO = 0.9           # shared head reaches 90% of per-layer heads' speed-up at equal accuracy loss
+PROBE_TOLERANCE = 0.02        # "keeps transferability": aligned probe accuracy within 2 points of standard
 
 
 @dataclass
@@ -262,6 +263,52 @@ def check_mlp(group: str, runs: list[RunResults]) -> list[Finding]:
     return out
 
 
+def check_collapse(group: str, runs: list[RunResults]) -> list[Finding]:
+    """Neural collapse (Fig. 16): aligned training brings NC1 down at the intermediate layers."""
+    import math
+
+    from .collapse import collapse_series
+
+    std, ali = _mode(runs, "standard"), _mode(runs, "aligned")
+    if std is None or ali is None:
+        return []
+    nc_s, nc_a = collapse_series(std.analysis, "nc1"), collapse_series(ali.analysis, "nc1")
+    inner = [l for l in _inner_layers(ali) if nc_s.get(l, 0) > 0 and nc_a.get(l, 0) > 0]
+    if not inner:
+        return []
+    gm_s = math.exp(sum(math.log(nc_s[l]) for l in inner) / len(inner))
+    gm_a = math.exp(sum(math.log(nc_a[l]) for l in inner) / len(inner))
+    return [Finding(
+        claim="Aligned training brings neural collapse to shallower layers: geometric-mean NC1 over layers "
+              "1..L-1 lower for aligned than standard (the paper's Fig. 16)",
+        scope=f"{group}: {ali.name} vs {std.name}",
+        status="holds" if gm_a < gm_s else "does not hold",
+        evidence=f"geometric mean NC1 aligned {gm_a:.3g}, standard {gm_s:.3g}; " + ", ".join(
+            f"l={l}: {nc_a[l]:.3g} vs {nc_s[l]:.3g}" for l in inner))]
+
+
+def check_probe(group: str, runs: list[RunResults]) -> list[Finding]:
+    """Task transfer (App. B.4): aligned layers stay as useful to a linear probe on another task."""
+    std = next((r for r in runs if r.mode == "standard" and r.probe), None)
+    ali = next((r for r in runs if r.mode == "aligned" and r.probe), None)
+    if std is None or ali is None or std.probe.get("data") != ali.probe.get("data"):
+        return []
+    acc_s = dict(zip(std.probe.get("layers", []), std.probe.get("accuracy", [])))
+    acc_a = dict(zip(ali.probe.get("layers", []), ali.probe.get("accuracy", [])))
+    layers = [l for l in sorted(acc_a) if l >= 1 and number(acc_a[l]) is not None and number(acc_s.get(l)) is not None]
+    if not layers:
+        return []
+    worse = [l for l in layers if acc_a[l] < acc_s[l] - PROBE_TOLERANCE]
+    listed = ", ".join(f"l={l}: {_pct(acc_a[l])} vs {_pct(acc_s[l])}" for l in (worse or layers))
+    return [Finding(
+        claim=f"Aligned training keeps transferability: a linear probe on {ali.probe.get('data')} reads every "
+              f"layer 1..L of the aligned model within {100 * PROBE_TOLERANCE:.0f} points of the standard one",
+        scope=f"{group}: {ali.name} vs {std.name}",
+        status="does not hold" if worse else "holds",
+        evidence=(f"aligned more than {100 * PROBE_TOLERANCE:.0f} pt below at {len(worse)} of {len(layers)} layers: "
+                  f"{listed}" if worse else f"probe accuracy per layer (aligned vs standard): {listed}"))]
+
+
 def all_findings(runs: list[RunResults], exit_tolerance: float = DEFAULT_EXIT_TOLERANCE) -> list[Finding]:
     """Every check that the runs' data allows, in page order (per group, then per run)."""
     out: list[Finding] = []
@@ -269,6 +316,8 @@ def all_findings(runs: list[RunResults], exit_tolerance: float = DEFAULT_EXIT_TO
         out += check_aligned_vs_standard(group, rs)
         out += check_early_exit(group, rs, exit_tolerance)
         out += check_mlp(group, rs)
+        out += check_collapse(group, rs)
+        out += check_probe(group, rs)
     for r in runs:
         if r.mode == "plain":  # the paper's claims are about residual networks; check_mlp covers this one
             continue

@@ -9,6 +9,7 @@ A run folder (written by ``train``, ``analyze``, ``exit`` or ``demo``) may hold
     metrics.jsonl        training curves, one JSON object per logged step
     train_summary.json   final training numbers
     lm.json              the causal-LM track (``layertrace demo --with-lm``)
+    probe.json           linear probes per layer on another task (``layertrace probe``)
 
 :func:`load_runs` reads them into :class:`RunResults` (plain JSON values, nothing recomputed), and
 expands a demo output folder into its run folders. Missing optional files are simply absent; a
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LayertraceError
-from ..io import read_json
+from ..io import read_json, reading
 
 # Training modes as they appear at the end of a run folder name ``<data>-<model>-<mode>``.
 KNOWN_MODES = (
@@ -32,7 +33,7 @@ KNOWN_MODES = (
     "residual", "plain",
 )
 SAMPLE_FILES = ("analysis_samples.npz", "analysis.npz")
-RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json")
+RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json", "probe.json")
 CONFIG_FILES = ("config.yaml", "analyze-config.yaml", "exit-config.yaml")  # in order of preference
 
 
@@ -52,6 +53,7 @@ class RunResults:
         metrics: the rows of ``metrics.jsonl`` (training curves).
         train_summary: ``train_summary.json`` (``None`` if absent).
         lm: ``lm.json`` (``None`` if absent).
+        probe: ``probe.json`` (``None`` if absent).
     """
 
     path: Path
@@ -64,6 +66,7 @@ class RunResults:
     metrics: list[dict] = field(default_factory=list)
     train_summary: dict | None = None
     lm: dict | None = None
+    probe: dict | None = None
 
     @property
     def label(self) -> str:
@@ -86,8 +89,9 @@ class RunResults:
             return {}
         import numpy as np
 
-        with np.load(npz, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        with reading(npz, f"re-run `layertrace analyze ... --out {self.path}`", what="per-sample arrays"):
+            with np.load(npz, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -102,7 +106,7 @@ def split_name(name: str) -> tuple[str, str]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -121,7 +125,7 @@ def _read_yaml(path: Path) -> dict:
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError):
         raise LayertraceError(f"{path}: not valid YAML; re-create the run's config.yaml") from None
     return data if isinstance(data, dict) else {}
 
@@ -168,9 +172,10 @@ def load_run(path: str | Path) -> RunResults:
         if not mode and isinstance(cfg_mode, str):
             run.mode = cfg_mode
     if (p / "analysis.json").is_file():
-        run.analysis = _check_analysis(read_json(p / "analysis.json"), p / "analysis.json")
+        run.analysis = _check_analysis(read_json(p / "analysis.json", f"re-run `layertrace analyze ... --out {p}`"),
+                                       p / "analysis.json")
     for exit_path in sorted(p.glob("exit*.json")):
-        data = _check_exit(read_json(exit_path), exit_path)
+        data = _check_exit(read_json(exit_path, f"re-run `layertrace exit ... --out {p}`"), exit_path)
         run.exits[_exit_policy_name(exit_path, data)] = data
     if (p / "metrics.jsonl").is_file():
         run.metrics = _read_jsonl(p / "metrics.jsonl")
@@ -178,6 +183,8 @@ def load_run(path: str | Path) -> RunResults:
         run.train_summary = read_json(p / "train_summary.json")
     if (p / "lm.json").is_file():
         run.lm = read_json(p / "lm.json")
+    if (p / "probe.json").is_file():
+        run.probe = read_json(p / "probe.json")
     return run
 
 

@@ -1,4 +1,4 @@
-"""Resume checkpoints in safetensors, written atomically.
+"""Resume checkpoints in safetensors, written atomically, verified, and kept two deep.
 
 Layout under ``RUN_DIR/checkpoints/``::
 
@@ -8,15 +8,20 @@ Layout under ``RUN_DIR/checkpoints/``::
         optimizer.safetensors    optimizer tensors; param groups + scalars in its metadata
         rng-rank0.safetensors    torch CPU (+ CUDA) generator state of each process; python/numpy in metadata
         state.json               TrainState (step, epoch, position in the epoch, ...) + scheduler state
-    latest.json                  {"dir": "step-00000120", "step": 120}, written LAST
+        manifest.json            {file: {size, sha256}} of the files above, written after they are
+                                 read back and checked (a folder without it is incomplete)
+    latest.json                  {"dir": "step-00000120", "step": 120, "files": {...}}, written LAST
 
 Every file is written with :func:`layertrace.io.atomic_path`; ``latest.json`` is replaced only once
-the whole step folder is complete, so a run killed at any moment resumes from the previous complete
-checkpoint. Older step folders beyond ``keep`` are removed after the pointer moves.
+the whole step folder is complete and verified, so a run killed at any moment resumes from the
+previous complete checkpoint. The ``keep`` newest verified step folders stay (default 2): when the
+newest is damaged later (a truncated copy, a full disk, bit rot), :func:`resume_checkpoint` checks
+sizes and checksums, falls back to the newest one that loads, and says which.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -28,9 +33,10 @@ import torch
 from torch import nn
 
 from ..errors import LayertraceError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_json, read_json_dict, reading, write_json
 
 LATEST = "latest.json"
+MANIFEST = "manifest.json"
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -45,10 +51,11 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
     out = {}
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        for key in fh.keys():
-            out[key] = fh.get_tensor(key)
+    with reading(path, "resume from an earlier checkpoint", what="checkpoint file"):
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            for key in fh.keys():
+                out[key] = fh.get_tensor(key)
     return out, meta
 
 
@@ -65,7 +72,9 @@ def load_module(module: nn.Module, path: Path) -> None:
     """Load weights written by :func:`save_module` into ``module`` (strict)."""
     from safetensors.torch import load_model
 
-    missing, unexpected = load_model(module, str(path), strict=False, device=str(next(module.parameters()).device))
+    with reading(path, "resume from an earlier checkpoint, or start a new --out", what="weights file"):
+        missing, unexpected = load_model(module, str(path), strict=False,
+                                         device=str(next(module.parameters()).device))
     if missing or unexpected:
         raise LayertraceError(
             f"{path}: checkpoint does not fit the model (missing {sorted(missing)[:3]}, unexpected "
@@ -160,24 +169,151 @@ def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: tor
     return folder
 
 
-def commit_checkpoint(ckpt_root: Path, step: int, keep: int = 1) -> None:
-    """Point ``latest.json`` at ``step`` (atomically), then delete older step folders beyond ``keep``."""
-    write_json(ckpt_root / LATEST, {"dir": step_dir(ckpt_root, step).name, "step": step})
-    folders = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
-    for old in folders[: max(0, len(folders) - max(1, keep))]:
-        if old.name != step_dir(ckpt_root, step).name:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def seal_checkpoint(folder: Path) -> dict[str, dict[str, Any]]:
+    """Read back every file of a just-written step folder (safetensors headers, JSON) and record
+    its size and SHA-256 in ``manifest.json``; returns that manifest. Main process, after every
+    rank's RNG file is written.
+
+    Raises:
+        LayertraceError: a file does not read back (a full disk, a failing device).
+    """
+    from safetensors import safe_open
+
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.name == MANIFEST:
+            continue
+        with reading(path, "the disk may be full or failing: free space and resume", what="checkpoint file just written"):
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as fh:
+                    fh.keys()
+            else:
+                json.loads(path.read_text())
+        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    write_json(folder / MANIFEST, files)
+    return files
+
+
+def _legacy_pointer(folder: Path) -> bool:
+    """Whether ``latest.json`` names ``folder`` in the format before manifests (no ``files``)."""
+    try:
+        pointer = json.loads((folder.parent / LATEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(pointer, dict) and pointer.get("dir") == folder.name and "files" not in pointer
+
+
+def verify_checkpoint(folder: Path, files: dict[str, dict[str, Any]] | None = None) -> str | None:
+    """What is wrong with a step folder (``None``: every file has its recorded size and checksum).
+
+    ``files`` defaults to the folder's own ``manifest.json``.
+    """
+    if files is None:
+        if not (folder / MANIFEST).is_file():
+            if (folder / "state.json").is_file() and _legacy_pointer(folder):
+                return None  # written before manifests existed; latest.json vouches for it
+            return "incomplete (no manifest.json: the run stopped while writing it)"
+        try:
+            files = read_json_dict(folder / MANIFEST)
+        except LayertraceError as exc:
+            return str(exc)
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, {want.get('size')} were written"
+        if _sha256(path) != want.get("sha256"):
+            return f"{name} does not match its checksum"
+    return None
+
+
+def commit_checkpoint(ckpt_root: Path, step: int, keep: int = 2) -> None:
+    """Seal ``step`` (:func:`seal_checkpoint`), point ``latest.json`` at it (atomically), then delete
+    step folders other than the ``keep`` newest sealed ones up to ``step``."""
+    folder = step_dir(ckpt_root, step)
+    files = seal_checkpoint(folder)
+    write_json(ckpt_root / LATEST, {"dir": folder.name, "step": step, "files": files})
+    sealed = [p for p in sorted(ckpt_root.glob("step-*")) if p.is_dir() and p.name <= folder.name
+              and (p / MANIFEST).is_file()]
+    keep_names = {p.name for p in sealed[-max(1, keep):]} | {folder.name}
+    for old in ckpt_root.glob("step-*"):
+        if old.is_dir() and old.name not in keep_names:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """The last complete checkpoint folder, or None."""
+def checkpoint_candidates(ckpt_root: Path) -> list[Path]:
+    """Step folders to resume from, best first: the one ``latest.json`` names, then the others,
+    newest first. Empty when the run has no checkpoint."""
     pointer = ckpt_root / LATEST
-    if not pointer.is_file():
+    named = None
+    if pointer.is_file():
+        try:
+            named = ckpt_root / str(read_json_dict(pointer)["dir"])
+        except (LayertraceError, KeyError):
+            named = None  # a damaged pointer: the folders themselves still say what they hold
+    folders = sorted((p for p in ckpt_root.glob("step-*") if p.is_dir()), reverse=True)
+    out = [named] if named is not None and named.is_dir() else []
+    return out + [p for p in folders if p != named]
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest checkpoint folder that verifies (sizes and checksums), or None when there is none."""
+    for folder in checkpoint_candidates(ckpt_root):
+        if verify_checkpoint(folder) is None:
+            return folder
+    return None
+
+
+def resume_checkpoint(ckpt_root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                      rank: int = 0, heads: nn.Module | None = None,
+                      say: Any = print) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest checkpoint under ``ckpt_root`` that verifies and loads; ``None`` when the run
+    has no checkpoint folder at all.
+
+    A damaged newest checkpoint (wrong size / checksum, or a load error) is reported through ``say``
+    and the previous one is tried; every load overwrites the whole model, optimizer, schedule and RNG
+    state, so a partly loaded damaged checkpoint leaves nothing behind.
+
+    Returns:
+        ``(folder, train_state dict)`` of the checkpoint used; ``None`` when no folder was ever sealed.
+    Raises:
+        LayertraceError: sealed checkpoints exist but none loads.
+    """
+    found = checkpoint_candidates(ckpt_root)
+    # a folder never sealed (killed while its first files were written) is no checkpoint at all
+    candidates = [f for f in found if (f / MANIFEST).is_file() or _legacy_pointer(f)]
+    if not candidates:
+        if found:
+            say(f"[train] no complete checkpoint in {ckpt_root} (the run stopped while writing its first); "
+                f"starting from step 0")
         return None
-    folder = ckpt_root / read_json(pointer)["dir"]
-    if not (folder / "state.json").is_file():
-        raise LayertraceError(f"{pointer} points at {folder}, which is incomplete; delete {ckpt_root} to start over")
-    return folder
+    problems = []
+    for i, folder in enumerate(candidates):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            try:
+                state = load_checkpoint(folder, model, optimizer, scheduler, rank=rank, heads=heads)
+            except LayertraceError as exc:
+                problem = str(exc)
+            else:
+                if problems:
+                    say(f"[train] resuming from {folder.name} (step {state['step']}), the newest checkpoint "
+                        f"that loads; skipped: {'; '.join(problems)}")
+                return folder, state
+        problems.append(f"{folder.name}: {problem}")
+    raise LayertraceError(
+        f"no checkpoint in {ckpt_root} loads ({'; '.join(problems)[:300]}); delete {ckpt_root} to start over "
+        f"(or pass --train.resume false)"
+    )
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -187,8 +323,9 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     if heads is not None:
         load_module(heads, folder / "heads.safetensors")
     opt_tensors, opt_meta = _load_tensors(folder / "optimizer.safetensors")
-    optimizer_from_tensors(optimizer, opt_tensors, opt_meta)
-    saved = read_json(folder / "state.json")
+    with reading(folder / "optimizer.safetensors", "resume from an earlier checkpoint", what="optimizer state"):
+        optimizer_from_tensors(optimizer, opt_tensors, opt_meta)
+    saved = read_json_dict(folder / "state.json", "resume from an earlier checkpoint")
     if scheduler is not None and saved.get("scheduler") is not None:
         current = scheduler.state_dict()
         current.update(saved["scheduler"])
@@ -197,5 +334,9 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     rng_file = folder / f"rng-rank{rank}.safetensors"
     if not rng_file.is_file():
         raise LayertraceError(f"{folder}: no RNG state for process {rank}; resume with the same number of processes")
-    rng_from_tensors(*_load_tensors(rng_file))
+    rng_tensors, rng_meta = _load_tensors(rng_file)
+    with reading(rng_file, "resume from an earlier checkpoint", what="RNG state"):
+        rng_from_tensors(rng_tensors, rng_meta)
+    if "train_state" not in saved:
+        raise LayertraceError(f"{folder / 'state.json'}: no train_state; resume from an earlier checkpoint")
     return saved["train_state"]

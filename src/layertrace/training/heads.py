@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import LayertraceError
-from ..io import atomic_path
+from ..io import atomic_path, reading
 
 HEADS_FILE = "heads.safetensors"
 
@@ -94,8 +94,11 @@ def load_heads(run_dir: str | Path, adapter: nn.Module | None = None) -> PerLaye
         raise LayertraceError(
             f"{path}: no per-layer heads here; train with --train.mode multi-head to get them"
         )
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    fix = (f"re-run the multi-head training that wrote it (or copy {path.parent}/checkpoints/step-*/heads.safetensors "
+           f"over it), or read the shared head with --heads shared")
+    with reading(path, fix, what="heads file"):
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
     if "layers" not in meta:
         raise LayertraceError(f"{path}: not a layertrace heads file (no 'layers' metadata); re-create it")
     if adapter is None:
@@ -107,6 +110,13 @@ def load_heads(run_dir: str | Path, adapter: nn.Module | None = None) -> PerLaye
         raise LayertraceError(
             f"{path}: heads were trained for {meta['n_layers']} layers but the model has {adapter.n_layers}"
         )
-    heads = PerLayerHeads(adapter, json.loads(meta["layers"]))
-    heads.heads.load_state_dict(load_file(str(path)))
+    with reading(path, fix, what="heads file"):
+        heads = PerLayerHeads(adapter, json.loads(meta["layers"]))
+        state = load_file(str(path))
+    missing, unexpected = heads.heads.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LayertraceError(
+            f"{path}: the heads do not fit this model's head (missing {sorted(missing)[:2]}, unexpected "
+            f"{sorted(unexpected)[:2]}): written for another model or by an older layertrace; re-run the "
+            f"multi-head training, or read the shared head with --heads shared")
     return heads.to(next(adapter.parameters()).device)

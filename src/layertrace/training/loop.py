@@ -4,9 +4,14 @@
                    objective of the mode, AdamW, schedule
     2. resume      from RUN_DIR/checkpoints/latest.json if present: weights, optimizer, schedule,
                    RNG, step and the position in the data (mid-epoch too)
-    3. train       micro-batches -> shard -> loss -> backward (accumulate) -> clip -> step;
+    3. train       micro-batches -> shard -> loss -> backward (accumulate) -> clip -> finite? -> step;
                    log / evaluate / checkpoint every N steps
     4. finish      final checkpoint + final layer-wise evaluation
+
+A step whose loss or gradient is not finite stops the run before the update (``on_nonfinite:
+stop``, naming the step and the last good checkpoint, which it never overwrites) or is dropped
+(``skip``). ``metrics.jsonl`` after a resume equals the uninterrupted run's: the loss window being
+averaged is part of the state, and the final evaluation is recomputed rather than appended twice.
 
 Distributed runs: every process builds the same global micro-batch (same seed and position) and
 trains on its contiguous shard; DDP averages the gradients, so N processes with the same global
@@ -30,11 +35,12 @@ import torch
 from torch import nn
 
 from ..errors import LayertraceError
-from ..io import atomic_path
+from ..config import validate_config
+from ..io import atomic_path, to_jsonable
 from ..layers import resolve_layers
 from .augment import step_generator
 from .batches import BatchSource, iterate_batches, shard_batch
-from .checkpoint import commit_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, save_rng, step_dir
+from .checkpoint import commit_checkpoint, latest_checkpoint, resume_checkpoint, save_checkpoint, save_rng, step_dir
 from .config import TrainSection
 from .evaluate import LayerwiseEval, evaluate_layerwise
 from .heads import PerLayerHeads
@@ -55,6 +61,9 @@ class TrainState:
         samples_seen: training samples consumed (all processes).
         wall_time_s: training time summed over every session of the run (resumes included).
         resumed_from: steps of the checkpoint this session resumed from (None for a fresh run).
+        window_loss, window_steps: the loss summed over the steps since the last metrics line (so a
+            resumed run logs the same averages as an uninterrupted one).
+        skipped_steps: steps dropped for a non-finite loss or gradient (``on_nonfinite: skip``).
     """
 
     step: int = 0
@@ -63,6 +72,14 @@ class TrainState:
     samples_seen: int = 0
     wall_time_s: float = 0.0
     resumed_from: int | None = None
+    window_loss: float = 0.0
+    window_steps: int = 0
+    skipped_steps: int = 0
+
+
+# Consecutive non-finite steps after which ``on_nonfinite: skip`` gives up (the weights themselves
+# are then what overflows, and skipping more data cannot recover them).
+MAX_CONSECUTIVE_SKIPS = 20
 
 
 @dataclass
@@ -171,12 +188,15 @@ def _read_metrics(path: Path, upto_step: int) -> list[str]:
     if not path.is_file():
         return []
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= upto_step:
-                keep.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
+        # the final evaluation is recomputed by the resumed session (a kill after it, before the
+        # run folder was saved, would otherwise leave it twice)
+        if isinstance(record, dict) and record.get("step", 0) <= upto_step and not record.get("final"):
+            keep.append(line)
     return keep
 
 
@@ -203,7 +223,8 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.fh.write(json.dumps(record) + "\n")
+        # strict JSON: a NaN / inf value is written as null (bare NaN is not JSON)
+        self.fh.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
         self.fh.flush()
         if self.writer is not None:
             for key, value in record.items():
@@ -219,6 +240,38 @@ class MetricsLog:
             self.fh.close()
             if self.writer is not None:
                 self.writer.close()
+
+
+def _nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor | None, objective: nn.Module, accelerator) -> str | None:
+    """What is not finite in this step (``None``: loss and gradient are finite), agreed by every process.
+
+    The gradient norm is the clipping norm when clipping is on, else computed here (one pass over
+    the gradients, small beside the backward pass).
+    """
+    if grad_norm is None:
+        grads = [p.grad.detach().norm() for p in objective.parameters() if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros((), device=loss.device)
+    flags = torch.stack([~torch.isfinite(loss.float()), ~torch.isfinite(torch.as_tensor(grad_norm).float())]).float()
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags.to(accelerator.device), "sum")
+    loss_bad, grad_bad = bool(flags[0] > 0), bool(flags[1] > 0)
+    if not (loss_bad or grad_bad):
+        return None
+    if loss_bad:
+        return f"the loss is {float(loss):g}"
+    return f"the gradient norm is {float(grad_norm):g} (loss {float(loss):.4g})"
+
+
+def _diverged_message(step: int, what: str, cfg: TrainSection, ckpt_root: Path, skips: int) -> str:
+    """The one-line error of a run that diverged at ``step``."""
+    good = latest_checkpoint(ckpt_root)
+    where = (f"the last good checkpoint is {good} (step {int(good.name.split('-')[-1])})" if good is not None
+             else "no checkpoint was written yet")
+    fix = f"lower --train.lr (now {cfg.lr:g}) and start over with --train.resume false or a new --out"
+    if skips:
+        return f"training diverged: {skips} steps in a row up to step {step} were not finite ({what}); {where}; {fix}"
+    return (f"training diverged at step {step}: {what}; {where}; {fix}, or clip with --train.clip_grad, or "
+            f"skip such steps with --train.on_nonfinite skip")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -248,6 +301,7 @@ def fit(
     """
     run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
+    validate_config(cfg)
     mode = check_mode(cfg.mode)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -277,10 +331,13 @@ def fit(
     state = TrainState()
 
     # ---- 2. resume -----------------------------------------------------------------------------
-    latest = latest_checkpoint(ckpt_root) if cfg.resume else None
-    if latest is not None:
-        saved = load_checkpoint(latest, adapter.model, optimizer, scheduler, rank=rank, heads=heads)
-        state = TrainState(**{**saved, "resumed_from": saved["step"]})
+    resumed = (resume_checkpoint(ckpt_root, adapter.model, optimizer, scheduler, rank=rank, heads=heads,
+                                 say=print if is_main else (lambda *_: None)) if cfg.resume else None)
+    latest = resumed[0] if resumed is not None else None
+    if resumed is not None:
+        saved = resumed[1]
+        known = set(TrainState.__dataclass_fields__)
+        state = TrainState(**{**{k: v for k, v in saved.items() if k in known}, "resumed_from": saved["step"]})
     else:
         _seed_all(cfg.seed + 7919 * rank)  # dropout stream; the model init was seeded by the caller
     model, optimizer = accelerator.prepare(objective, optimizer)
@@ -308,7 +365,8 @@ def fit(
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total, initial=state.step, desc=f"train {mode}", unit="step", dynamic_ncols=True)
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window_start = time.perf_counter()
+    consecutive_skips = 0
     session_start = time.perf_counter()
     base_wall = state.wall_time_s
     while state.step < total:
@@ -328,19 +386,34 @@ def fit(
         grad_norm = None
         if cfg.clip_grad is not None:
             grad_norm = accelerator.clip_grad_norm_(objective.parameters(), cfg.clip_grad)
-        optimizer.step()
+        bad = _nonfinite(out.total.detach(), grad_norm, objective, accelerator)
+        if bad is not None and (cfg.on_nonfinite == "stop" or consecutive_skips + 1 >= MAX_CONSECUTIVE_SKIPS):
+            if progress is not None:
+                progress.close()
+            log.close()
+            skips = consecutive_skips + 1 if cfg.on_nonfinite == "skip" else 0
+            raise LayertraceError(_diverged_message(step, bad, cfg, ckpt_root, skips))
+        if bad is None:
+            optimizer.step()
+            consecutive_skips = 0
+        else:
+            state.skipped_steps += 1
+            consecutive_skips += 1
+            if is_main:
+                print(f"[train] step {step}: {bad}; update skipped (train.on_nonfinite skip)", flush=True)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step = step
         state.wall_time_s = base_wall + (time.perf_counter() - session_start)
-        window_loss += float(out.total.detach())
-        window_steps += 1
+        if bad is None:
+            state.window_loss += float(out.total.detach())
+            state.window_steps += 1
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{float(out.total.detach()):.4f}")
 
         if step % max(1, cfg.log_every) == 0 or step == total:
-            stats = torch.tensor([window_loss / window_steps], device=accelerator.device)
+            stats = torch.tensor([state.window_loss / max(1, state.window_steps)], device=accelerator.device)
             stats = accelerator.reduce(stats, "mean")
             per_layer = accelerator.reduce(out.per_layer.detach().float(), "mean").tolist()
             layerwise = uses_layerwise_loss(mode, step, cfg.alternate)
@@ -352,10 +425,11 @@ def fit(
                                                        "layerwise" if layerwise else "last-layer CE"),
                 "per_layer": {str(l): v for l, v in zip(names, per_layer)},
                 "lr": scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else float(grad_norm),
-                "samples_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
+                "samples_per_s": state.window_steps * cfg.batch_size / max(elapsed, 1e-9),
                 "wall_time_s": state.wall_time_s,
+                **({"skipped_steps": state.skipped_steps} if state.skipped_steps else {}),
             })
-            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            state.window_loss, state.window_steps, window_start = 0.0, 0, time.perf_counter()
 
         if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
             if is_main:
@@ -369,6 +443,10 @@ def fit(
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
             folder = step_dir(ckpt_root, step)
             if is_main:
+                if folder.exists():  # left by a session that stopped before sealing it: rewrite from scratch
+                    import shutil
+
+                    shutil.rmtree(folder)
                 folder.mkdir(parents=True, exist_ok=True)
             accelerator.wait_for_everyone()
             save_rng(folder, rank)

@@ -13,7 +13,7 @@ A finished run folder holds::
 Re-running on a finished folder with the same config returns its summary without training; an
 interrupted folder (checkpoints, no summary) resumes exactly where its last checkpoint left off.
 Tasks follow from the model: image classification (ViT / DeiT), text classification (BERT family,
-MiniLM) or causal language modelling (GPT-2 / Llama layout).
+MiniLM, any HF sequence classifier) or causal language modelling (any HF causal LM).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 from ..config import config_to_dict, load_config, save_config
 from ..errors import LayertraceError
-from ..io import read_json, write_json
+from ..io import read_json_dict, reading, write_json
 from .augment import ImageAugment
 from .batches import TensorBatches
 from .config import COSMETIC_KEYS, TrainConfig
@@ -75,9 +75,12 @@ class RunSummary:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunSummary":
-        data = read_json(path)
+        fix = (f"delete it, then run `layertrace train --config {Path(path).parent / 'config.yaml'} "
+               f"--out {Path(path).parent}` (the run resumes from its checkpoints)")
+        data = read_json_dict(path, fix)
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        with reading(path, fix, what="run summary"):
+            return cls(**{k: v for k, v in data.items() if k in known})
 
     def table(self) -> str:
         """A short text table of the final layer-wise accuracy."""
@@ -205,8 +208,11 @@ def _model_kind(spec: str) -> str:
     folder = Path(spec).expanduser()
     for config in (folder / "config.json", folder / "model" / "config.json"):
         if config.is_file():
-            arch = (read_json(config).get("architectures") or [""])[0]
-            return "causal_lm" if arch.endswith(("ForCausalLM", "LMHeadModel")) else "classifier"
+            try:
+                arch = (read_json_dict(config).get("architectures") or [""])[0]
+            except LayertraceError:
+                return "classifier"  # a damaged config.json: load_model names it and the fix
+            return "causal_lm" if str(arch).endswith(("ForCausalLM", "LMHeadModel")) else "classifier"
     try:  # a hub model (online): its config names the architecture
         from transformers import AutoConfig
 
@@ -249,6 +255,52 @@ def _lm_tokenizer(cfg: TrainConfig, out: Path):
     return _load_tokenizer(str(folder))
 
 
+def _saved_head_classes(spec: str) -> int | None:
+    """Classes of the head saved in a model / run folder (``None``: a preset, a hub name, a bare encoder)."""
+    from ..models.presets import PRESETS
+
+    folder = Path(spec).expanduser()
+    if spec in PRESETS or not folder.is_dir():
+        return None
+    for config in (folder / "config.json", folder / "model" / "config.json"):
+        if config.is_file():
+            try:
+                data = read_json_dict(config)
+            except LayertraceError:
+                return None  # a damaged config.json: load_model names it and the fix
+            arch = (data.get("architectures") or [""])[0]
+            if not str(arch).endswith(("ForSequenceClassification", "ForImageClassification",
+                                       "ForImageClassificationWithTeacher")):
+                return None  # a bare encoder (gets a head of the data's classes) or not a classifier
+            labels = data.get("id2label")
+            return len(labels) if isinstance(labels, dict) else data.get("num_labels")
+    return None
+
+
+def _check_head(cfg: TrainConfig, data_classes: int) -> None:
+    """Fine-tuning a saved classifier on data with another class count replaces its head by a fresh
+    one only when ``model.num_classes`` asks for it."""
+    saved = _saved_head_classes(cfg.model.spec)
+    if saved is not None and cfg.model.num_classes is None and int(saved) != int(data_classes):
+        raise LayertraceError(
+            f"model {cfg.model.spec!r} has a head of {saved} classes but dataset {cfg.data.name!r} has {data_classes}; "
+            f"pass --model.num_classes {data_classes} to replace the head by a fresh one, or pick matching data")
+    if cfg.model.num_classes is not None and int(cfg.model.num_classes) != int(data_classes):
+        raise LayertraceError(
+            f"model.num_classes {cfg.model.num_classes} but dataset {cfg.data.name!r} has {data_classes} classes; "
+            f"set --model.num_classes {data_classes} or drop it")
+
+
+def _check_modality(cfg: TrainConfig, loaded, ds) -> None:
+    """The model's inputs (its preprocessing's modality) must be what the dataset holds."""
+    modality = (loaded.preprocess or {}).get("modality")
+    holds = "image" if hasattr(ds, "images") else "text"
+    if modality and modality != holds:
+        raise LayertraceError(
+            f"model {cfg.model.spec!r} takes {modality} inputs but dataset {cfg.data.name!r} holds {holds}s; "
+            f"pick a matching model and dataset")
+
+
 def _task_of(adapter, ds) -> str:
     if adapter.kind == "causal_lm":
         return "causal-lm"
@@ -276,8 +328,12 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
     if not cfg.train.resume and (out / "checkpoints").exists():
         import shutil
 
+        # starting over: nothing of the previous run may stay beside the new one (a stale
+        # heads.safetensors would be read as this run's per-layer heads)
         shutil.rmtree(out / "checkpoints")
-        (out / SUMMARY_FILE).unlink(missing_ok=True)
+        shutil.rmtree(out / "model", ignore_errors=True)
+        for name in (SUMMARY_FILE, HEADS_FILE, "metrics.jsonl"):
+            (out / name).unlink(missing_ok=True)
     save_config(cfg, out)
     start = time.perf_counter()
 
@@ -286,14 +342,17 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
     if _model_kind(cfg.model.spec) == "causal_lm":
         tokenizer = _lm_tokenizer(cfg, out) if cfg.model.tokenizer else None
         vocab = cfg.model.num_classes or (len(tokenizer) if tokenizer is not None else None)
-        loaded = load_model(cfg.model.spec, num_classes=vocab, final_norm=cfg.model.final_norm, seed=cfg.train.seed)
+        loaded = load_model(cfg.model.spec, num_classes=vocab, final_norm=cfg.model.final_norm, seed=cfg.train.seed,
+                            pooling=cfg.model.pooling)
         if tokenizer is not None:
             loaded.tokenizer = tokenizer
     else:
         train_ds = load_dataset(cfg.data.name, cfg.data.train_split, root=cfg.data.root, seed=cfg.train.seed,
                                 limit=cfg.data.train_limit, **cfg.data.loader_kwargs)
+        _check_head(cfg, train_ds.num_classes)
         loaded = load_model(cfg.model.spec, num_classes=cfg.model.num_classes or train_ds.num_classes,
-                            final_norm=cfg.model.final_norm, seed=cfg.train.seed)
+                            final_norm=cfg.model.final_norm, seed=cfg.train.seed, pooling=cfg.model.pooling)
+        _check_modality(cfg, loaded, train_ds)
     adapter = loaded.adapter
     adapter.train()
     micro = micro_batch_size(cfg.train)
