@@ -68,6 +68,7 @@ def timed(fn) -> tuple[float, float]:
 
 def bench(name: str, build, batch: int, tokens: int, repeats: int) -> dict:
     from layertrace.models import adapt
+    from layertrace.models import hf_auto
     from layertrace.models.hf_auto import self_check
 
     model = build()
@@ -81,7 +82,11 @@ def bench(name: str, build, batch: int, tokens: int, repeats: int) -> dict:
         return model(**inputs, output_hidden_states=True)
 
     def traced():
-        return adapter.trace(inputs, with_logits=not lm)
+        if not lm:
+            return adapter.trace(inputs)
+        # the same work as the forward: every layer's features, the LM head once on layer L
+        trace = adapter.trace(inputs, with_logits=False)
+        return trace, adapter.readout(trace.features[-1])
 
     def embed_only():
         return adapter.embed(inputs)
@@ -99,6 +104,7 @@ def bench(name: str, build, batch: int, tokens: int, repeats: int) -> dict:
                 wall[key].append(w)
                 cpu[key].append(c)
         checks = [timed(lambda: self_check(adapter)) for _ in range(3)]
+        one_probe_forward = [timed(lambda: model(**hf_auto.probe_batch(model))) for _ in range(3)]
     med = {k: statistics.median(v) * 1000 for k, v in wall.items()}
     medc = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
     return {
@@ -106,8 +112,10 @@ def bench(name: str, build, batch: int, tokens: int, repeats: int) -> dict:
         "params": sum(p.numel() for p in model.parameters()) / 1e6,
         "native": med["native"], "trace": med["trace"], "native_cpu": medc["native"], "trace_cpu": medc["trace"],
         "embed": med["embed"], "ratio": med["trace"] / med["native"], "ratio_cpu": medc["trace"] / medc["native"],
-        "check": statistics.median(c[0] for c in checks) * 1000, "discover": discover_s * 1000,
-        "logits": "every layer" if not lm else "none (features only)",
+        "check": statistics.median(c[0] for c in checks) * 1000,
+        "check_cpu": statistics.median(c[1] for c in checks) * 1000,
+        "probe_cpu": statistics.median(c[1] for c in one_probe_forward) * 1000, "discover": discover_s * 1000,
+        "logits": "every layer" if not lm else "layer L only (as the forward)",
     }
 
 
@@ -137,20 +145,23 @@ def main() -> int:
         "warm-up runs; models built from config (random weights), sdpa attention, every other row padded by a "
         "quarter. *forward + hidden states* = the unmodified model with `output_hidden_states=True`; *trace* = "
         "`adapter.trace(batch)` (discovery adapter: the model's own blocks replayed one by one), with the shared "
-        "readout at every layer for the classifier and without per-layer logits for the LM. *embed* = "
+        "readout at every layer for the classifier, and for the LM every layer's features plus the readout at "
+        "layer L (the forward's own work: per-layer vocabulary logits would add L LM-head calls). *embed* = "
         "`adapter.embed(batch)` alone (the recording pass that stops at the last block). *self-check* = "
-        "`hf_auto.self_check` on its own 2 x 6-token probe (median of 3), what `adapt()` runs once per model; "
-        "*discovery* = `adapt(model, check=False)` (one probe pass).",
+        "`hf_auto.self_check` on its own 2 x 6-token probe (median of 3, wall / CPU), what `adapt()` runs once "
+        "per model, beside the CPU time of one plain forward of that probe; *discovery* = "
+        "`adapt(model, check=False)` (one block run and one recording pass on the probe).",
         "",
         "| model | params (M) | input | layers | per-layer logits | forward + hidden states, wall / CPU (ms) "
-        "| trace, wall / CPU (ms) | ratio wall | ratio CPU | embed (ms) | self-check (ms) | discovery (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| trace, wall / CPU (ms) | ratio wall | ratio CPU | embed (ms) | self-check, wall / CPU (ms) "
+        "| one probe forward, CPU (ms) | discovery (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params']:.1f} | {r['input']} | {r['layers']} | {r['logits']} "
                      f"| {r['native']:.1f} / {r['native_cpu']:.1f} | {r['trace']:.1f} / {r['trace_cpu']:.1f} "
-                     f"| {r['ratio']:.3f} | {r['ratio_cpu']:.3f} | {r['embed']:.1f} | {r['check']:.1f} "
-                     f"| {r['discover']:.1f} |")
+                     f"| {r['ratio']:.3f} | {r['ratio_cpu']:.3f} | {r['embed']:.1f} | {r['check']:.0f} / {r['check_cpu']:.0f} "
+                     f"| {r['probe_cpu']:.1f} | {r['discover']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -236,6 +236,8 @@ def read_yaml(path: str | Path) -> dict:
         raise LayertraceError(f"config file {p} not found; check the path (examples are in configs/)")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise LayertraceError(f"config file {p} is not text (not UTF-8); give the YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -309,3 +309,23 @@ def test_headless_encoders_get_similarity_of_every_layer_without_a_readout(name,
     np.testing.assert_allclose(result.cos_matrix, np.asarray(cos_matrix(feats.double())), atol=1e-6)
     again = AnalysisResult.from_json(result.save(tmp_path))  # analysis.json: NaN readout written as null
     np.testing.assert_allclose(again.cos_matrix, result.cos_matrix)
+
+
+@pytest.mark.parametrize("name", ["gemma2", "mixtral", "deberta-v2", "modernbert", "llama-cls", "dinov2-registers",
+                                  "clip-image-cls"])
+def test_export_of_first_k_blocks_equals_layer_k_readout(name, tmp_path):
+    import transformers
+
+    from layertrace.models import export_first_k
+
+    model, a = built(name)
+    batch = batch_for(name, model)
+    out = export_first_k(a, 1, tmp_path / "k1")
+    small = getattr(transformers, type(model).__name__).from_pretrained(out).eval()
+    with torch.no_grad():
+        want = a.trace(batch, layers=[1]).logits[0]
+        got = small(**batch).logits if a.kind != "causal_lm" else adapt(small).model_logits(batch)
+    if a.kind == "causal_lm":
+        real = batch["attention_mask"].bool()
+        want, got = want[real], got[real]
+    assert_close(got, want, atol=ATOL, rtol=1e-4)

@@ -63,5 +63,14 @@ class AnalyzeConfig:
     save_logits: str = field(default="auto", metadata={
         "help": "classifiers: per-sample per-layer logits in the npz: auto (<= 64 MiB) | true | false", "choices": ("auto", "true", "false")})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    null_permutations: int = field(default=0, metadata={
+        "help": "K >= 19: calibrate COS / CKA against K seeded row permutations (score, tau, p-value per pair); 0: off"})
+    null_max_samples: int = field(default=1000, metadata={
+        "help": "samples (seeded subsample) of the exact-CKA / COS permutation null"})
+    layer_removal: bool = field(default=False, metadata={
+        "help": "skip each block in turn: change in final accuracy / cross-entropy beside block influence and "
+                "adjacent COS (~L/2 extra forwards)"})
+    layer_removal_samples: int | None = field(default=None, metadata={
+        "help": "layer removal on about N samples (every k-th batch; none = all)"})
     collapse: bool = field(default=False, metadata={
         "help": "classifiers: also measure neural collapse NC1-NC3 per layer through the shared head (docs/analysis.md)"})

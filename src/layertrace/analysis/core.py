@@ -20,6 +20,7 @@ forward pass over ``batches`` replaces the cache (twice the model cost, constant
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
@@ -49,6 +50,7 @@ from ..readout import (
 from ..models.base import Adapter
 from ..trace import FeatureCache, autocast, check_finite, next_token_targets, subsample_tokens, trace_batch
 from .collapse import CollapseStage
+from .removal import LayerRemovalStage
 from .dist import DistContext
 from .result import AnalysisResult
 from .similarity import SimilarityStage
@@ -108,6 +110,18 @@ class AnalysisOptions:
         max_batches: stop after this many batches (counted per process with ``shard="presharded"``).
         chunk_rows: rows per chunk when cached features are read back (``"auto"``: about 4 MB of
             float32, 256..4096 rows); original batches are never split.
+        null_permutations: K > 0 calibrates COS and CKA against a permutation null of K seeded
+            row permutations (:mod:`layertrace.metrics.calibration`; adds ``result.calibration``):
+            exact CKA and COS on a seeded subsample of at most ``null_max_samples`` similarity
+            samples (bulk nulls, one product per permutation for all pairs); minibatch CKA streams
+            its null over all batches. Needs the feature cache.
+        null_max_samples: sample cap of the exact-CKA / COS null (memory 2 S n^2 floats).
+        layer_removal: for every block, the final-layer accuracy / cross-entropy (perplexity) with
+            that block skipped, beside block influence 1 - cos(h_{l-1}, h_l) and adjacent COS
+            (:mod:`layertrace.analysis.removal`; adds ``result.layer_removal``). Costs about
+            (L - 1) / 2 + 1 extra forwards per batch.
+        layer_removal_samples: run the removal on about this many samples only (``None``: all):
+            every k-th batch, k = ceil(batches x first batch size / this), so it spreads over the data.
         collapse: classifiers: also measure neural collapse (NC1-NC3) at every layer, on the input
             of the shared head's final linear layer (:mod:`layertrace.analysis.collapse`); adds
             ``result.collapse``. Memory 8 * S * (K + d) * d bytes, no per-sample storage.
@@ -138,6 +152,10 @@ class AnalysisOptions:
     max_batches: int | None = None
     chunk_rows: Any = "auto"
     collapse: bool = False
+    null_permutations: int = 0
+    null_max_samples: int = 1000
+    layer_removal: bool = False
+    layer_removal_samples: int | None = None
 
     def validate(self) -> None:
         for name, value, choices in (("center", self.center, _CENTERS), ("cka", self.cka, _CKA),
@@ -150,6 +168,13 @@ class AnalysisOptions:
                 raise LayertraceError(f"effective-depth epsilon {e} must lie in [0, 1]")
         if (self.rbf_cka or self.procrustes) and self.cache == "none" and self.similarity:
             raise LayertraceError("rbf_cka / procrustes need the feature cache: use cache='auto', 'ram' or 'disk'")
+        if int(self.null_permutations) < 0 or (0 < int(self.null_permutations) < 19):
+            raise LayertraceError(f"null_permutations={self.null_permutations}: use 0 (off) or at least 19 (with "
+                                  f"fewer, the 95 % threshold can never lie below the observed score)")
+        if self.null_permutations and self.cache == "none" and self.similarity:
+            raise LayertraceError("null_permutations needs the feature cache: use cache='auto', 'ram' or 'disk'")
+        if int(self.null_max_samples) < 4:
+            raise LayertraceError(f"null_max_samples={self.null_max_samples} must be at least 4")
 
 
 # ============================================================================ entry points
@@ -283,6 +308,15 @@ class _Pass:
             if self.is_lm:
                 raise LayertraceError("collapse=True (neural collapse) applies to classifiers, not causal LMs")
             self.collapse = CollapseStage(adapter, self.S)
+        if opts.layer_removal and adapter.kind == "encoder":
+            raise LayertraceError("layer_removal needs the model's own head (its readout scores the skipped "
+                                  "model); this headless encoder has none: analyse a classifier or causal LM")
+        self.removal = (LayerRemovalStage(adapter, opts.precision, opts.token_chunk)
+                        if opts.layer_removal else None)
+        self.removal_s = 0.0
+        self.calibration_s = 0.0
+        self._stride: int | None = None
+        self._n_batches: int | None = None
 
     # ------------------------------------------------------------------ plan
     def _plan(self, dim: int) -> None:
@@ -294,7 +328,7 @@ class _Pass:
             self.cka_mode = "none"
             return
         cka_state_bytes = 8 * (self.S * dim) ** 2  # the streaming accumulator's cross-moment matrix
-        needs_cache = o.center == "mean" or o.rbf_cka or o.procrustes
+        needs_cache = o.center == "mean" or o.rbf_cka or o.procrustes or o.null_permutations > 0
         self.cache_mode = o.cache if needs_cache else "none"
         if self.cache_mode != "none":
             self.cache = FeatureCache(self.S, dim, mode=self.cache_mode,
@@ -308,7 +342,8 @@ class _Pass:
         else:
             self.cka_mode = "minibatch"
         if not needs_cache:  # centres known now: everything inline, one pass, no cache
-            self.stage = SimilarityStage(self.S, dim, o.center, None, self.cka_mode, o.theory, o.tolerance)
+            self.stage = SimilarityStage(self.S, dim, o.center, None, self.cka_mode, o.theory, o.tolerance,
+                                         **self._null_args())
 
     # ------------------------------------------------------------------ run
     def run(self, batches: Iterable[Mapping[str, Any]]) -> AnalysisResult:
@@ -325,6 +360,7 @@ class _Pass:
             pass
         if o.max_batches is not None and n_batches is not None:
             n_batches = min(n_batches, o.max_batches)
+        self._n_batches = n_batches
         try:
             if self.collapse is not None:
                 self.collapse.attach()
@@ -341,6 +377,8 @@ class _Pass:
             "total_s": time.perf_counter() - start,
             "pass_s": pass_s,
             "forward_s": self.forward_s,
+            "layer_removal_s": self.removal_s,
+            "calibration_s": self.calibration_s,
             "world_size": self.dist.world_size,
         }
         return result
@@ -390,6 +428,10 @@ class _Pass:
             feats, rec = self._classifier_batch(b, batch)
         self._similarity_samples(b, feats, rec)
         self.records[b] = rec
+        if self.removal is not None and b % self._removal_stride(rec.n_samples) == 0:
+            t0 = time.perf_counter()
+            self.removal.update(batch)
+            self.removal_s += time.perf_counter() - t0
 
     def _headless_batch(self, b: int, batch: Mapping[str, Any]) -> tuple[Tensor, _BatchRecord]:
         """A headless encoder (``kind="encoder"``: BertModel, CLIP towers): similarity only, no readout."""
@@ -589,7 +631,8 @@ class _Pass:
                 self.cka_mode = "exact"
             if self.stage is None:
                 self.stage = SimilarityStage(self.S, self.dim, o.center, centers if o.center == "mean" else None,
-                                             "none" if cka_from_cache else self.cka_mode, o.theory, o.tolerance)
+                                             "none" if cka_from_cache else self.cka_mode, o.theory, o.tolerance,
+                                             **self._null_args())
                 for group, sizes, chunk in self._centred_chunks(batches, n_batches):
                     per_sample = self.stage.update(chunk)
                     starts = np.cumsum([0, *sizes])
@@ -605,6 +648,9 @@ class _Pass:
 
                 cka_matrix = np.asarray(metrics.linear_cka_matrix(self.cache.array()), dtype=np.float64)
             extra = self._extra_matrices()
+            t0 = time.perf_counter()
+            calibration = self._calibration(merged) if o.null_permutations else None
+            self.calibration_s = time.perf_counter() - t0
 
         # ---- per-sample arrays of every process, in global batch order
         samples = self._gather_samples()
@@ -651,6 +697,11 @@ class _Pass:
         result.theory = self._theory(samples, cos_matrix, n_inf_ratio) if o.theory else {}
         if self.collapse is not None:
             result.collapse = self.collapse.finish(d)
+        if o.similarity and o.null_permutations:
+            result.calibration = calibration
+        if self.removal is not None:
+            self.removal.load_state(d.sum(self.removal.state()))
+            result.layer_removal = self.removal.finish(list(self.layers), cos_matrix)
         result.config = self._config_record()
         result.samples = self._public_samples(samples, result) if o.per_sample else None
         return result
@@ -694,6 +745,49 @@ class _Pass:
                 feats = feats[:, srow.to(feats.device), scol.to(feats.device)]
             yield [b], [int(feats.shape[1])], feats
 
+    def _removal_stride(self, batch_rows: int) -> int:
+        """Every k-th (global) batch goes through the layer-removal stage (layer_removal_samples)."""
+        if self._stride is None:
+            cap, total = self.opts.layer_removal_samples, self._n_batches
+            self._stride = 1 if cap is None or total is None else max(1, math.ceil(total * batch_rows / max(int(cap), 1)))
+        return self._stride
+
+    def _null_args(self) -> dict[str, int]:
+        """SimilarityStage keywords of the streamed minibatch-CKA null (K = null_permutations)."""
+        return {"null_permutations": int(self.opts.null_permutations), "seed": int(self.opts.seed)}
+
+    def _cached_subsample(self, max_samples: int) -> np.ndarray:
+        """A seeded subsample (S, m, d) of at most ``max_samples`` cached similarity samples (all processes)."""
+        d = self.dist
+        n_total = int(d.sum(np.asarray([self.cache.n_rows]))[0])
+        counts = d.gather(self.cache.n_rows)
+        offset = int(sum(counts[: d.rank]))
+        rng = np.random.default_rng(self.opts.seed)
+        chosen = np.sort(rng.choice(n_total, size=min(n_total, max_samples), replace=False))
+        mine = chosen[(chosen >= offset) & (chosen < offset + self.cache.n_rows)] - offset
+        parts = d.gather(self.cache.rows(mine))
+        return np.concatenate(parts, axis=1)
+
+    def _calibration(self, stage: SimilarityStage) -> dict[str, Any]:
+        """Permutation-calibrated COS and CKA (see AnalysisOptions.null_permutations)."""
+        from .. import metrics
+
+        o = self.opts
+        k = int(o.null_permutations)
+        feats = self._cached_subsample(o.null_max_samples)
+        keys = ("score", "calibrated", "tau", "p_value")
+        out: dict[str, Any] = {"n_permutations": k, "alpha": metrics.calibration.ALPHA, "seed": int(o.seed)}
+        cos = metrics.calibrated_similarity(feats, "cos", n_permutations=k, seed=o.seed, center=o.center)
+        out["cos"] = {"n_samples": int(feats.shape[1]), **{key: cos[key] for key in keys}}
+        if self.cka_mode == "minibatch":
+            cka = stage.cka_acc.calibrated()
+            out["cka"] = {"estimator": "minibatch", "n_samples": int(stage.cka_acc.n_samples),
+                          "null": "within-batch row permutations", **{key: cka[key] for key in keys}}
+        elif self.cka_mode == "exact":
+            cka = metrics.calibrated_similarity(feats, "linear_cka", n_permutations=k, seed=o.seed)
+            out["cka"] = {"estimator": "exact", "n_samples": int(feats.shape[1]), **{key: cka[key] for key in keys}}
+        return out
+
     def _extra_matrices(self) -> dict[str, np.ndarray]:
         """RBF CKA / Procrustes on a seeded subsample of the cached similarity samples (all processes)."""
         o = self.opts
@@ -701,15 +795,7 @@ class _Pass:
             return {}
         from .. import metrics
 
-        d = self.dist
-        n_total = int(d.sum(np.asarray([self.cache.n_rows]))[0])
-        counts = d.gather(self.cache.n_rows)
-        offset = int(sum(counts[: d.rank]))
-        rng = np.random.default_rng(o.seed)
-        chosen = np.sort(rng.choice(n_total, size=min(n_total, o.extra_max_samples), replace=False))
-        mine = chosen[(chosen >= offset) & (chosen < offset + self.cache.n_rows)] - offset
-        parts = d.gather(self.cache.rows(mine))
-        feats = np.concatenate(parts, axis=1)
+        feats = self._cached_subsample(o.extra_max_samples)
         out = {}
         if o.rbf_cka:
             out["rbf_cka"] = np.asarray(metrics.rbf_cka_matrix(feats), dtype=np.float64)

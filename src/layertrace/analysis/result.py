@@ -81,6 +81,12 @@ class AnalysisResult:
     # (S,) float64 arrays "nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3",
     # "within_trace", "between_trace", plus "feature", "dim", "n_classes", "n_samples"
     collapse: dict[str, Any] | None = None
+    # --- permutation-null calibration (null_permutations=K): {"n_permutations", "alpha", "seed",
+    # "cos": {...}, "cka": {...}} with (S, S) "score", "calibrated", "tau", "p_value" per metric
+    calibration: dict[str, Any] | None = None
+    # --- layer-removal effect (layer_removal=True; analysis/removal.py): per block 1..L
+    # "delta_accuracy", "delta_cross_entropy", "block_influence", "adjacent_cos", ... and "spearman"
+    layer_removal: dict[str, Any] | None = None
     # --- how it ran
     config: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
@@ -111,6 +117,13 @@ class AnalysisResult:
         if kwargs.get("collapse"):
             kwargs["collapse"] = {k: _float_array(v) if isinstance(v, list) else v
                                   for k, v in kwargs["collapse"].items()}
+        if kwargs.get("calibration"):
+            kwargs["calibration"] = {k: ({kk: _float_array(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
+                                         if isinstance(v, dict) else v)
+                                     for k, v in kwargs["calibration"].items()}
+        if kwargs.get("layer_removal"):
+            kwargs["layer_removal"] = {k: _float_array(v) if isinstance(v, list) and k != "blocks" else v
+                                       for k, v in kwargs["layer_removal"].items()}
         return cls(**kwargs, samples=samples)
 
     def to_json(self, path: str | Path) -> Path:

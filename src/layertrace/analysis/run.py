@@ -57,6 +57,8 @@ def _check_config(cfg: AnalyzeConfig) -> None:
         raise LayertraceError(f"batch_size={cfg.batch_size} must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
         raise LayertraceError(f"limit={cfg.limit} must be at least 1 (omit it to analyse the whole split)")
+    if cfg.cache_dir:
+        check_out_dir(cfg.cache_dir, flag="--cache_dir")
 
 
 def _is_classifier_preset(spec: str) -> bool:
@@ -182,7 +184,9 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
             procrustes=cfg.procrustes, extra_max_samples=cfg.extra_max_samples, theory=cfg.theory,
             epsilons=tuple(cfg.epsilons), tokens_per_sample=cfg.tokens_per_sample, seed=cfg.seed,
             per_sample=cfg.per_sample, save_logits=cfg.save_logits, precision=precision,
-            progress=cfg.progress, collapse=cfg.collapse,
+            progress=cfg.progress, collapse=cfg.collapse, null_permutations=cfg.null_permutations,
+            null_max_samples=cfg.null_max_samples, layer_removal=cfg.layer_removal,
+            layer_removal_samples=cfg.layer_removal_samples,
         )
         result.config.update(split=cfg.split, limit=cfg.limit, shift=cfg.shift, shift_seed=cfg.shift_seed,
                              device=str(device), batch_size=cfg.batch_size,

@@ -66,10 +66,13 @@ class SimilarityStage:
             over chunks), or ``"none"``.
         theory: also count Theorem 2.1 violations per sample.
         tolerance: slack of the Theorem 2.1 comparison.
+        null_permutations / seed: minibatch CKA also streams a permutation null of K seeded
+            within-batch permutations (``MinibatchCKA(null_permutations=K)``).
     """
 
     def __init__(self, n_layers: int, dim: int, center: str, centers: np.ndarray | None, cka: str,
-                 theory: bool = True, tolerance: float = THEORY_TOLERANCE):
+                 theory: bool = True, tolerance: float = THEORY_TOLERANCE, null_permutations: int = 0,
+                 seed: int = 0):
         self.n_layers = n_layers
         self.dim = dim
         self.center = center
@@ -84,7 +87,7 @@ class SimilarityStage:
         if cka == "exact":
             self.cka_acc: Any = metrics.StreamingLinearCKA(n_layers, dim)
         elif cka == "minibatch":
-            self.cka_acc = metrics.MinibatchCKA(n_layers)
+            self.cka_acc = metrics.MinibatchCKA(n_layers, null_permutations=null_permutations, seed=seed)
         else:
             self.cka_acc = None
 

@@ -64,15 +64,18 @@ class TrackSection:
         "analyze at most N test samples (none = the whole test split)", check=">= 1"))
     exit_limit: Optional[int] = field(default=None, metadata=_h(
         "early-exit sweep on at most N test samples (none = the whole test split)", check=">= 1"))
+    layer_removal_samples: Optional[int] = field(default=None, metadata=_h(
+        "layer-removal effect on about N analysed samples (every k-th batch; none = all)", check=">= 1"))
 
 
 def _vision() -> TrackSection:
     return TrackSection(name="fmnist-vit", recipe="configs/demo/vit-fmnist.yaml",
-                        modes=["standard", "aligned", "multi-head"])
+                        modes=["standard", "aligned", "multi-head"], layer_removal_samples=512)
 
 
 def _text() -> TrackSection:
-    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"])
+    return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"],
+                        layer_removal_samples=64)
 
 
 @dataclass
@@ -82,6 +85,12 @@ class AnalysisSection:
     split: str = field(default="test", metadata=_h("split the analysis and early exit run on"))
     batch_size: int = field(default=128, metadata=_h("samples per forward pass", check=">= 1"))
     cka: str = field(default="auto", metadata=_h("CKA estimator: auto | exact | minibatch", choices=("auto", "exact", "minibatch")))
+    null_permutations: int = field(default=49, metadata=_h(
+        "permutations of the calibrated COS / CKA (0: off; >= 19)", check=">= 0"))
+    null_max_samples: int = field(default=300, metadata=_h("samples of the COS / exact-CKA permutation null",
+                                                           check=">= 4"))
+    layer_removal: bool = field(default=True, metadata=_h(
+        "skip each block in turn: final accuracy / CE change beside block influence and adjacent COS"))
 
 
 @dataclass
@@ -348,6 +357,8 @@ class Demo:
         return {"model": str(run_dir), "data": train_cfg.data.name, "data_root": train_cfg.data.root,
                 "split": a.split, "limit": track.analyze_limit, "batch_size": a.batch_size, "cka": a.cka,
                 "device": self.cfg.device, "max_length": train_cfg.data.max_length,
+                "null_permutations": a.null_permutations, "null_max_samples": a.null_max_samples,
+                "layer_removal": a.layer_removal, "layer_removal_samples": track.layer_removal_samples,
                 # the recipe's loader options too (only when set: the stamps of earlier demos stay valid)
                 **({"loader_kwargs": dict(train_cfg.data.loader_kwargs)} if train_cfg.data.loader_kwargs else {})}
 

@@ -76,7 +76,7 @@ def early_exit_generate(
     """Decode with per-token early exit at the first layer whose confidence is >= ``tau``.
 
     Args:
-        model: an HF causal LM (GPT-2 / Llama layout) or its adapter.
+        model: any Hugging Face causal LM adapt() serves (docs/models.md) or its adapter.
         input_ids, attention_mask: (B, P) prompts, as for :func:`~layertrace.lm.generate.generate`.
         tau: exit threshold; any value > 1 never exits early (full-depth decoding).
         confidence: ``"softmax"`` (max probability of the shared readout) or ``"state"`` (cosine

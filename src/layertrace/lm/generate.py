@@ -147,7 +147,7 @@ def as_causal_adapter(model: Any):
             f"generation needs a causal LM; {type(model).__name__} is a {adapter.kind} (kind must be 'causal_lm')")
     if not hasattr(adapter, "new_cache"):
         raise LayertraceError(
-            f"{type(adapter).__name__} has no KV cache support (new_cache); use a GPT-2 / Llama-layout HF model")
+            f"{type(adapter).__name__} has no KV cache support (new_cache); use a Hugging Face causal LM")
     return adapter
 
 
@@ -192,7 +192,7 @@ def generate(
     """Decode from layer ``layer``: blocks 1..k, then the shared final norm and LM head, with a KV cache.
 
     Args:
-        model: an HF causal LM (GPT-2 / Llama / Qwen2 / Mistral) or its adapter.
+        model: any Hugging Face causal LM adapt() serves (docs/models.md) or its adapter.
         input_ids: (B, P) prompts; left padding is the usual choice for batched prompts (right
             padding also works: positions and masks follow ``attention_mask``).
         attention_mask: (B, P) 1 for real prompt tokens; default all ones.

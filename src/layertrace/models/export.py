@@ -41,8 +41,8 @@ def _block_list(adapter: Adapter) -> nn.ModuleList:
     candidates = [m for m in adapter.model.modules() if isinstance(m, nn.ModuleList) and len(m) == adapter.n_layers]
     if len(candidates) != 1:
         raise LayertraceError(
-            f"cannot find the block list of {type(adapter.model).__name__} to truncate; export supports HF "
-            f"ViT / DeiT / BERT-family / GPT-2 / Llama-layout models"
+            f"cannot find the block list of {type(adapter.model).__name__} to truncate; export supports "
+            f"Hugging Face models whose blocks are one ModuleList with one entry per layer"
         )
     return candidates[0]
 
@@ -71,11 +71,21 @@ def truncated_model(adapter: Adapter, k: int) -> nn.Module:
     parent_path, _, attr = path.rpartition(".")
     parent = out.get_submodule(parent_path) if parent_path else out
     setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:k]))
-    config = out.config
+    # the config that counts these blocks: the model's own, or its vision / text sub-config (CLIP, SigLIP)
+    n = len(getattr(model.get_submodule(parent_path) if parent_path else model, attr))
+    configs = [c for c in (out.config, getattr(out.config, "vision_config", None), getattr(out.config, "text_config", None))
+               if c is not None and getattr(c, "num_hidden_layers", None) == n]
+    if not configs:
+        raise LayertraceError(f"could not find the layer count of {type(out.config).__name__} to set it to {k}")
+    config = configs[0]
     config.num_hidden_layers = k  # maps to n_layer / n_layers through each config's attribute_map
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, (list, tuple)) and len(layer_types) > k:
         config.layer_types = list(layer_types)[:k]
+    if hasattr(config, "stage_names") and hasattr(config, "set_output_features_output_indices"):
+        # backbone configs (DINOv2) name one stage per layer and point their outputs at the last one
+        config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, k + 1)]
+        config.set_output_features_output_indices(out_features=None, out_indices=None)
     if int(config.num_hidden_layers) != k:
         raise LayertraceError(f"could not set the layer count of {type(config).__name__} to {k}")
     return out

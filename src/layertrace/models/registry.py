@@ -1,8 +1,9 @@
 """Which adapter serves which model: ``adapt(model)``.
 
-Families register a factory under the model class names they serve. Hugging Face families live
-in modules imported lazily (only when a model from ``transformers`` is adapted), so
-``import layertrace`` never imports transformers.
+Hugging Face models are served by discovery (:mod:`layertrace.models.hf_auto`, imported only when
+one is adapted, so ``import layertrace`` never imports transformers) and checked on load
+(:func:`~layertrace.models.hf_auto.self_check`). Other model classes register a factory under their
+class name (the toy model below); anything else goes through ``GenericAdapter``.
 """
 
 from __future__ import annotations

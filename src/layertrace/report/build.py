@@ -23,6 +23,8 @@ from .findings import Finding, all_findings
 from .page import Html, Section, esc, render_page, table_html
 from .runs import RunResults, load_runs, order_runs
 from .series import fmt, fmt_pct, number
+from .trust import (CALIBRATION_CAPTION, REMOVAL_CAPTION, calibration_figures, calibration_rows, removal_figures,
+                    removal_rows)
 from .tables import (DEFAULT_EXIT_TOLERANCE, ComparisonRow, comparison_rows, operating_point, overview_rows,
                      per_layer_table)
 
@@ -249,6 +251,11 @@ def render_summary(title: str, runs: list[RunResults], findings: list[Finding], 
     out += collapse_summary(runs)
     for name, header, rows in clip_rows(runs):
         out += [f"## CLIP within- and cross-modal COS: {name}", "", CLIP_CAPTION, "", _md_table(header, rows), ""]
+    for title_, caption, (header, rows) in (
+            ("Raw vs permutation-calibrated similarity", CALIBRATION_CAPTION, calibration_rows(runs)),
+            ("Layer removal vs similarity", REMOVAL_CAPTION, removal_rows(runs))):
+        if rows:
+            out += [f"## {title_}", "", caption, "", _md_table(header, rows), ""]
     for name, header, rows in lm_saturation_rows(runs):
         out += [f"## Causal LM saturation: {name}", "", LM_SATURATION_CAPTION, "", _md_table(header, rows), ""]
     header, rows = probe_cells(runs)
@@ -328,11 +335,23 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
                 blocks.append(Html(f"<p>{esc(title_)}:</p>" + table_html(header, rows,
                                                                          numeric=set(range(1, len(header))))))
         blocks += figs.similarity_heatmaps()
+        header, rows = calibration_rows(runs)
+        if rows:  # analyze --null_permutations K
+            blocks += calibration_figures(figs)
+            blocks.append(Html("<p>Pairs above chance after calibration:</p>" + table_html(
+                header, rows, numeric=set(range(2, len(header))))))
         blocks += figs.cos_box_plots()
         blocks += figs.adjacent_and_norm_curves()
     else:
         blocks.append(_missing("analysis.json", "run `layertrace analyze` on each model"))
     sections.append(Section("Layer-wise similarity: COS and CKA", "", blocks))
+
+    # Layer removal beside similarity (analyze --layer_removal true).
+    header, rows = removal_rows(runs)
+    if rows:
+        blocks = removal_figures(figs)
+        blocks.append(Html(table_html(header, rows, numeric=set(range(1, len(header))))))
+        sections.append(Section("Layer removal vs similarity", esc(REMOVAL_CAPTION), blocks))
 
     # Neural collapse (analyze --collapse true).
     if has_collapse(runs):

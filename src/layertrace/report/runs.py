@@ -109,7 +109,7 @@ def split_name(name: str) -> tuple[str, str]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -128,7 +128,7 @@ def _read_yaml(path: Path) -> dict:
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError):
         raise LayertraceError(f"{path}: not valid YAML; re-create the run's config.yaml") from None
     return data if isinstance(data, dict) else {}
 

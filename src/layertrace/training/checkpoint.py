@@ -284,12 +284,17 @@ def resume_checkpoint(ckpt_root: Path, model: nn.Module, optimizer: torch.optim.
     state, so a partly loaded damaged checkpoint leaves nothing behind.
 
     Returns:
-        ``(folder, train_state dict)`` of the checkpoint used.
+        ``(folder, train_state dict)`` of the checkpoint used; ``None`` when no folder was ever sealed.
     Raises:
-        LayertraceError: checkpoint folders exist but none loads.
+        LayertraceError: sealed checkpoints exist but none loads.
     """
-    candidates = checkpoint_candidates(ckpt_root)
+    found = checkpoint_candidates(ckpt_root)
+    # a folder never sealed (killed while its first files were written) is no checkpoint at all
+    candidates = [f for f in found if (f / MANIFEST).is_file() or _legacy_pointer(f)]
     if not candidates:
+        if found:
+            say(f"[train] no complete checkpoint in {ckpt_root} (the run stopped while writing its first); "
+                f"starting from step 0")
         return None
     problems = []
     for i, folder in enumerate(candidates):

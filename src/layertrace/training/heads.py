@@ -112,5 +112,11 @@ def load_heads(run_dir: str | Path, adapter: nn.Module | None = None) -> PerLaye
         )
     with reading(path, fix, what="heads file"):
         heads = PerLayerHeads(adapter, json.loads(meta["layers"]))
-        heads.heads.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+    missing, unexpected = heads.heads.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LayertraceError(
+            f"{path}: the heads do not fit this model's head (missing {sorted(missing)[:2]}, unexpected "
+            f"{sorted(unexpected)[:2]}): written for another model or by an older layertrace; re-run the "
+            f"multi-head training, or read the shared head with --heads shared")
     return heads.to(next(adapter.parameters()).device)

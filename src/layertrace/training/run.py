@@ -13,7 +13,7 @@ A finished run folder holds::
 Re-running on a finished folder with the same config returns its summary without training; an
 interrupted folder (checkpoints, no summary) resumes exactly where its last checkpoint left off.
 Tasks follow from the model: image classification (ViT / DeiT), text classification (BERT family,
-MiniLM) or causal language modelling (GPT-2 / Llama layout).
+MiniLM, any HF sequence classifier) or causal language modelling (any HF causal LM).
 """
 
 from __future__ import annotations
