@@ -201,6 +201,11 @@ def _cases(w) -> list[tuple[str, list, tuple[str, ...]]]:
         ("probe cut model", ["probe", "--model", Damaged("model/model.safetensors", "empty"), *npz3, "--out", out],
          ("model.safetensors",)),
         ("probe out is a file", ["probe", "--model", run, *npz3, "--out", w["file"]], ("existing file",)),
+        ("analyze-clip no model", ["analyze-clip", "--out", out], ("no model given",)),
+        ("analyze-clip not a CLIP", ["analyze-clip", "--model", run, "--limit", "4", "--out", out], ("CLIPModel",)),
+        ("analyze-clip limit 1", ["analyze-clip", "--model", run, "--limit", "1", "--out", out], ("limit",)),
+        ("analyze-clip bad center", ["analyze-clip", "--model", run, "--center", "median", "--out", out],
+         ("center",)),
         # -- generate
         ("generate temperature 0", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--temperature", "0"],
          ("temperature", "> 0")),
