@@ -21,7 +21,7 @@ from .figures import FigureItem, Figures, _render
 from .findings import Finding, _pct
 from .runs import RunResults
 from .series import layer_series
-from .style import LAYER_AXIS
+from .style import LAYER_AXIS, OKABE_ITO
 
 CAPTION = ("Layer-wise accuracy through the shared head of aligned runs that differ only in the layer weights "
            "lambda_l of the aligned loss (read from each run's config.yaml: linear lambda_l = 2l/(L(L+1)), "
@@ -109,7 +109,7 @@ def layer_weight_figures(figs: Figures) -> list[FigureItem]:
             s = layer_series(r.analysis, "accuracy")
             xs = sorted(s)
             kw = figs.styles[r.name].kwargs()
-            kw.update(color=f"C{i}", marker=markers[i % len(markers)], linestyle="-" if i == 0 else "--")
+            kw.update(color=OKABE_ITO[i % len(OKABE_ITO)], marker=markers[i % len(markers)], linestyle="-" if i == 0 else "--")
             ax.plot(xs, [100 * s[x] for x in xs], label=f"lambda {weights_of(r)} ({r.name})", **kw)
         ax.set_xlabel(LAYER_AXIS)
         ax.set_ylabel("accuracy through the shared head (%)")
