@@ -416,6 +416,7 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
             f"time of the batched executor.</p>"
             + table_html(*comparison_table(comparison), numeric=set(range(3, 20)))))
         blocks += figs.exit_curves()
+        blocks += figs.exit_measured_curve()
         blocks += figs.exit_histograms(lambda r, ex: operating_point(ex, exit_tolerance))
     else:
         blocks.append(_missing("exit.json", "run `layertrace exit` on each model"))
