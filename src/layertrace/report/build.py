@@ -18,6 +18,7 @@ from ..errors import LayertraceError
 from .collapse import COLLAPSE_PLOTS, CAPTION as COLLAPSE_CAPTION, collapse_figures, collapse_table, has_collapse
 from .figures import Figures, FigureItem, groups_of
 from .clip import CURVES_CAPTION as CLIP_CAPTION, clip_figures, clip_rows
+from .layer_weights import CAPTION as LAYER_WEIGHTS_CAPTION, layer_weight_figures, layer_weight_rows
 from .lm_saturation import CAPTION as LM_SATURATION_CAPTION, lm_saturation_figures, lm_saturation_rows
 from .findings import Finding, all_findings
 from .page import Html, Section, esc, render_page, table_html
@@ -249,6 +250,8 @@ def render_summary(title: str, runs: list[RunResults], findings: list[Finding], 
     if rows:
         out += ["## Theory checks", "", _md_table(header, rows), ""]
     out += collapse_summary(runs)
+    for header, rows in layer_weight_rows(runs):
+        out += ["## Layer-weight ablation (aligned training)", "", LAYER_WEIGHTS_CAPTION, "", _md_table(header, rows), ""]
     for name, header, rows in clip_rows(runs):
         out += [f"## CLIP within- and cross-modal COS: {name}", "", CLIP_CAPTION, "", _md_table(header, rows), ""]
     for title_, caption, (header, rows) in (
@@ -366,6 +369,15 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
     if rows:
         sections.append(Section("Task transfer: linear probes per layer", esc(PROBE_NOTE), [Html(table_html(
             header, rows, numeric=set(range(2, len(header)))))]))
+
+    # Layer-weight ablation (aligned runs differing only in train.layer_weights; the paper's Fig. 15).
+    lw_blocks: list[Any] = layer_weight_figures(figs)
+    for header, rows in layer_weight_rows(runs):
+        lw_blocks.append(Html("<p>Layer-wise accuracy (%), shared head:</p>" + table_html(
+            header, rows, numeric=set(range(2, len(header))))))
+    if lw_blocks:
+        sections.append(Section("Layer-weight ablation: uniform vs linear lambda", esc(LAYER_WEIGHTS_CAPTION),
+                                lw_blocks))
 
     # CLIP towers (layertrace analyze-clip).
     clip_blocks = clip_figures(figs)
