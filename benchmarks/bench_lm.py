@@ -39,7 +39,7 @@ def _fmt(x, nd=3):
 
 def run(args) -> str:
     from layertrace.data import load_text_corpus
-    from layertrace.lm.demo import RUN_NAME, make_prompts, run_lm_track
+    from layertrace.lm.demo import find_run, make_prompts, run_lm_track
     from layertrace.lm.early_exit import early_exit_sweep
     from layertrace.lm.generate import SamplingConfig
     from layertrace.models import load_model
@@ -49,7 +49,7 @@ def run(args) -> str:
         run_lm_track(track, "quick", threads=args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(track / RUN_NAME.format(mode=args.mode))
+    loaded = load_model(find_run(track, args.mode))
     tok = loaded.tokenizer
     docs = load_text_corpus(track / "lm-corpus", "test", shuffle=False)
     prompts = make_prompts(tok, docs, args.prompts, args.prompt_tokens, seed=1)
@@ -60,7 +60,7 @@ def run(args) -> str:
         f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_lm.py {' '.join(sys.argv[1:])}`",
         f"- machine: 2-core CPU, no GPU (shared with other jobs), torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), Python {platform.python_version()}; date {datetime.date.today()}",
-        f"- model: {track / RUN_NAME.format(mode=args.mode)} ({loaded.adapter.n_layers} layers, "
+        f"- model: {find_run(track, args.mode)} ({loaded.adapter.n_layers} layers, "
         f"d={loaded.adapter.hidden_size}, vocab {loaded.adapter.num_outputs}); {args.sampling} decoding "
         f"({'p = 0.95, seed 0, the same draws for every setting' if args.sampling == 'nucleus' else 'argmax'}); "
         f"{args.prompts} test prompts of "

@@ -7,6 +7,7 @@ the old file or the new one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -30,6 +31,11 @@ def _umask() -> int:
     return mask
 
 
+# Write errors that are the machine's state, not a bug: a full disk or quota, a read-only mount,
+# no permission.
+_USER_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path`` atomically.
@@ -39,18 +45,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     whoever could read the folder.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if exc.errno not in _USER_WRITE_ERRORS:
+            raise
+        from .errors import LayertraceError
+
+        raise LayertraceError(f"{target}: cannot be written ({exc.strerror}); free space or fix the folder's "
+                              f"permissions, then re-run (finished work is kept, a training run resumes)") from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

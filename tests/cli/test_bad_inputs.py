@@ -201,6 +201,11 @@ def _cases(w) -> list[tuple[str, list, tuple[str, ...]]]:
         ("probe cut model", ["probe", "--model", Damaged("model/model.safetensors", "empty"), *npz3, "--out", out],
          ("model.safetensors",)),
         ("probe out is a file", ["probe", "--model", run, *npz3, "--out", w["file"]], ("existing file",)),
+        ("analyze-clip no model", ["analyze-clip", "--out", out], ("no model given",)),
+        ("analyze-clip not a CLIP", ["analyze-clip", "--model", run, "--limit", "4", "--out", out], ("CLIPModel",)),
+        ("analyze-clip limit 1", ["analyze-clip", "--model", run, "--limit", "1", "--out", out], ("limit",)),
+        ("analyze-clip bad center", ["analyze-clip", "--model", run, "--center", "median", "--out", out],
+         ("center",)),
         # -- generate
         ("generate temperature 0", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--temperature", "0"],
          ("temperature", "> 0")),
@@ -315,3 +320,26 @@ def test_export_never_replaces_a_run_model_and_reexport_leaves_no_stale_files(wo
     names = {p.name for p in out.iterdir()}
     assert "layers-2" not in names and "config.json" in names  # the old set is gone, the new one in place
     assert json.loads((out / "layertrace_export.json").read_text())["k"] == 3
+
+
+def test_the_troubleshooting_page_is_linked_and_quotes_messages_the_code_gives():
+    """docs/troubleshooting.md stays true to the code: each message it quotes is produced in src/."""
+    repo = Path(__file__).resolve().parents[2]
+    assert "docs/troubleshooting.md" in (repo / "README.md").read_text()
+    page = (repo / "docs" / "troubleshooting.md").read_text()
+    source = "\n".join(p.read_text() for p in (repo / "src" / "layertrace").rglob("*.py"))
+    quoted = ["is out of range; it must be", "is not one of", "is not a boolean; use true or false",
+              "is an existing file, not a folder", "is not writable", "MiB free on that disk",
+              "is a training run folder; exporting there would replace the run's model",
+              "holds a model that is not a layertrace export", "holds results of another model",
+              "is the training run folder of another model", "the newest checkpoint", "does not match its checksum", "training diverged at step",
+              "the last good checkpoint is", "no checkpoint in", "takes {modality} inputs", "cannot be written",
+              "internal error", "--data.loader_kwargs"]
+    for fragment in quoted:
+        assert fragment in source, fragment
+        shown = fragment.replace("{modality}", "image")
+        assert shown.split(" {")[0] in page or shown in page, fragment
+    # composed by io.reading: "{path}: {what} cannot be read ({cause}); {fix}"
+    for what in ("weights file", "heads file"):
+        assert f'what="{what}"' in source and f"{what} cannot be read" in page, what
+    assert 'f"{path}: {what} cannot be read (' in source

@@ -32,3 +32,23 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
             raise RuntimeError("interrupted")
     assert read_json(target) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_a_full_disk_while_writing_is_one_line_error_and_leaves_the_old_file(tmp_path):
+    """ENOSPC in the middle of an atomic write: a LayertraceError naming the file, no temp file left,
+    the previous content intact."""
+    import errno
+
+    import pytest
+
+    from layertrace.errors import LayertraceError
+    from layertrace.io import atomic_path
+
+    target = tmp_path / "result.json"
+    target.write_text("old\n")
+    with pytest.raises(LayertraceError, match="result.json: cannot be written .*free space"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]

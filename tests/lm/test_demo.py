@@ -27,7 +27,7 @@ def test_run_lm_track_writes_runs_and_lm_json(smoke_track):
     assert read_json(out / "lm.json") == read_json(out / "lm.json")  # valid JSON on disk
     assert lm["schema"] == "layertrace.lm/1" and lm["layers"] == [0, 1, 2]
     for mode in ("standard", "aligned"):
-        run = out / f"corpus-gpt2-{mode}"
+        run = out / f"corpus-{lm['model']['family']}-{mode}"
         for name in ("config.yaml", "train_summary.json", "analysis.json", "lm_eval.json", "model/config.json"):
             assert (run / name).is_file(), name
         r = lm["runs"][mode]
@@ -37,6 +37,10 @@ def test_run_lm_track_writes_runs_and_lm_json(smoke_track):
         sweep = lm["early_exit"][mode]
         assert [p["tau"] for p in sweep["points"]] == [0.0, 2.0]
         assert sweep["points"][1]["avg_exit_layer"] == 2 and sweep["points"][1]["perplexity_ratio"] == 1.0
+    dec = lm["decoding"]  # greedy decoders side by side on the aligned run
+    assert set(dec["batches"]) == {"1", "2"} and dec["n_prompts"] == 2
+    for table in dec["batches"].values():
+        assert table["self-speculative"]["identical"] == table["self-speculative"]["rows"] == 2
     comp = lm["paper_comparison"]
     assert comp["shallow_layers"] == [1] and len(comp["accuracy_gain_per_layer"]) == 3
     assert (out / "lm-tokenizer" / "tokenizer.json").is_file()
@@ -58,7 +62,7 @@ def test_lm_figures(smoke_track):
     figures = lm_figures(out)
     assert [t for t, _, _ in figures] == [
         "LM: next-token accuracy per layer", "LM: perplexity per layer",
-        "LM: quality of text generated from each layer", "LM: early-exit decoding"]
+        "LM: quality of text generated from each layer", "LM: early-exit decoding", "LM: decoding comparison"]
     for _, fig, caption in figures:
         assert fig.axes and caption
     import matplotlib.pyplot as plt

@@ -239,3 +239,25 @@ def test_cli_generate_speculative_equals_full(tmp_path, capsys):
     assert outs["speculative"]["stats"]["choice"]["source"] == "prompts"
     assert "tokens/round" in capsys.readouterr().out
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "x", "--decoder", "fast"]) == 2
+
+
+def test_compare_decoders_side_by_side_on_llama_and_gpt2():
+    """The benchmark's comparison: ours identical to full greedy; HF's early-exit assistant runs on the
+    Llama layout and its GPT-2 failure (transformers 5) is reported, not raised."""
+    from layertrace.lm.speculative import compare_decoders
+
+    prompts = torch.randint(2, 100, (4, 6), generator=torch.Generator().manual_seed(0))
+    res = compare_decoders(tiny_llama(n_layers=4), prompts, draft_layer=2, gamma=3, batch_sizes=(1, 2),
+                           repeats=1, max_new_tokens=8)
+    assert res["hf_error"] is None and res["draft_layer"] == 2
+    b1, b2 = res["batches"]["1"], res["batches"]["2"]
+    assert set(b1) == {"full", "self-speculative", "calm", "hf-assistant-early-exit"}
+    assert "hf-assistant-early-exit" not in b2
+    assert b1["self-speculative"]["identical"] == b1["self-speculative"]["rows"] == 4
+    assert b2["self-speculative"]["identical"] == 4 and b1["hf-assistant-early-exit"]["identical"] == 4
+    assert b1["full"]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in b1.values())
+    res = compare_decoders(tiny_gpt2(n_layers=4), prompts, draft_layer=2, gamma=2, batch_sizes=(1,), repeats=1,
+                           max_new_tokens=4)
+    assert res["batches"]["1"]["self-speculative"]["identical"] == 4
+    if res["hf_error"] is None:  # a transformers release that fixed it
+        assert res["batches"]["1"]["hf-assistant-early-exit"]["identical"] == 4

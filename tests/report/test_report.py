@@ -326,3 +326,12 @@ def test_lm_section_from_an_lm_json(tmp_path):
     assert "Causal language model track" in html
     assert "Figure" in html.split("Causal language model track", 1)[1]
     assert "| lm |" not in paths.summary.read_text()
+
+
+def test_measured_exit_curve_is_drawn_from_every_timed_point(demo_report):
+    """The figure of measured vs layer-count speed-up is present when exit.json points carry measured_speedup."""
+    root, paths = demo_report
+    html = paths.html.read_text()
+    assert "Early exit: measured vs layer-count speed-up" in html
+    figure = html.split("Early exit: measured vs layer-count speed-up")[0].rsplit("<figure", 1)[1]
+    assert "data:image/png;base64," in figure

@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model: standard, aligned, aligned-alternating, multi-head or cos-reg"),
     "analyze": ("analyze", "one pass over data: COS/CKA similarity, layer-wise readout, saturation, theory checks"),
     "probe": ("probe", "linear probe per layer on frozen features of any model and dataset (task transfer)"),
+    "analyze-clip": ("clip", "CLIP within- and cross-modal COS per layer (paired images and class-name captions)"),
     "exit": ("exit_cmd", "early-exit sweep (simulated and measured) with a shared classifier or per-layer heads"),
     "report": ("report", "build report.html + summary.md from run folders"),
     "export": ("export", "export the first k blocks plus the shared head as a standalone HF model"),

@@ -35,7 +35,22 @@ from ..io import read_json, write_json
 LM_JSON = "lm.json"
 SCHEMA = "layertrace.lm/1"
 DATA_NAME = "rt-bbc-corpus"
-RUN_NAME = "corpus-gpt2-{mode}"
+RUN_NAME = "corpus-{family}-{mode}"
+FAMILIES = ("gpt2", "llama")
+
+
+def run_name(p: "LMTrackPreset", mode: str) -> str:
+    """The run folder name of one mode: ``corpus-<family>-<mode>`` (e.g. ``corpus-llama-aligned``)."""
+    return RUN_NAME.format(family=p.family, mode=mode)
+
+
+def find_run(track: str | Path, mode: str) -> Path:
+    """The run folder of ``mode`` in a finished LM-track folder, whatever its family."""
+    for family in FAMILIES:
+        folder = Path(track) / RUN_NAME.format(family=family, mode=mode)
+        if folder.is_dir():
+            return folder
+    raise LayertraceError(f"{track} has no corpus-<family>-{mode} run; run `python -m layertrace.lm.demo --out {track}`")
 MODES = ("standard", "aligned")
 # The paper's GPT-2 small on WikiText-103 (PAPER.md section 7), next-token accuracy read off its plot.
 PAPER_GPT2 = {"layers": [1, 11, 12], "standard": [0.057, 0.186, 0.40], "aligned": [0.083, 0.335, 0.39]}
@@ -48,15 +63,22 @@ class LMTrackPreset:
     Attributes:
         train_docs / test_docs: documents of the embedded train / test splits used (seeded subset).
         vocab_size: byte-level BPE vocabulary.
-        n_layers, hidden, heads, block_size: the GPT-2 shape (block_size = positions = training block).
+        family: ``"gpt2"`` (GPT2LMHeadModel, learned positions) or ``"llama"`` (LlamaForCausalLM: rotary
+            positions, RMSNorm, SwiGLU MLP of width 8/3 d, tied embeddings); the run folders are
+            ``corpus-<family>-<mode>``.
+        n_layers, hidden, heads, block_size: the shape (block_size = positions = training block).
         steps, batch_size, lr: training budget (AdamW, cosine, 5% warmup) for each mode.
         eval_blocks: test blocks of ``block_size`` tokens for the per-layer metrics.
         n_prompts, prompt_tokens, new_tokens: generation from every layer (nucleus p = 0.95).
         exit_prompts, exit_batch_size, exit_repeats, taus: the early-exit decoding sweep (nucleus
             sampling with the same seed as full decoding, so tau > 1 reproduces it).
+        decoding, decode_batch_sizes: greedy decoders side by side on the aligned model (full,
+            self-speculative, CALM-style exit at the sweep's selected tau, HF's early-exit assistant at
+            batch 1; :func:`~layertrace.lm.speculative.compare_decoders`) on the ``exit_prompts`` prompts.
     """
 
     name: str = "custom"
+    family: str = "gpt2"
     train_docs: int = 4000
     test_docs: int = 600
     vocab_size: int = 1024
@@ -76,6 +98,8 @@ class LMTrackPreset:
     exit_batch_size: int = 1
     exit_repeats: int = 2
     taus: tuple = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+    decoding: bool = True
+    decode_batch_sizes: tuple = (1, 8)
     seed: int = 0
 
 
@@ -97,7 +121,7 @@ PRESETS: dict[str, LMTrackPreset] = {
     # seconds: exercises every stage (tests)
     "smoke": LMTrackPreset("smoke", train_docs=200, test_docs=60, vocab_size=300, n_layers=2, hidden=32, heads=2,
                            block_size=32, steps=2, batch_size=4, eval_blocks=4, n_prompts=3, prompt_tokens=6,
-                           new_tokens=5, exit_prompts=2, exit_repeats=1, taus=(0.0, 2.0)),
+                           new_tokens=5, exit_prompts=2, exit_repeats=1, taus=(0.0, 2.0), decode_batch_sizes=(1, 2)),
 }
 
 
@@ -161,17 +185,31 @@ def prepare_tokenizer(folder: Path, corpus_dir: Path, p: LMTrackPreset) -> Any:
 
 
 def prepare_base_model(folder: Path, tokenizer: Any, p: LMTrackPreset) -> Path:
-    """Build the seeded GPT-2 of the preset (no dropout: short CPU runs) and save it with the tokenizer."""
+    """Build the seeded model of the preset (GPT-2 or Llama layout, no dropout: short CPU runs) and
+    save it with the tokenizer."""
     if (folder / "config.json").is_file():
         return folder
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    if p.family not in FAMILIES:
+        raise LayertraceError(f"LM-track family {p.family!r} is unknown; use one of {', '.join(FAMILIES)}")
     eos = int(tokenizer.eos_token_id)
-    cfg = GPT2Config(n_layer=p.n_layers, n_embd=p.hidden, n_head=p.heads, n_positions=p.block_size,
-                     vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    if p.family == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(n_layer=p.n_layers, n_embd=p.hidden, n_head=p.heads, n_positions=p.block_size,
+                         vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model_cls = GPT2LMHeadModel
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        # SwiGLU width 8/3 d (rounded to 32) keeps the MLP's parameters at GPT-2's 4 d
+        cfg = LlamaConfig(num_hidden_layers=p.n_layers, hidden_size=p.hidden, num_attention_heads=p.heads,
+                          num_key_value_heads=p.heads, intermediate_size=32 * round(p.hidden * 8 / 3 / 32),
+                          max_position_embeddings=p.block_size, vocab_size=len(tokenizer), bos_token_id=eos,
+                          eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True, attention_dropout=0.0)
+        model_cls = LlamaForCausalLM
     torch.manual_seed(p.seed)
-    model = GPT2LMHeadModel(cfg)
+    model = model_cls(cfg)
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
@@ -361,7 +399,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
     corpus_dir = out / "lm-corpus"
     docs_count = prepare_corpus(corpus_dir, p)
     tokenizer = prepare_tokenizer(out / "lm-tokenizer", corpus_dir, p)
-    base = prepare_base_model(out / "lm-base", tokenizer, p)
+    base = prepare_base_model(out / f"lm-base-{p.family}", tokenizer, p)
     seconds["prepare"] = time.perf_counter() - t0
     say(f"corpus {docs_count}, tokenizer vocab {len(tokenizer)}, base model {base} ({seconds['prepare']:.1f} s)")
 
@@ -382,7 +420,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
 
     runs: dict[str, Any] = {}
     for mode in MODES:
-        run_dir = out / RUN_NAME.format(mode=mode)
+        run_dir = out / run_name(p, mode)
         t0 = time.perf_counter()
         say(f"training {mode} ({p.steps} steps, batch {p.batch_size} x {p.block_size} tokens)")
         summary = train_from_config(train_config(base, corpus_dir, mode, p, threads, device), run_dir)
@@ -400,6 +438,23 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
         acc = evaluation["accuracy"]
         say(f"{mode}: next-token accuracy per layer " + " ".join(f"{a:.3f}" for a in acc))
 
+    decoding = None
+    if p.decoding:  # greedy decoders side by side on the aligned model (lm.json "decoding")
+        from ..models import load_model
+        from .speculative import compare_decoders
+
+        t0 = time.perf_counter()
+        aligned_dir = out / run_name(p, "aligned")
+        sel = read_json(aligned_dir / "lm_eval.json")["early_exit"].get("selected")
+        adapter = load_model(aligned_dir).adapter.to(device).eval()
+        decoding = compare_decoders(adapter, prompts[: p.exit_prompts], analysis=aligned_dir,
+                                    tau=float(sel["tau"]) if sel else float(max(p.taus)),
+                                    batch_sizes=tuple(p.decode_batch_sizes), repeats=p.exit_repeats,
+                                    max_new_tokens=p.new_tokens, eos_token_id=int(tokenizer.eos_token_id))
+        seconds["decoding"] = time.perf_counter() - t0
+        b1 = decoding["batches"].get("1", {}).get("self-speculative")
+        say(f"decoding comparison done ({seconds['decoding']:.1f} s)"
+            + (f": self-speculative {b1['speedup']:.2f}x full at batch 1" if b1 else ""))
     n_params = sum(t.numel() for t in _load_params(base))
     seconds["total"] = time.perf_counter() - start
     lm = {
@@ -410,12 +465,13 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
                    "eval_tokens": runs["standard"]["n_tokens"]},
         "tokenizer": {"kind": "byte-level BPE (tokenizers), trained on the train split", "vocab_size": len(tokenizer),
                       "dir": str(out / "lm-tokenizer")},
-        "model": {"family": "gpt2", "n_layers": p.n_layers, "hidden_size": p.hidden, "heads": p.heads,
+        "model": {"family": p.family, "n_layers": p.n_layers, "hidden_size": p.hidden, "heads": p.heads,
                   "positions": p.block_size, "params": n_params, "base_dir": str(base)},
         "layers": runs["standard"]["layers"],
         "runs": runs,
         "early_exit": {mode: read_json(Path(runs[mode]["run_dir"]) / "lm_eval.json")["early_exit"] for mode in MODES},
         "paper_comparison": compare_with_paper(runs["standard"], runs["aligned"]),
+        "decoding": decoding,
         "seconds": seconds,
         "threads": torch.get_num_threads(),
         "device": device,

@@ -5,7 +5,8 @@
 1. next-token accuracy of the shared readout per layer, standard vs aligned (paper's GPT-2 points);
 2. perplexity per layer (log scale);
 3. diversity and coherence of text generated from every layer;
-4. early-exit decoding: measured speed-up and perplexity ratio against tau, per model.
+4. early-exit decoding: measured speed-up and perplexity ratio against tau, per model;
+5. the decoding comparison (full, self-speculative, CALM-style exit, HF's early-exit assistant).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def lm_figures(lm_json: Mapping[str, Any] | str | Path) -> list[tuple[str, Any, 
     lm = _load(lm_json)
     runs = lm["runs"]
     n_layers = int(lm["model"]["n_layers"])
-    model_desc = (f"GPT-2 {n_layers} x {lm['model']['hidden_size']} ({lm['model']['params'] / 1e6:.1f}M parameters, "
+    family = {"gpt2": "GPT-2", "llama": "Llama-layout"}.get(lm["model"].get("family"), lm["model"].get("family"))
+    model_desc = (f"{family} {n_layers} x {lm['model']['hidden_size']} ({lm['model']['params'] / 1e6:.1f}M parameters, "
                   f"vocab {lm['tokenizer']['vocab_size']}) trained {runs['standard']['train_steps']} steps per mode on "
                   f"the embedded Rotten Tomatoes + BBC News text")
     figures: list[tuple[str, Any, str]] = []
@@ -137,4 +139,36 @@ def lm_figures(lm_json: Mapping[str, Any] | str | Path) -> list[tuple[str, Any, 
     caption += "; ".join(notes) + "."
     fig.tight_layout()
     figures.append(("LM: early-exit decoding", fig, caption))
+
+    # 5. decoding comparison: full vs self-speculative vs CALM vs HF (lm.json "decoding")
+    dec = lm.get("decoding")
+    if dec and dec.get("batches"):
+        names = {"full": "full", "self-speculative": "self-speculative\n(ours, lossless)",
+                 "calm": "CALM exit\n(ours, lossy)", "hf-assistant-early-exit": "HF assistant\nearly exit"}
+        batches = list(dec["batches"])
+        fig, ax = plt.subplots(figsize=(7.0, 3.4))
+        width = 0.8 / max(1, len(batches))
+        order = [n for n in names if any(n in dec["batches"][b] for b in batches)]
+        for j, b in enumerate(batches):
+            table = dec["batches"][b]
+            xs = [i + j * width for i, n in enumerate(order) if n in table]
+            ys = [table[n]["speedup"] for n in order if n in table]
+            ax.bar(xs, ys, width=width, label=f"batch {b}")
+            for x, n in zip(xs, [n for n in order if n in table]):
+                ax.text(x, table[n]["speedup"], f"{table[n]['speedup']:.2f}x", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(order))], [names[n] for n in order],
+                      fontsize=8)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_ylabel("tokens/s vs full decoding")
+        ax.legend(frameon=False, fontsize=8)
+        fig.tight_layout()
+        same = "; ".join(f"batch {b}: " + ", ".join(f"{n} {t['identical']}/{t['rows']}" for n, t in dec["batches"][b].items())
+                         for b in batches)
+        caption = (f"Greedy decoding of the aligned model, {dec['n_prompts']} test prompts x {dec['max_new_tokens']} "
+                   f"tokens, median of {dec['repeats']} interleaved repeats. Self-speculative: draft layer "
+                   f"k = {dec['draft_layer']}, gamma = {dec['gamma']} (chosen from the analysis pass's saturation "
+                   f"statistic), verified by the full model, output identical to full decoding; CALM: tau "
+                   f"{dec['tau']}. Rows identical to full greedy decoding: {same}."
+                   + (f" HF assistant_early_exit failed on this model ({dec['hf_error'][:80]})." if dec.get("hf_error") else ""))
+        figures.append(("LM: decoding comparison", fig, caption))
     return figures

@@ -357,5 +357,121 @@ def self_speculative_generate(
     )
 
 
-__all__ = ["DraftChoice", "acceptance_by_layer", "choose_draft", "expected_speedup", "expected_tokens_per_round",
+def _hf_early_exit(model: Any, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, eos: int | None):
+    """HF's self-speculative decoding (``generate(..., assistant_early_exit=k)``, batch 1 only):
+    (new tokens (1, n), their real-token mask, seconds)."""
+    config = model.config
+    n_layers = config.num_hidden_layers  # HF sets it to k while drafting and does not restore it on an error
+    start = time.perf_counter()
+    try:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             assistant_early_exit=k, eos_token_id=eos, pad_token_id=eos if eos is not None else 0)
+    finally:
+        config.num_hidden_layers = n_layers
+    seconds = time.perf_counter() - start
+    new = out[:, ids.shape[1]:]
+    if eos is None:
+        return new, torch.ones_like(new), seconds
+    hit = (new == eos).long()
+    return new, ((hit.cumsum(1) - hit) == 0).long(), seconds
+
+
+@torch.no_grad()
+def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = None, gamma: int | None = None,
+                     analysis: Any = None, tau: float = 0.4, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3,
+                     max_new_tokens: int = 32, eos_token_id: int | None = None, hf: bool = True) -> dict[str, Any]:
+    """Greedy decoding side by side: full, self-speculative (ours), CALM-style early exit (ours, ``tau``)
+    and, at batch 1, HF ``generate(..., assistant_early_exit=k)`` with the same k.
+
+    For every repeat and every chunk of ``batch_size`` prompts all decoders run back to back
+    (interleaved), so machine noise hits them alike. tokens/s of a decoder in a repeat = its real
+    generated tokens / its decoding time; its speed-up = that over full decoding's in the same repeat;
+    medians over repeats. ``identical`` counts rows whose tokens equal full decoding's.
+
+    Args:
+        model: an HF causal LM (its adapter is built here); prompts: (N, P) unpadded prompts.
+        draft_layer, gamma, analysis: as for :func:`self_speculative_generate` (chosen once, up front).
+        hf: include HF's decoder (skipped when it fails on this model, e.g. GPT-2 in transformers 5:
+            its early-exit assistant builds a cache of k layers and the model runs all L into it).
+    Returns:
+        ``{"draft_layer", "gamma", "choice", "tau", "repeats", "max_new_tokens", "n_prompts",
+        "batches": {"<batch size>": {decoder: {tokens_per_s, speedup, identical, rows}}}, "hf_error"}``.
+    """
+    import statistics
+
+    from .early_exit import early_exit_generate
+    from .generate import generate
+
+    adapter = as_causal_adapter(model)
+    hf_model = adapter.model
+    n_layers = adapter.n_layers
+    if draft_layer is None or gamma is None:
+        rates = (acceptance_by_layer(analysis, n_layers) if analysis is not None
+                 else prompt_acceptance(adapter, prompts.to(adapter.device), torch.ones_like(prompts).to(adapter.device)))
+        choice = choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma,
+                              source="analysis" if analysis is not None else "prompts")
+    else:
+        choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
+    k, g = choice.draft_layer, choice.gamma
+    greedy = SamplingConfig("greedy")
+    common = dict(max_new_tokens=max_new_tokens, sampling=greedy, eos_token_id=eos_token_id)
+    hf_error = None
+    if hf:
+        try:
+            _hf_early_exit(hf_model, prompts[:1], torch.ones_like(prompts[:1]), k, max_new_tokens, eos_token_id)
+        except Exception as exc:  # noqa: BLE001 - HF's own limitation, reported in the result
+            hf_error = f"{type(exc).__name__}: {exc}"
+    out: dict[str, Any] = {"draft_layer": k, "gamma": g, "choice": choice.to_dict(), "tau": float(tau),
+                           "repeats": int(repeats), "max_new_tokens": int(max_new_tokens),
+                           "n_prompts": int(prompts.shape[0]), "batches": {}, "hf_error": hf_error}
+    for batch in batch_sizes:
+        decoders: dict[str, Any] = {
+            "full": lambda i, m: generate(adapter, i, m, **common),
+            "self-speculative": lambda i, m: self_speculative_generate(adapter, i, m, draft_layer=k, gamma=g, **common),
+            "calm": lambda i, m: early_exit_generate(adapter, i, m, tau=tau, **common),
+        }
+        if hf and hf_error is None and batch == 1:
+            decoders["hf-assistant-early-exit"] = lambda i, m: _hf_early_exit(hf_model, i, m, k, max_new_tokens,
+                                                                             eos_token_id)
+        chunks = [prompts[i:i + batch].to(adapter.device) for i in range(0, prompts.shape[0], batch)]
+        speeds: dict[str, list[float]] = {n: [] for n in decoders}
+        first: dict[str, list[Tensor]] = {n: [] for n in decoders}
+        acceptance: list[float] = []
+        for fn in decoders.values():  # warm-up
+            fn(chunks[0], torch.ones_like(chunks[0]))
+        for rep in range(max(1, repeats)):
+            totals = {n: [0, 0.0] for n in decoders}
+            for ids in chunks:
+                mask = torch.ones_like(ids)
+                for name, fn in decoders.items():
+                    res = fn(ids, mask)
+                    if isinstance(res, tuple):
+                        new, real, secs = res
+                    else:
+                        new, real, secs = res.new_tokens, res.new_mask, res.seconds
+                        if rep == 0 and res.stats:
+                            acceptance.append(res.stats["acceptance"])
+                    totals[name][0] += int(real.sum())
+                    totals[name][1] += secs
+                    if rep == 0:
+                        first[name].append(new * real)
+            for name in decoders:
+                speeds[name].append(totals[name][0] / totals[name][1])
+        table = {}
+        for name in decoders:
+            same = rows = 0
+            for got, ref in zip(first[name], first["full"]):
+                w = min(got.shape[1], ref.shape[1])
+                same += int((got[:, :w] == ref[:, :w]).all(1).sum())
+                rows += got.shape[0]
+            table[name] = {"tokens_per_s": statistics.median(speeds[name]),
+                           "speedup": statistics.median(a / b for a, b in zip(speeds[name], speeds["full"])),
+                           "identical": same, "rows": rows}
+        if acceptance:
+            table["self-speculative"]["acceptance"] = float(np.mean(acceptance))
+        out["batches"][str(int(batch))] = table  # str keys: the dict is written as JSON
+    return out
+
+
+__all__ = ["DraftChoice", "acceptance_by_layer", "choose_draft", "compare_decoders", "expected_speedup", "expected_tokens_per_round",
            "prompt_acceptance", "self_speculative_generate"]

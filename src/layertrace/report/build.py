@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 from ..errors import LayertraceError
 from .collapse import COLLAPSE_PLOTS, CAPTION as COLLAPSE_CAPTION, collapse_figures, collapse_table, has_collapse
 from .figures import Figures, FigureItem, groups_of
+from .clip import CURVES_CAPTION as CLIP_CAPTION, clip_figures, clip_rows
+from .layer_weights import CAPTION as LAYER_WEIGHTS_CAPTION, layer_weight_figures, layer_weight_rows
 from .lm_saturation import CAPTION as LM_SATURATION_CAPTION, lm_saturation_figures, lm_saturation_rows
 from .findings import Finding, all_findings
 from .page import Html, Section, esc, render_page, table_html
@@ -248,6 +250,10 @@ def render_summary(title: str, runs: list[RunResults], findings: list[Finding], 
     if rows:
         out += ["## Theory checks", "", _md_table(header, rows), ""]
     out += collapse_summary(runs)
+    for header, rows in layer_weight_rows(runs):
+        out += ["## Layer-weight ablation (aligned training)", "", LAYER_WEIGHTS_CAPTION, "", _md_table(header, rows), ""]
+    for name, header, rows in clip_rows(runs):
+        out += [f"## CLIP within- and cross-modal COS: {name}", "", CLIP_CAPTION, "", _md_table(header, rows), ""]
     for title_, caption, (header, rows) in (
             ("Raw vs permutation-calibrated similarity", CALIBRATION_CAPTION, calibration_rows(runs)),
             ("Layer removal vs similarity", REMOVAL_CAPTION, removal_rows(runs))):
@@ -364,6 +370,22 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
         sections.append(Section("Task transfer: linear probes per layer", esc(PROBE_NOTE), [Html(table_html(
             header, rows, numeric=set(range(2, len(header)))))]))
 
+    # Layer-weight ablation (aligned runs differing only in train.layer_weights; the paper's Fig. 15).
+    lw_blocks: list[Any] = layer_weight_figures(figs)
+    for header, rows in layer_weight_rows(runs):
+        lw_blocks.append(Html("<p>Layer-wise accuracy (%), shared head:</p>" + table_html(
+            header, rows, numeric=set(range(2, len(header))))))
+    if lw_blocks:
+        sections.append(Section("Layer-weight ablation: uniform vs linear lambda", esc(LAYER_WEIGHTS_CAPTION),
+                                lw_blocks))
+
+    # CLIP towers (layertrace analyze-clip).
+    clip_blocks = clip_figures(figs)
+    for name, header, rows in clip_rows(runs):
+        clip_blocks.append(Html(f"<p>{esc(name)}:</p>" + table_html(header, rows, numeric=set(range(1, len(header))))))
+    if clip_blocks:
+        sections.append(Section("CLIP: within- and cross-modal similarity per layer", "", clip_blocks))
+
     # The MLP contrast.
     mlp_runs = [r for r in runs if r.mode in ("residual", "plain")]
     if mlp_runs:
@@ -394,6 +416,7 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
             f"time of the batched executor.</p>"
             + table_html(*comparison_table(comparison), numeric=set(range(3, 20)))))
         blocks += figs.exit_curves()
+        blocks += figs.exit_measured_curve()
         blocks += figs.exit_histograms(lambda r, ex: operating_point(ex, exit_tolerance))
     else:
         blocks.append(_missing("exit.json", "run `layertrace exit` on each model"))

@@ -356,6 +356,40 @@ class Figures:
             "horizontal lines: each run's full-depth accuracy. Look for: the aligned single head keeping its "
             "accuracy to a higher speed-up than the standard model, and how close it comes to per-layer heads.")]
 
+    def exit_measured_curve(self) -> list[FigureItem]:
+        """Measured wall-clock speed-up against the layer-count speed-up, every timed sweep point."""
+        series = []
+        for r in self.runs:
+            for policy, ex in sorted(r.exits.items()):
+                pts = [p for p in ex["points"] if number(p.get("speedup")) is not None
+                       and number(p.get("measured_speedup")) is not None]
+                if pts:
+                    series.append((r, policy, sorted(pts, key=lambda p: float(p["speedup"]))))
+        if not series:
+            return []
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.6, 4.0))
+        top = max(max(float(p["speedup"]), float(p["measured_speedup"])) for _, _, pts in series for p in pts)
+        line = [1.0, max(1.0, top) * 1.05]
+        ax.plot(line, line, color="#999999", linewidth=0.8, label="measured = layer speed-up")
+        ax.plot(line, [0.85 * v for v in line], color="#999999", linewidth=0.8, linestyle="--", label="0.85x")
+        for r, policy, pts in series:
+            st = self.styles[r.name]
+            kw = st.kwargs()
+            ax.plot([p["speedup"] for p in pts], [p["measured_speedup"] for p in pts],
+                    label=r.name + ("" if len(r.exits) == 1 else f" / {policy}"), **kw)
+        ax.set_xlabel("layer-count speed-up (x)")
+        ax.set_ylabel("measured wall-clock speed-up (x, batch 64)")
+        ax.legend(frameon=False, fontsize=7)
+        fig.tight_layout()
+        return [_render(
+            fig, "Early exit: measured vs layer-count speed-up",
+            "One marker per timed threshold: the wall-clock speed-up of the batched executor over the full model "
+            "(exit.json measured_speedup, the evaluation batch size) against the paper's layer-count speed-up. "
+            "Look for: points on or near the diagonal (the executor keeps what the exits promise); below the dashed "
+            "0.85x line the executor's fixed costs (small batches in deep blocks, per-layer readouts) eat it.")]
+
     def exit_histograms(self, pick: Callable[[RunResults, dict], dict | None]) -> list[FigureItem]:
         rows = []
         for r in self.runs:

@@ -318,6 +318,9 @@ def all_findings(runs: list[RunResults], exit_tolerance: float = DEFAULT_EXIT_TO
         out += check_mlp(group, rs)
         out += check_collapse(group, rs)
         out += check_probe(group, rs)
+    from .layer_weights import check_layer_weights  # it builds on Finding: imported here, not at the top
+
+    out += check_layer_weights(runs)
     for r in runs:
         if r.mode == "plain":  # the paper's claims are about residual networks; check_mlp covers this one
             continue

@@ -10,6 +10,7 @@ A run folder (written by ``train``, ``analyze``, ``exit`` or ``demo``) may hold
     train_summary.json   final training numbers
     lm.json              the causal-LM track (``layertrace demo --with-lm``)
     probe.json           linear probes per layer on another task (``layertrace probe``)
+    clip.json            CLIP within- and cross-modal COS per layer (``layertrace analyze-clip``)
 
 :func:`load_runs` reads them into :class:`RunResults` (plain JSON values, nothing recomputed), and
 expands a demo output folder into its run folders. Missing optional files are simply absent; a
@@ -33,7 +34,7 @@ KNOWN_MODES = (
     "residual", "plain",
 )
 SAMPLE_FILES = ("analysis_samples.npz", "analysis.npz")
-RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json", "probe.json")
+RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json", "probe.json", "clip.json")
 CONFIG_FILES = ("config.yaml", "analyze-config.yaml", "exit-config.yaml")  # in order of preference
 
 
@@ -54,6 +55,7 @@ class RunResults:
         train_summary: ``train_summary.json`` (``None`` if absent).
         lm: ``lm.json`` (``None`` if absent).
         probe: ``probe.json`` (``None`` if absent).
+        clip: ``clip.json`` (``None`` if absent).
     """
 
     path: Path
@@ -67,6 +69,7 @@ class RunResults:
     train_summary: dict | None = None
     lm: dict | None = None
     probe: dict | None = None
+    clip: dict | None = None
 
     @property
     def label(self) -> str:
@@ -185,6 +188,8 @@ def load_run(path: str | Path) -> RunResults:
         run.lm = read_json(p / "lm.json")
     if (p / "probe.json").is_file():
         run.probe = read_json(p / "probe.json")
+    if (p / "clip.json").is_file():
+        run.clip = read_json(p / "clip.json", f"re-run `layertrace analyze-clip ... --out {p}`")
     return run
 
 

@@ -1,0 +1,113 @@
+"""Self-speculative decoding vs full decoding vs HF ``assistant_early_exit`` vs CALM-style early exit.
+
+Claim checked (issue 15): on the aligned demo LM (``run_lm_track``'s ``corpus-gpt2-aligned``), our
+self-speculative decoding (draft with blocks 1..k + the shared head, verify with the full model
+reusing the draft's KV cache; k and gamma chosen from the run's ``analysis.json``) decodes greedy
+text identical to full decoding at >= 1.3x its tokens/s at batch 1 and >= 1.15x at batch 8, and
+faster than HF ``generate(..., assistant_early_exit=k)`` (batch 1 only, the same k).
+
+Method: greedy decoding of test-set prompts; for every repeat and every chunk of prompts (the batch),
+all settings run back to back (interleaved), so machine noise hits them alike; tokens/s per setting
+and repeat = its real generated tokens / its decoding time; speed-up per repeat = its tokens/s over
+full decoding's in the same repeat; medians over repeats. Outputs are compared token for token with
+full decoding (identical rows / all rows). Nothing else is timed (tokenisation, loading).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py --track /tmp/lm-track \
+        --out benchmarks/results/speculative.md
+
+``--track`` is the folder of ``layertrace.lm.demo.run_lm_track`` (created with the quick preset when
+it does not hold ``lm.json`` yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+NAMES = {"full": "full decoding", "self-speculative": "self-speculative (ours)",
+         "calm": "CALM-style early exit (ours, lossy)", "hf-assistant-early-exit": "HF assistant_early_exit=k"}
+
+
+def run(args) -> str:
+    from layertrace.data import load_text_corpus
+    from layertrace.lm.demo import find_run, make_prompts, run_lm_track
+    from layertrace.lm.speculative import compare_decoders
+    from layertrace.models import load_model
+
+    track = Path(args.track)
+    if not (track / "lm.json").is_file():
+        run_lm_track(track, "quick", threads=args.threads)
+    torch.set_num_threads(args.threads)
+    run_dir = find_run(track, args.mode)
+    loaded = load_model(run_dir)
+    adapter, tok = loaded.adapter.eval(), loaded.tokenizer
+    docs = load_text_corpus(track / "lm-corpus", "test", shuffle=False)
+    prompts = make_prompts(tok, docs, args.prompts, args.prompt_tokens, seed=1)
+    load = os.getloadavg()[0]
+    res = compare_decoders(adapter, prompts, draft_layer=args.k, gamma=args.gamma, analysis=run_dir, tau=args.tau,
+                           batch_sizes=[int(b) for b in args.batch_sizes.split(",")], repeats=args.repeats,
+                           max_new_tokens=args.new_tokens, eos_token_id=int(tok.eos_token_id))
+    c = res["choice"]
+    lines = [
+        f"## Self-speculative decoding vs full, HF assistant_early_exit and CALM-style exit ({args.mode} demo LM)",
+        "",
+        f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py {' '.join(sys.argv[1:])}`",
+        f"- machine: 2-core CPU, no GPU, shared with other jobs (load average {load:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"Python {platform.python_version()}; date {datetime.date.today()}",
+        f"- model: {run_dir} ({adapter.n_layers} layers, d={adapter.hidden_size}, vocab {adapter.num_outputs}, "
+        f"{type(loaded.model).__name__}); greedy; {args.prompts} test prompts of {args.prompt_tokens} tokens, "
+        f"{args.new_tokens} new tokens (eos stops a row); median of {args.repeats} interleaved repeats",
+        f"- draft: k = {res['draft_layer']}, gamma = {res['gamma']} ({c['source']}: acceptance {c['acceptance']:.3f} "
+        f"at layer k from the analysis pass, expected {c['expected_speedup']:.2f}x under the cost model of "
+        f"`choose_draft`); HF gets the same k (with its own draft-length schedule); CALM tau = {res['tau']}",
+    ]
+    if res["hf_error"]:
+        lines.append(f"- HF assistant_early_exit failed on this model: `{res['hf_error'][:200]}`")
+    lines.append("")
+    for batch, table in res["batches"].items():
+        lines += [f"### batch size {batch}", "",
+                  "| decoder | tokens/s | speed-up vs full (median of per-repeat ratios) | rows identical to full greedy |",
+                  "|---|---|---|---|"]
+        for name, row in table.items():
+            lines.append(f"| {NAMES.get(name, name)} | {row['tokens_per_s']:.1f} | {row['speedup']:.2f}x | "
+                         f"{row['identical']}/{row['rows']} |")
+        if "acceptance" in table.get("self-speculative", {}):
+            lines += ["", f"Measured draft acceptance (ours): {table['self-speculative']['acceptance']:.3f}."]
+        lines.append("")
+        print("\n".join(lines[-(len(table) + 6):]), flush=True)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--track", default="/tmp/lm-track", help="run_lm_track folder (created if missing)")
+    ap.add_argument("--mode", default="aligned", choices=["aligned", "standard"])
+    ap.add_argument("--k", type=int, default=None, help="draft layer (default: chosen from analysis.json)")
+    ap.add_argument("--gamma", type=int, default=None, help="draft length (default: chosen)")
+    ap.add_argument("--tau", type=float, default=0.4, help="CALM-style exit threshold (softmax confidence)")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="write the Markdown section to this file")
+    args = ap.parse_args()
+    text = run(args)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
