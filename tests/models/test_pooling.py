@@ -124,3 +124,19 @@ def test_every_stage_takes_model_pooling(command):
     args = parser.parse_args(["--model.pooling", "mean", *required])
     assert set(overrides_from_args(args).values()) == {"mean"}
     assert "--model.pooling" in parser.format_help()
+
+
+def test_hf_trainer_loss_takes_the_pooling():
+    from layertrace.training.hf_trainer import aligned_compute_loss
+    from layertrace.training.objective import TrainingObjective
+    from layertrace.training.losses import weights_for_layers
+
+    model = get("bert").build()
+    batch = {**text_batch(), "labels": torch.tensor([0, 2, 1])}
+    mean_loss, _ = aligned_compute_loss(model, batch, pooling="mean")
+    cls_loss, _ = aligned_compute_loss(model, batch)
+    a = adapt(model, pooling="mean")
+    chosen = list(range(1, a.n_layers + 1))
+    want = TrainingObjective(a, "aligned", chosen, weights_for_layers("linear", a.n_layers, chosen))(batch, step=2).total
+    assert_close(mean_loss, want)
+    assert not torch.allclose(mean_loss, cls_loss)

@@ -93,7 +93,7 @@ def load_for_analysis(cfg: AnalyzeConfig):
                                shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
     if len(dataset) == 0:
         raise LayertraceError(f"dataset {cfg.data!r} split {cfg.split!r} is empty; pick another split or data_root")
-    if dataset.num_classes != adapter.num_outputs:
+    if adapter.kind == "classifier" and dataset.num_classes != adapter.num_outputs:
         raise LayertraceError(
             f"model {cfg.model!r} has {adapter.num_outputs} output classes but dataset {cfg.data!r} has "
             f"{dataset.num_classes}: pass --num_classes {dataset.num_classes} (a fresh head) or the matching dataset")

@@ -16,7 +16,12 @@ kind            h = features(state)              readout(h)          pool(h)
 ==============  ==============================  =========================================
 classifier      (B, d) ([CLS]); DeiT (B, 2, d)   (B, K)              (B, d)
 causal_lm       (B, T, d) (every position)       (B, T, V)           (B, T, d)
+encoder         (B, d) (the token it pools)      (B, K) own pooled   (B, d)
+                                                 / projected output
 ==============  ==============================  =========================================
+
+``encoder`` is a headless model (``BertModel``, CLIP / SigLIP towers): no classifier, so analysis
+reports similarity only.
 
 Nothing outside ``layertrace.models`` touches a model's internals; everything else goes through
 this interface. The readout is one module (:attr:`Adapter.head`) that shares its parameters with
@@ -34,7 +39,7 @@ from torch import Tensor, nn
 from ..errors import LayertraceError
 from ..layers import LayerSpec, resolve_layers
 
-Kind = Literal["classifier", "causal_lm"]
+Kind = Literal["classifier", "causal_lm", "encoder"]
 
 
 @dataclass

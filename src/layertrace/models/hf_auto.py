@@ -33,7 +33,7 @@ from __future__ import annotations
 import inspect
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -305,6 +305,7 @@ class HeadSpec:
     norm_first: bool = False
     skip: int = 1
     num_outputs: int = 0
+    lm_extra: dict = field(default_factory=dict)  # causal LMs: LMReadout's project / scale / softcap
 
 
 def _final_norm(model: nn.Module, names: Sequence[str] = NORM_NAMES) -> nn.Module | None:
@@ -336,9 +337,8 @@ def _causal_spec(model: nn.Module) -> HeadSpec:
         scale = 1.0 / float(cfg.logits_scaling)
     softcap = getattr(cfg, "final_logit_softcapping", None)
     project = _get(model, "model.decoder.project_out")  # OPT with word_embed_proj_dim != hidden
-    spec = HeadSpec(norm=_final_norm(model), select="all", tail=head, num_outputs=int(head.weight.shape[0]))
-    spec.tail_extra = dict(project=project, scale=scale, softcap=float(softcap) if softcap else None)  # type: ignore
-    return spec
+    return HeadSpec(norm=_final_norm(model), select="all", tail=head, num_outputs=int(head.weight.shape[0]),
+                    lm_extra=dict(project=project, scale=scale, softcap=float(softcap) if softcap else None))
 
 
 def _classifier_spec(model: nn.Module) -> HeadSpec:
@@ -479,8 +479,7 @@ class HFAutoAdapter(Adapter):
         object.__setattr__(self, "_block_list", blocks)
         if self.kind == "causal_lm":
             spec = _causal_spec(model)
-            extra = spec.tail_extra  # type: ignore[attr-defined]
-            self.head = LMReadout(spec.norm, spec.tail, final_norm, **extra)
+            self.head = LMReadout(spec.norm, spec.tail, final_norm, **spec.lm_extra)
         else:
             spec = _classifier_spec(model) if self.kind == "classifier" else _encoder_spec(model)
             post_norm = spec.norm if (final_norm and not (spec.norm_first and pooling == "auto")) else None
@@ -536,10 +535,9 @@ class HFAutoAdapter(Adapter):
                 pass
             except LayertraceError:
                 raise
-            except Exception as exc:  # the model's own code after the blocks saw a recorder's output
-                if stop_after is not None or not calls:
+            except Exception:  # without a stop, the model's code after the last block read a recorder's
+                if stop_after is not None or not calls:  # output (its input, unchanged): only the calls matter
                     raise
-                del exc
         return list(calls)
 
     def _forward_inputs(self, batch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -142,7 +142,8 @@ def _pretrained_class(config: Any, arch: str | None, num_classes: int | None, wh
     if num_classes is None:
         raise LayertraceError(
             f"{where}: {arch} is a bare encoder without a task head; pass num_classes=K to add a fresh "
-            f"classification head (or load a *ForSequenceClassification / *ForImageClassification checkpoint)"
+            f"classification head (or load a *ForSequenceClassification / *ForImageClassification checkpoint; "
+            f"for similarity only, layertrace.analyze(transformers.AutoModel.from_pretrained(DIR), batches))"
         )
     return (transformers.AutoModelForImageClassification if _is_vision_config(config)
             else transformers.AutoModelForSequenceClassification)

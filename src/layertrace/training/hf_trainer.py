@@ -44,11 +44,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def aligned_compute_loss(model: nn.Module, inputs: Mapping[str, Any], layer_weights: WeightSpec = "linear",
                          layers: LayerSpec = "1:", final_norm: bool = True, step: int = 2,
                          mode: str = "aligned", return_logits: bool = False,
-                         _cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         _cache: dict | None = None, pooling: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """The aligned loss of an HF model on one batch, and the model's own (last-layer) logits.
 
     Args:
-        model: an HF model of a supported family (or an Adapter); wrappers with ``.module`` are unwrapped.
+        model: an HF model (any family ``adapt()`` serves) or an Adapter; wrappers with ``.module`` are unwrapped.
         inputs: the batch dict the model takes, with ``labels`` (classifiers; causal LMs may omit them).
         layer_weights: linear | uniform | last | a list (see :func:`layertrace.training.layer_weights`).
         layers: a ``resolve_layers`` spec of the layers in the loss (default 1..L).
@@ -56,6 +56,8 @@ def aligned_compute_loss(model: nn.Module, inputs: Mapping[str, Any], layer_weig
         step: optimizer step (1-based), for ``mode="aligned-alternating"`` (odd: plain CE).
         mode: ``aligned`` | ``aligned-alternating`` | ``cos-reg`` | ``standard``.
         return_logits: also compute the model's own logits (one more forward pass without gradients).
+        pooling: the classifier's prediction feature (``auto`` | ``cls`` | ``mean`` | ``last``, see
+            :func:`~layertrace.models.adapt`).
 
     Returns:
         ``(loss, logits)``: scalar loss with gradients; logits (B, K) / (B, T, V) of the last layer
@@ -64,10 +66,10 @@ def aligned_compute_loss(model: nn.Module, inputs: Mapping[str, Any], layer_weig
     from ..models import adapt
 
     base = _unwrap(model)
-    key = (id(base), str(layer_weights), str(layers), final_norm, mode)
+    key = (id(base), str(layer_weights), str(layers), final_norm, mode, pooling)
     objective = (_cache or {}).get(key)
     if objective is None:
-        adapter = adapt(base, final_norm=final_norm)
+        adapter = adapt(base, final_norm=final_norm, pooling=pooling)
         chosen = resolve_layers(adapter.n_layers, layers)
         objective = TrainingObjective(adapter, mode, chosen, weights_for_layers(layer_weights, adapter.n_layers, chosen))
         if _cache is not None:
@@ -94,12 +96,13 @@ class AlignedTrainer(_Trainer):  # type: ignore[misc,valid-type]
         aligned_layers: ``resolve_layers`` spec of the layers in the loss (default ``"1:"``).
         alternate: odd optimizer steps plain last-layer CE, even steps aligned (the paper's ViT recipe).
         final_norm: apply the final norm in the shared readout.
+        pooling: the classifier's prediction feature: auto (default) | cls | mean | last.
     """
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: Trainer divides by accumulation steps
 
     def __init__(self, *args: Any, layer_weights: WeightSpec = "linear", aligned_layers: LayerSpec = "1:",
-                 alternate: bool = False, final_norm: bool = True, **kwargs: Any):
+                 alternate: bool = False, final_norm: bool = True, pooling: str = "auto", **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.args.world_size > 1:
             raise LayertraceError(
@@ -110,6 +113,7 @@ class AlignedTrainer(_Trainer):  # type: ignore[misc,valid-type]
         self.aligned_layers = aligned_layers
         self.alternate = alternate
         self.final_norm = final_norm
+        self.pooling = pooling
         self._objectives: dict = {}
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -121,7 +125,7 @@ class AlignedTrainer(_Trainer):  # type: ignore[misc,valid-type]
         mode = "aligned-alternating" if self.alternate else "aligned"
         loss, logits = aligned_compute_loss(model, inputs, self.layer_weights, self.aligned_layers,
                                             self.final_norm, step=step, mode=mode, return_logits=return_outputs,
-                                            _cache=self._objectives)
+                                            _cache=self._objectives, pooling=self.pooling)
         if return_outputs:
             return loss, {"logits": logits}
         return loss

@@ -246,9 +246,12 @@ def _nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor | None, objective: nn
     """What is not finite in this step (``None``: loss and gradient are finite), agreed by every process.
 
     The gradient norm is the clipping norm when clipping is on, else computed here (one pass over
-    the gradients, small beside the backward pass).
+    the gradients, small beside the backward pass). Under fp16 mixed precision an inf gradient is the
+    loss scaler's business (it skips that step and lowers the scale), so only the loss is checked.
     """
-    if grad_norm is None:
+    if accelerator.mixed_precision == "fp16":
+        grad_norm = torch.zeros((), device=loss.device)
+    elif grad_norm is None:
         grads = [p.grad.detach().norm() for p in objective.parameters() if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros((), device=loss.device)
     flags = torch.stack([~torch.isfinite(loss.float()), ~torch.isfinite(torch.as_tensor(grad_norm).float())]).float()
