@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--offset", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--slow-repeats", type=int, default=None,
+                   help="rounds (out of --repeats) that also run torch-cka (default: all)")
     p.add_argument("--cal-samples", type=int, default=1000)
     p.add_argument("--permutations", type=int, default=100)
     p.add_argument("--cal-pairs", type=int, default=3, help="pairs the package is timed on (scaled to all)")
@@ -284,13 +286,16 @@ def main() -> None:
     cpus: dict[str, list] = {m: [] for m in timed + cal_methods}
     values: dict[str, dict] = {}
     for round_ in range(max(ARGS.repeats, ARGS.cal_repeats)):
-        group = (timed if round_ < ARGS.repeats else []) + (cal_methods if round_ < ARGS.cal_repeats else [])
+        slow_done = ARGS.slow_repeats is not None and round_ >= ARGS.slow_repeats
+        group = ([m for m in timed if not (m == "torch-cka" and slow_done)] if round_ < ARGS.repeats else []) + \
+            (cal_methods if round_ < ARGS.cal_repeats else [])
         for method in (group if round_ % 2 == 0 else group[::-1]):
             t = run_child(method, features_path, tmp)
             times[method].append(t["wall"])
             cpus[method].append(t["cpu"])
             values[method] = t["arrays"]
-        print(f"round {round_ + 1} done", file=sys.stderr, flush=True)
+        print(f"round {round_ + 1} done: " + json.dumps({"wall": times, "cpu": cpus}),
+              file=sys.stderr, flush=True)  # the raw timings so far (kept if a later step fails)
     med = {m: float(np.median(v)) for m, v in times.items()}
     cpu = {m: float(np.median(v)) for m, v in cpus.items()}
 
@@ -298,15 +303,15 @@ def main() -> None:
         return float(np.abs(values[method]["value"] - ref[key]).max())
 
     if timed:
-        print_timings(timed, med, cpu, err, L, n, d, b)
+        print_timings(timed, times, med, cpu, err, L, n, d, b)
     if cal_methods:
         print_calibration(cal_methods, med, cpu, values, L)
 
 
-def print_timings(timed, med, cpu, err, L, n, d, b) -> None:
+def print_timings(timed, times, med, cpu, err, L, n, d, b) -> None:
     print(f"\nInputs: float32 features ({L} layers, {n:,} samples, {d} dims), minibatches of {b} "
           f"({math.ceil(n / b)} batches), {ARGS.threads} thread, a fresh process per run, "
-          f"{ARGS.repeats} interleaved rounds (median).\n")
+          f"{ARGS.repeats} interleaved rounds (median; torch-cka: {len(times.get('torch-cka', []))} run(s)).\n")
     print("| method | median wall s | median CPU s | runs | pytorch-cka / this (wall) | pytorch-cka / this (CPU) "
           "| max abs error vs float64 reference |")
     print("|---|---:|---:|---:|---:|---:|---:|")

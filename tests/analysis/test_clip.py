@@ -159,3 +159,14 @@ def test_load_clip_errors(tmp_path):
         from layertrace.config import load_config
 
         load_config(ClipConfig, None, {"limit": 1})
+
+
+def test_paper_config_loads_and_names_its_command():
+    from pathlib import Path
+
+    from layertrace.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "paper" / "clip-vit-b32.yaml"
+    cfg = load_config(ClipConfig, str(path))
+    assert (cfg.model, cfg.data, cfg.limit, cfg.center) == ("hf:openai/clip-vit-base-patch32", "hf:cifar10", 1000, "mean")
+    assert path.read_text().startswith("# layertrace analyze-clip --config configs/paper/clip-vit-b32.yaml")

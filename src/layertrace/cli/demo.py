@@ -75,7 +75,7 @@ def _vision() -> TrackSection:
 
 def _text() -> TrackSection:
     return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"],
-                        layer_removal_samples=64)
+                        layer_removal_samples=128)
 
 
 @dataclass
