@@ -56,7 +56,8 @@ def run(args) -> str:
     load = os.getloadavg()[0]
     res = compare_decoders(adapter, prompts, draft_layer=args.k, gamma=args.gamma, analysis=run_dir, tau=args.tau,
                            batch_sizes=[int(b) for b in args.batch_sizes.split(",")], repeats=args.repeats,
-                           max_new_tokens=args.new_tokens, eos_token_id=int(tok.eos_token_id))
+                           max_new_tokens=args.new_tokens,
+                           eos_token_id=None if args.no_eos else int(tok.eos_token_id))
     c = res["choice"]
     lines = [
         f"## Self-speculative decoding vs full, HF assistant_early_exit and CALM-style exit ({args.mode} demo LM)",
@@ -67,7 +68,7 @@ def run(args) -> str:
         f"Python {platform.python_version()}; date {datetime.date.today()}",
         f"- model: {run_dir} ({adapter.n_layers} layers, d={adapter.hidden_size}, vocab {adapter.num_outputs}, "
         f"{type(loaded.model).__name__}); greedy; {args.prompts} test prompts of {args.prompt_tokens} tokens, "
-        f"{args.new_tokens} new tokens (eos stops a row); median of {args.repeats} interleaved repeats",
+        f"{args.new_tokens} new tokens ({'eos ignored: every row decodes all of them' if args.no_eos else 'eos stops a row'}); median of {args.repeats} interleaved repeats",
         f"- draft: k = {res['draft_layer']}, gamma = {res['gamma']} ({c['source']}: acceptance {c['acceptance']:.3f} "
         f"at layer k from the analysis pass, expected {c['expected_speedup']:.2f}x under the cost model of "
         f"`choose_draft`); HF gets the same k (with its own draft-length schedule); CALM tau = {res['tau']}",
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-eos", action="store_true", help="decode max new tokens per row (eos does not stop it)")
     ap.add_argument("--out", default=None, help="write the Markdown section to this file")
     args = ap.parse_args()
     text = run(args)

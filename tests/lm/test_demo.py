@@ -88,4 +88,5 @@ def test_config_file_matches_the_quick_preset():
     from_file = asdict(get_preset(str(path)))
     preset = asdict(PRESETS["quick"])
     preset["taus"] = list(preset["taus"])
+    preset["decode_batch_sizes"] = list(preset["decode_batch_sizes"])
     assert from_file == preset

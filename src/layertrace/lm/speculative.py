@@ -16,7 +16,8 @@ positions (the pending token and the drafts). The output is the full model's:
 KV reuse. The verify pass does not re-run blocks 1..k: the draft already ran them on the pending
 token and the drafts (one more single-token step feeds the last draft), left their keys / values in
 the cache and its layer-k hidden states are kept; the verify pass runs blocks k+1..L on those
-``gamma + 1`` hidden states only. Blocks 1..k cost ``gamma + 1`` single-token steps per round and
+``gamma + 1`` hidden states only. One ``embed`` over the window serves the verify pass's masks and
+the first draft step (see the loop). Blocks 1..k cost ``gamma + 1`` single-token steps per round and
 blocks k+1..L one (gamma + 1)-token step.
 
 Batching: padding, not per-row cache lengths. All rows share one rectangular cache (one HF
@@ -63,20 +64,23 @@ def expected_tokens_per_round(acceptance: float, gamma: int) -> float:
 
 
 def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: int,
-                     position_cost: float = 0.25, readout_cost: float = 0.5) -> float:
+                     position_cost: float = 0.25, readout_cost: float = 0.5, embed_cost: float = 1.0) -> float:
     """Expected tokens/s of self-speculative decoding over full decoding under a cost model.
 
     Cost unit: one block on one new token of every row. A block on m new tokens costs
     ``1 + position_cost * (m - 1)`` (small batches are dominated by fixed per-call costs on CPU);
-    a readout (final norm + LM head) on one token costs ``readout_cost``. Full decoding pays
-    ``n_layers + readout_cost`` per token; a round pays ``(gamma + 1) * k`` (draft steps, the last
-    one feeding the last draft) + ``gamma * readout_cost`` (draft readouts) + ``(n_layers - k + readout_cost)
-    * (1 + position_cost * gamma)`` (the verify pass over gamma + 1 positions).
+    a readout (final norm + LM head) on one token costs ``readout_cost``; one ``adapter.embed`` call
+    ``embed_cost`` (the discovery adapter runs the model's own forward with recording blocks: about
+    3 blocks on the 6 x 128 demo LM, less on bigger models). Full decoding pays
+    ``embed_cost + n_layers + readout_cost`` per token; a round pays ``(gamma + 1) * embed_cost`` (the
+    window embed + one per later draft step) + ``(gamma + 1) * k`` (draft steps, the first over the
+    window, the last feeding the last draft) + ``gamma * readout_cost`` (draft readouts) +
+    ``(n_layers - k + readout_cost) * (1 + position_cost * gamma)`` (the verify pass over gamma + 1 positions).
     """
     k, g, L = int(draft_layer), int(gamma), int(n_layers)
     wide = 1.0 + position_cost * g
-    round_cost = (g + 1) * k + g * readout_cost + (L - k + readout_cost) * wide
-    return expected_tokens_per_round(acceptance, g) * (L + readout_cost) / round_cost
+    round_cost = (g + 1) * (embed_cost + k) + g * readout_cost + (L - k + readout_cost) * wide
+    return expected_tokens_per_round(acceptance, g) * (embed_cost + L + readout_cost) / round_cost
 
 
 def acceptance_by_layer(source: Any, n_layers: int | None = None) -> np.ndarray:
@@ -265,8 +269,12 @@ def self_speculative_generate(
         g_now = max(g_now, 0)
         past = mask.shape[1]
         wide_mask = torch.cat([mask, mask.new_ones(b, g_now + 1)], dim=1)
-        # verify-pass masks and positions (blocks k+1..L, whose cache still holds `past` tokens);
-        # made now because embed derives them from the cache length, which the draft changes below
+        # One embed over the whole window (the pending token, then placeholders where the drafts go)
+        # gives the verify pass's masks and positions for blocks k+1..L, whose cache still holds `past`
+        # tokens (embed derives them from the cache length, which the draft changes). The same state
+        # is the first draft step: blocks 1..k on the window, of which position 0 (the pending token)
+        # is exact by causality; the placeholders' keys / values are cropped from layers 1..k. That
+        # saves one embed per round, which costs several blocks with the discovery adapter.
         verify = adapter.embed({"input_ids": pending[:, None].expand(b, g_now + 1), "attention_mask": wide_mask,
                                 "past_key_values": cache})
         hidden_k: list[Tensor] = []
@@ -274,14 +282,17 @@ def self_speculative_generate(
         draft_probs: list[Tensor] = []
         token = pending
         for j in range(g_now + 1):
-            st = adapter.embed({"input_ids": token[:, None], "attention_mask": wide_mask[:, :past + j + 1],
-                                "past_key_values": cache})
+            st = verify if j == 0 else adapter.embed({
+                "input_ids": token[:, None], "attention_mask": wide_mask[:, :past + j + 1], "past_key_values": cache})
             for layer in range(1, k + 1):
                 st = adapter.block(layer, st)
-            hidden_k.append(st.hidden[:, -1])
+            if j == 0 and g_now:
+                for layer_cache in cache.layers[:k]:
+                    layer_cache.crop(-g_now)
+            hidden_k.append(st.hidden[:, j] if j == 0 else st.hidden[:, -1])
             if j == g_now:
                 break
-            logits = adapter.readout(st.hidden[:, -1]).float()
+            logits = adapter.readout(hidden_k[-1]).float()
             if sampling.do_sample:
                 q = _probs(logits, sampling)
                 token = _draw(q, generator)
