@@ -27,3 +27,32 @@ class ResidualStream:
             h = h + 0.6 * torch.tanh(h @ mixer)
             layers.append(h)
         return torch.stack(layers).contiguous()
+
+
+def replay_model(features: torch.Tensor, batch_size: int):
+    """(module, layer names, loader): a "model" whose L submodules return the precomputed features of the
+    batch's sample indices, so a CKA library's forward hooks capture exactly these features; the loader
+    yields consecutive index batches of ``batch_size``."""
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Replay(nn.Module):
+        def __init__(self, table: torch.Tensor):
+            super().__init__()
+            self.table = table
+
+        def forward(self, index: torch.Tensor) -> torch.Tensor:
+            return self.table[index]
+
+    class ReplayModel(nn.Module):
+        def __init__(self, feats: torch.Tensor):
+            super().__init__()
+            self.layers = nn.ModuleList([Replay(f) for f in feats])
+            self.anchor = nn.Parameter(torch.zeros(1))  # libraries look for a parameter's device
+
+        def forward(self, index: torch.Tensor) -> None:
+            for layer in self.layers:
+                layer(index)
+
+    loader = DataLoader(TensorDataset(torch.arange(features.shape[1])), batch_size=batch_size, shuffle=False)
+    return ReplayModel(features), [f"layers.{i}" for i in range(features.shape[0])], loader

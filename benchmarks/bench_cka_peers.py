@@ -93,36 +93,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
+sys.path.insert(0, str(Path(__file__).parent))
+from _features import ResidualStream, replay_model  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- children
-
-
-def _replay(features: torch.Tensor, batch_size: int):
-    """A module whose 13 submodules return the features of the batch's indices, and its loader."""
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
-
-    class Replay(nn.Module):
-        def __init__(self, table: torch.Tensor):
-            super().__init__()
-            self.table = table
-
-        def forward(self, index: torch.Tensor) -> torch.Tensor:
-            return self.table[index]
-
-    class ReplayModel(nn.Module):
-        def __init__(self, feats: torch.Tensor):
-            super().__init__()
-            self.layers = nn.ModuleList([Replay(f) for f in feats])
-            self.anchor = nn.Parameter(torch.zeros(1))  # libraries look for a parameter's device
-
-        def forward(self, index: torch.Tensor) -> None:
-            for layer in self.layers:
-                layer(index)
-
-    loader = DataLoader(TensorDataset(torch.arange(features.shape[1])), batch_size=batch_size, shuffle=False)
-    return ReplayModel(features), [f"layers.{i}" for i in range(features.shape[0])], loader
 
 
 def _batches(features: torch.Tensor, batch_size: int):
@@ -156,14 +131,14 @@ def child(method: str, features: torch.Tensor, b: int) -> tuple[float, float, di
     if method == "pytorch-cka":
         from cka import compute_cka
 
-        model, names, loader = _replay(features, b)
+        model, names, loader = replay_model(features, b)
 
         def fn():
             return {"value": compute_cka(model, model, loader, layers=names, progress=False)[0].double().numpy()}
     elif method == "torch-cka":
         from torch_cka import CKA
 
-        model, names, loader = _replay(features, b)
+        model, names, loader = replay_model(features, b)
 
         def fn():
             cka = CKA(model, model, "replay_a", "replay_b", model1_layers=names, model2_layers=names)
@@ -271,9 +246,6 @@ def main() -> None:
         np.savez(ARGS.out, **arrays)
         print(json.dumps({"wall": wall, "cpu": cpu}))
         return
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _features import ResidualStream
-
     skip = {s for s in ARGS.skip.split(",") if s}
     L, n, d, b = ARGS.layers, ARGS.samples, ARGS.dim, ARGS.batch_size
     tmp = Path(tempfile.mkdtemp(prefix="bench_cka_peers_"))

@@ -67,7 +67,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 
-from _features import ResidualStream  # noqa: E402  (benchmarks/_features.py; shared with bench_cka_peers.py)
+from _features import ResidualStream, replay_model  # noqa: E402  (benchmarks/_features.py; shared with bench_cka_peers.py)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -80,30 +80,9 @@ def torch_cka_setup(features: torch.Tensor, batch_size: int):
     """torch-cka's CKA object over a replay 'model' whose submodules emit our features."""
     import warnings
 
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
     from torch_cka import CKA
 
-    class Replay(nn.Module):
-        def __init__(self, table: torch.Tensor):
-            super().__init__()
-            self.table = table
-
-        def forward(self, index: torch.Tensor) -> torch.Tensor:
-            return self.table[index]
-
-    class ReplayModel(nn.Module):
-        def __init__(self, feats: torch.Tensor):
-            super().__init__()
-            self.layers = nn.ModuleList([Replay(f) for f in feats])
-
-        def forward(self, index: torch.Tensor) -> None:
-            for layer in self.layers:
-                layer(index)
-
-    model = ReplayModel(features)
-    names = [f"layers.{i}" for i in range(features.shape[0])]
-    loader = DataLoader(TensorDataset(torch.arange(features.shape[1])), batch_size=batch_size, shuffle=False)
+    model, names, loader = replay_model(features, batch_size)
 
     def run() -> np.ndarray:
         with warnings.catch_warnings():
