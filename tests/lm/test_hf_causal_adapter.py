@@ -162,6 +162,28 @@ def test_fill_cache_writes_what_the_block_would(lm):
                                        atol=ATOL, rtol=0)
 
 
+def test_fill_cache_stops_the_block_once_its_keys_and_values_are_written(lm):
+    """CALM's propagation costs the key / value projections, not the block: the MLP never runs."""
+    a = adapt(lm)
+    batch = padded_batch(a.num_outputs, "right")
+    mlp_calls = []
+    hooks = [m.mlp.register_forward_hook(lambda *_: mlp_calls.append(1)) for m in a.blocks]
+    try:
+        with torch.no_grad():
+            cache = a.new_cache()
+            state = a.embed({**batch, "past_key_values": cache})
+            for layer in range(1, a.n_layers + 1):
+                a.fill_cache(layer, state)
+            assert mlp_calls == []
+            assert a.cache_length(cache) == 9
+            assert "update" not in vars(cache)  # the wrapper is gone after the call
+            a.block(1, a.embed({**batch, "past_key_values": a.new_cache()}))
+            assert len(mlp_calls) == 1  # the hook itself works
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def test_bad_inputs_raise_one_line_errors():
     from layertrace.errors import LayertraceError
 

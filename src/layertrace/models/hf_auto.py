@@ -65,6 +65,10 @@ class _Stop(Exception):
     """Raised by the last block's recorder: the embedding step is done, stop the forward."""
 
 
+class _CacheWritten(Exception):
+    """Raised by :meth:`HFAutoAdapter.fill_cache`'s wrapped ``cache.update``: the keys / values are in."""
+
+
 class _Hidden:
     """Placeholder of the hidden-state argument in a recorded call."""
 
@@ -763,13 +767,39 @@ class HFAutoAdapter(Adapter):
     def fill_cache(self, layer: int, state: State) -> None:
         """Append to the cache the keys / values block ``layer`` computes from ``state.hidden``.
 
-        The CALM propagation of an exited token's state to the layers it skipped. The block is run
-        in full on ``state.hidden`` (its output is discarded): what it writes into the cache is by
-        construction exactly what the block would write, for any attention variant.
+        The CALM propagation of an exited token's state to the layers it skipped. The block's own
+        code computes the entries (input norm, key / value projections, rotary: whatever this family
+        does), so they are by construction what the block would write; the block is stopped right
+        after its attention hands them to ``cache.update``, so no attention scores and no MLP are
+        computed. A block that never calls ``update`` on the cache object, or one dispatched with
+        Accelerate hooks (whose post-forward must run), is run in full and its output discarded.
+
+        Args:
+            layer: 1-based block index.
+            state: the state of the new tokens (``hidden`` (B, T, d)) whose ``shared["cache"]`` gets
+                the entries.
         """
-        if state.shared.get("cache") is None:
+        cache = state.shared.get("cache")
+        if cache is None:
             raise LayertraceError("fill_cache needs a KV cache: put past_key_values=adapter.new_cache() in the batch")
-        self.block(layer, state)
+        if not 1 <= layer <= self.n_layers:
+            raise LayertraceError(f"block {layer} does not exist: {self.family} has blocks 1..{self.n_layers}")
+        if hasattr(state.shared["calls"][layer - 1].module, "_hf_hook"):
+            self.block(layer, state)
+            return
+        update = cache.update
+
+        def update_then_stop(*args: Any, **kwargs: Any) -> Any:
+            update(*args, **kwargs)
+            raise _CacheWritten
+
+        cache.update = update_then_stop  # an instance attribute shadows the class's method for this call
+        try:
+            self.block(layer, state)
+        except _CacheWritten:
+            pass
+        finally:
+            del cache.update
 
     def _check_cache_batch(self, state: State) -> None:
         cache = state.shared.get("cache")
