@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..errors import LayertraceError
 from ..layers import resolve_layers
+from ..models.hf_auto import last_real_index
 
 Strategy = Literal["greedy", "top_k", "nucleus", "sample"]
 
@@ -164,10 +165,8 @@ def prepare_prompt(input_ids: Tensor, attention_mask: Tensor | None, device: tor
     return input_ids, attention_mask.to(device).long()
 
 
-def last_real_positions(mask: Tensor) -> Tensor:
-    """(B,) index of each row's last real token in a (B, T) 0/1 mask (T - 1 under left padding)."""
-    t = mask.shape[1]
-    return t - 1 - mask.flip(1).long().argmax(dim=1)
+# (B,) index of each row's last real token in a (B, T) 0/1 mask: the one the adapters' "last" pooling uses.
+last_real_positions = last_real_index
 
 
 def _eos_set(eos_token_id: int | list[int] | None, device: torch.device) -> Tensor | None:

@@ -195,7 +195,7 @@ def self_speculative_generate(
     """Decode with self-speculation: draft with blocks 1..k + the shared readout, verify with all L.
 
     Args:
-        model: an HF causal LM served by the adapters (GPT-2 / Llama / Qwen2 / Mistral) or its adapter.
+        model: any Hugging Face causal LM adapt() serves (docs/models.md) or its adapter.
         input_ids, attention_mask: (B, P) prompts (left or right padding), as for
             :func:`~layertrace.lm.generate.generate`.
         draft_layer: k in 1..L-1; ``None`` = chosen by :func:`choose_draft`.
