@@ -104,7 +104,7 @@ def test_finished_samples_are_dropped():
 
 
 def test_per_layer_heads_runtime_equals_simulation():
-    heads_mod = pytest.importorskip("layertrace.training.heads")
+    import layertrace.training.heads as heads_mod
     adapter, batch = toy_setup(seed=3)
     heads = heads_mod.PerLayerHeads(adapter, range(1, adapter.n_layers + 1))
     torch.manual_seed(5)
@@ -131,8 +131,7 @@ def test_executor_refuses_oracle_and_lms(toy_batch, toy_model):
 def tiny_vit():
     """A 5-block ViT (d=32), random init with a wide initializer range so that confidences vary across
     samples and layers (with the default 0.02 layer 1 is the most confident layer of every sample)."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("layertrace.models.hf_vision")
+    import transformers
     from layertrace.models import adapt
 
     torch.manual_seed(0)
@@ -169,8 +168,7 @@ def token_batch(n: int, g: torch.Generator) -> dict:
 def tiny_bert():
     """A 5-block BERT (d=32), random init with a wide initializer range so that confidences vary
     across samples and layers (the default 0.02 gives near-identical outputs); batches with padding."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("layertrace.models.hf_text")
+    import transformers
     from layertrace.models import adapt
 
     torch.manual_seed(0)
@@ -194,7 +192,7 @@ def test_tiny_bert_runtime_equals_simulation_with_padding(tiny_bert):
 
 
 def test_heads_on_some_layers_exit_only_there():
-    heads_mod = pytest.importorskip("layertrace.training.heads")
+    import layertrace.training.heads as heads_mod
     adapter, batch = toy_setup(seed=4)
     heads = heads_mod.PerLayerHeads(adapter, [2, 4])
     torch.manual_seed(6)
@@ -227,8 +225,7 @@ def test_heads_on_some_layers_exit_only_there():
 
 
 def test_tiny_deit_with_two_token_head_runtime_equals_simulation():
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("layertrace.models.hf_vision")
+    import transformers
     from layertrace.models import adapt
 
     torch.manual_seed(0)

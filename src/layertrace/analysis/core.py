@@ -42,12 +42,11 @@ from ..readout import (
     saturation_cumulative,
     saturation_histogram,
     saturation_positions,
-    stacked_readout,
+    stacked_layer_readout,
     theorem_2_1_violations,
     theorem_2_2_cooccurrence,
     trajectory_straightness,
 )
-from ..models.base import Adapter
 from ..trace import FeatureCache, autocast, check_finite, next_token_targets, subsample_tokens, trace_batch
 from .collapse import CollapseStage
 from .removal import LayerRemovalStage
@@ -284,9 +283,6 @@ class _Pass:
         self.headless = adapter.kind == "encoder"
         if self.headless:
             opts.theory = False
-        # Classifier adapters whose similarity feature is the readout's own input (pool = identity)
-        # get one readout call on the stacked (S, B, d) features instead of one per layer.
-        self._stacked_readout = not self.is_lm and type(adapter).pool is Adapter.pool
         self.dist = DistContext.current(opts.shard)
         self.readout = ReadoutAccumulator(self.S)
         self.records: dict[int, _BatchRecord] = {}
@@ -451,26 +447,16 @@ class _Pass:
         t0 = time.perf_counter()
         if self.collapse is not None:  # record what the head's final linear layer reads in this batch
             self.collapse.arm()
-        if self._stacked_readout:
-            # the traced features are the readout's input: one readout call over the S * B rows
-            # (the readout maps (n, d) -> (n, K) row by row, so this equals S separate calls)
-            trace = trace_batch(self.adapter, batch, self.layers, with_logits=False,
-                                precision=self.opts.precision, batch_index=b)
-            s_, b_, d_ = trace.features.shape
-            with autocast(self.opts.precision, trace.features.device):
-                logits = self.adapter.readout(trace.features.reshape(s_ * b_, d_)).reshape(s_, b_, -1)
-            logits = logits.float()
-            check_finite(logits, "logits", self.layers, b)
-        else:
-            trace = trace_batch(self.adapter, batch, self.layers, with_logits=True,
-                                precision=self.opts.precision, batch_index=b)
-            logits = trace.logits
+        # the adapter's trace reads every layer through the shared LayerReadout (one stacked head call)
+        trace = trace_batch(self.adapter, batch, self.layers, with_logits=True,
+                            precision=self.opts.precision, batch_index=b)
+        logits = trace.logits.float()
         self.forward_s += time.perf_counter() - t0
         if self.collapse is not None:
             self.collapse.update(logits, labels)
         labels = labels.to(logits.device)
         n = labels.shape[0]
-        r = stacked_readout(logits, labels)
+        r = stacked_layer_readout(logits, labels)
         self.readout.update_layers(r)
         self.readout.add_count(n)
         pred = r.pred.T.cpu().numpy()
@@ -534,12 +520,13 @@ class _Pass:
         pred = np.empty((n_tok, self.S), dtype=np.int64)
         per = {k: np.empty((n_tok, self.S), dtype=np.float32) for k in ("max_prob", "true_class_prob", "entropy")}
         chunk = max(1, int(self.opts.token_chunk))
+        read = self.adapter.layer_readout  # the shared head, one layer and one token chunk at a time
         for i in range(self.S):
             h = feats[i, rows, cols]  # (n_tok, d)
             for s in range(0, n_tok, chunk):
                 sl = slice(s, min(n_tok, s + chunk))
                 with autocast(self.opts.precision, h.device):
-                    logits = self.adapter.readout(h[sl])
+                    logits = read(self.layers[i], h[sl])
                 check_finite(logits[None], "logits", [self.layers[i]], b)
                 r = layer_readout(logits, flat_targets[sl], compute_dtype=torch.float32)
                 self.readout.update(i, r)

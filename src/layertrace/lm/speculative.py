@@ -238,9 +238,7 @@ def self_speculative_generate(
     start = time.perf_counter()
     # prefill: the full model over the prompts, the first token from each prompt's last real position
     cache = adapter.new_cache()
-    state = adapter.embed({"input_ids": ids, "attention_mask": mask, "past_key_values": cache})
-    for layer in range(1, n_layers + 1):
-        state = adapter.block(layer, state)
+    state = adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, n_layers)
     blocks_run = n_layers * batch
     last = state.hidden[torch.arange(batch, device=device), last_real_positions(mask)]
     pending = choose_tokens(adapter.readout(last), sampling, generator)

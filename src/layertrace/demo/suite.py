@@ -555,7 +555,7 @@ def _mlp_done(cfg: MLPExperimentConfig, residual: bool, run_dir: Path) -> bool:
 
 
 def _run_lm(out_dir: Path, preset: str, threads: int | None, device: str) -> None:
-    from ..lm.demo import run_lm_track
+    from .lm_track import run_lm_track
 
     run_lm_track(out_dir, preset=preset, threads=threads, device=device)
 
