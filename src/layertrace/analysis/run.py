@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .. import run_folder
 from ..config import save_config
 from ..errors import LayertraceError
 from ..io import check_out_dir, result_set
@@ -28,7 +29,7 @@ from .core import analyze
 from .dist import DistContext, init_from_env, shutdown
 from .result import JSON_NAME, SAMPLES_NAME, AnalysisResult
 
-CONFIG_FILE = "analyze-config.yaml"  # not config.yaml: a training run folder keeps its own
+CONFIG_FILE = run_folder.ANALYSIS_CONFIG  # not config.yaml: a training run folder keeps its own
 OWNED = (JSON_NAME, SAMPLES_NAME, CONFIG_FILE)  # what a re-run replaces (stale ones removed)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import run_folder
 from ..errors import LayertraceError, did_you_mean
 from ..io import read_json, write_json
 
@@ -329,7 +330,7 @@ def evaluate_run(run_dir: Path, tokenizer: Any, blocks: torch.Tensor, prompts: t
         "generation": generation,
         "early_exit": sweep,
     }
-    write_json(run_dir / "lm_eval.json", evaluation)
+    write_json(run_dir / run_folder.LM_EVAL, evaluation)
     return evaluation
 
 
@@ -359,7 +360,7 @@ def compare_with_paper(standard: dict[str, Any], aligned: dict[str, Any]) -> dic
 
 
 def _train_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "train_summary.json"
+    path = run_dir / run_folder.TRAIN_SUMMARY
     return read_json(path) if path.is_file() else {}
 
 
@@ -445,7 +446,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
 
         t0 = time.perf_counter()
         aligned_dir = out / run_name(p, "aligned")
-        sel = read_json(aligned_dir / "lm_eval.json")["early_exit"].get("selected")
+        sel = read_json(aligned_dir / run_folder.LM_EVAL)["early_exit"].get("selected")
         adapter = load_model(aligned_dir).adapter.to(device).eval()
         decoding = compare_decoders(adapter, prompts[: p.exit_prompts], analysis=aligned_dir,
                                     tau=float(sel["tau"]) if sel else float(max(p.taus)),
@@ -469,7 +470,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
                   "positions": p.block_size, "params": n_params, "base_dir": str(base)},
         "layers": runs["standard"]["layers"],
         "runs": runs,
-        "early_exit": {mode: read_json(Path(runs[mode]["run_dir"]) / "lm_eval.json")["early_exit"] for mode in MODES},
+        "early_exit": {mode: read_json(Path(runs[mode]["run_dir"]) / run_folder.LM_EVAL)["early_exit"] for mode in MODES},
         "paper_comparison": compare_with_paper(runs["standard"], runs["aligned"]),
         "decoding": decoding,
         "seconds": seconds,

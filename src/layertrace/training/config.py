@@ -93,6 +93,9 @@ class TrainSection:
     device: str = field(default="auto", metadata=_h("auto | cpu | cuda", choices=("auto", "cpu", "cuda")))
     threads: Optional[int] = field(default=None, metadata=_h("torch CPU threads (default: torch's choice)", check=">= 1"))
     eval_every: int = field(default=0, metadata=_h("layer-wise evaluation every N steps (0 = only at the end)", check=">= 0"))
+    eval_every_limit: Optional[int] = field(default=None, metadata=_h(
+        "the periodic evaluations read at most N evaluation samples (none = all); the final one reads all",
+        check=">= 1"))
     eval_batch_size: int = field(default=256, metadata=_h("batch size of the evaluation", check=">= 1"))
     log_every: int = field(default=10, metadata=_h("write a metrics.jsonl line every N steps", check=">= 1"))
     checkpoint_every: int = field(default=200, metadata=_h("save a resume checkpoint every N steps (0 = only at the end)", check=">= 0"))
@@ -122,5 +125,5 @@ class TrainConfig:
 # interrupted run with other values of these is still the same run.
 COSMETIC_KEYS = {
     "train.progress", "train.log_every", "train.tensorboard", "train.keep_checkpoints", "train.checkpoint_every",
-    "train.resume", "train.threads", "train.eval_every", "train.eval_batch_size",
+    "train.resume", "train.threads", "train.eval_every", "train.eval_every_limit", "train.eval_batch_size",
 }

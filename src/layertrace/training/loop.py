@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import run_folder
 from ..errors import LayertraceError
 from ..config import validate_config
 from ..io import atomic_path, to_jsonable
@@ -47,7 +48,7 @@ from .heads import PerLayerHeads
 from .losses import weights_for_layers
 from .objective import TrainingObjective, check_mode, uses_layerwise_loss
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = run_folder.METRICS
 
 
 @dataclass
@@ -285,6 +286,7 @@ def fit(
     run_dir: str | Path,
     eval_batches: Callable[[], Iterable[dict]] | Sequence[dict] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    periodic_eval_batches: Sequence[dict] | None = None,
 ) -> FitResult:
     """Train ``adapter`` with ``cfg.mode``; checkpoints and ``metrics.jsonl`` go to ``run_dir``.
 
@@ -298,6 +300,8 @@ def fit(
         eval_batches: evaluation batches (a list, or a callable returning a fresh iterable), for the
             periodic and final layer-wise readout accuracy.
         augment: ``(pixel_values, generator) -> pixel_values`` applied to image batches.
+        periodic_eval_batches: a smaller evaluation set for the evaluations every ``cfg.eval_every``
+            steps (default ``eval_batches``); the final evaluation always reads ``eval_batches``.
 
     Returns:
         :class:`FitResult`; the adapter's weights are the trained ones.
@@ -353,10 +357,11 @@ def fit(
               f"precision={accelerator.mixed_precision}"
               + (f" resumed at step {state.step}" if latest is not None else ""), flush=True)
 
-    def run_eval() -> LayerwiseEval | None:
+    def run_eval(periodic: bool = False) -> LayerwiseEval | None:
         if eval_batches is None:
             return None
-        batches = eval_batches() if callable(eval_batches) else eval_batches
+        source = periodic_eval_batches if periodic and periodic_eval_batches is not None else eval_batches
+        batches = source() if callable(source) else source
         with accelerator.autocast():
             return evaluate_layerwise(adapter, batches, heads=heads)
 
@@ -436,7 +441,7 @@ def fit(
 
         if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
             if is_main:
-                result = run_eval()
+                result = run_eval(periodic=True)
                 if result is not None:
                     log.write({"step": step, "eval": result.to_dict()})
                     if progress is not None:
