@@ -239,15 +239,9 @@ def _encode_docs(tokenizer: Any, docs: list[str]) -> list[list[int]]:
 
 def eval_blocks_of(tokenizer: Any, docs: list[str], block_size: int, n_blocks: int) -> torch.Tensor:
     """(n, block_size) token blocks of the test documents joined by eos (the training layout)."""
-    from ..data import chunk_tokens
+    from ..data import token_blocks
 
-    eos = int(tokenizer.eos_token_id)
-    stream: list[int] = []
-    for ids in _encode_docs(tokenizer, docs):
-        stream.extend(ids + [eos])
-        if len(stream) >= block_size * (n_blocks + 1):
-            break
-    return torch.from_numpy(chunk_tokens(stream, block_size)[:n_blocks])
+    return torch.from_numpy(token_blocks(tokenizer, docs, block_size, max_blocks=n_blocks))
 
 
 def make_prompts(tokenizer: Any, docs: list[str], n: int, length: int, seed: int) -> torch.Tensor:

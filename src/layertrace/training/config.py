@@ -88,8 +88,9 @@ class TrainSection:
     gamma: float = field(default=0.1, metadata=_h("multistep: lr factor at each milestone", check="(0, 1]"))
     clip_grad: Optional[float] = field(default=1.0, metadata=_h("clip the global gradient norm (none = off)", check="> 0"))
     seed: int = field(default=0, metadata=_h("seed of the model init, data order, augmentation and dropout"))
-    precision: str = field(default="auto", metadata=_h("auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16",
-                                                               choices=("auto", "no", "bf16", "fp16")))
+    precision: str = field(default="auto", metadata=_h(
+        "auto (bf16 on a GPU that has it, else fp32) | fp32 (also: no) | bf16 | fp16",
+        choices=("auto", "fp32", "no", "bf16", "fp16")))
     device: str = field(default="auto", metadata=_h("auto | cpu | cuda", choices=("auto", "cpu", "cuda")))
     threads: Optional[int] = field(default=None, metadata=_h("torch CPU threads (default: torch's choice)", check=">= 1"))
     eval_every: int = field(default=0, metadata=_h("layer-wise evaluation every N steps (0 = only at the end)", check=">= 0"))

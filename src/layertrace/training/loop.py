@@ -1,5 +1,8 @@
 """The training loop: one screen of labelled phases; its state is a dataclass a checkpoint saves.
 
+(Over ~450 lines on purpose: the loop and the helpers it calls read top to bottom in one file, the
+nanoGPT shape DESIGN.md section 4 asks for; checkpoints, batches and evaluation have their own modules.)
+
     1. set up      Accelerate (device, mixed precision, DDP under torchrun / accelerate launch),
                    objective of the mode, AdamW, schedule
     2. resume      from RUN_DIR/checkpoints/latest.json if present: weights, optimizer, schedule,
@@ -146,15 +149,18 @@ def make_optimizer(module: nn.Module, cfg: TrainSection) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(float(b) for b in cfg.adam_betas))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on a CUDA device that supports it, else ``no``; checks the other names."""
-    if precision not in ("auto", "no", "bf16", "fp16"):
-        raise LayertraceError(f"train.precision {precision!r}: use auto, no, bf16 or fp16")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    if precision == "fp16" and device.type != "cuda":
-        raise LayertraceError("train.precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
-    return precision
+def accelerate_precision(precision: str, device: torch.device) -> str:
+    """Accelerate's ``mixed_precision`` for ``train.precision`` (:func:`layertrace.trace.resolve_precision`'s
+    vocabulary, ``auto`` never picking fp16): ``"no"`` (fp32), ``"bf16"`` or ``"fp16"`` (CUDA only)."""
+    from ..trace import resolve_precision
+
+    try:
+        resolved = resolve_precision(precision, device, fp16_fallback=False)
+    except LayertraceError:
+        raise LayertraceError(f"train.precision {precision!r}: use auto, fp32 (or no), bf16 or fp16") from None
+    if resolved == "fp16" and device.type != "cuda":
+        raise LayertraceError("train.precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    return "no" if resolved == "fp32" else resolved
 
 
 def make_accelerator(cfg: TrainSection, find_unused: bool = False):
@@ -175,7 +181,7 @@ def make_accelerator(cfg: TrainSection, find_unused: bool = False):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.precision, device), kwargs_handlers=handlers)
+    return Accelerator(cpu=cpu, mixed_precision=accelerate_precision(cfg.precision, device), kwargs_handlers=handlers)
 
 
 def _seed_all(seed: int) -> None:

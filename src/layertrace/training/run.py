@@ -170,7 +170,7 @@ def _classification_tensors(ds, loaded, cfg: TrainConfig) -> dict[str, torch.Ten
 
 def _lm_tensors(loaded, cfg: TrainConfig, split: str, limit: int | None) -> dict[str, torch.Tensor]:
     """Token blocks (N, max_length) of a text corpus split for causal-LM training / evaluation."""
-    from ..data import chunk_tokens, load_text_corpus
+    from ..data import load_text_corpus, token_blocks
 
     tok = loaded.tokenizer
     if tok is None:
@@ -179,11 +179,7 @@ def _lm_tensors(loaded, cfg: TrainConfig, split: str, limit: int | None) -> dict
         )
     source = cfg.data.root or cfg.data.name
     docs = load_text_corpus(source, split, seed=cfg.train.seed, **cfg.data.loader_kwargs)
-    sep = tok.eos_token or "\n\n"
-    ids = tok(sep.join(docs))["input_ids"]
-    blocks = torch.from_numpy(chunk_tokens(ids, cfg.data.max_length))
-    if limit is not None:
-        blocks = blocks[:limit]
+    blocks = torch.from_numpy(token_blocks(tok, docs, cfg.data.max_length, max_blocks=limit))
     return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks)}
 
 
