@@ -2,7 +2,7 @@
 
 Examples::
 
-    layertrace generate --model lm-out/corpus-gpt2-aligned --prompt "The film is" --max_new_tokens 32
+    layertrace generate --model lm-out/corpus-llama-aligned --prompt "The film is" --max_new_tokens 32
     layertrace generate --model RUN --prompt "The film is" --decoder full --strategy nucleus
     layertrace generate --model RUN --prompt "a,b" --draft_layer 2 --gamma 4   # override the choice
 

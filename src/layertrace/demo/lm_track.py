@@ -1,4 +1,4 @@
-"""The embedded LM demo: a small GPT-2 trained standard vs aligned on the bundled text corpus.
+"""The embedded LM demo: a small causal LM (GPT-2 or Llama layout) trained standard vs aligned on the bundled text corpus.
 
 ``run_lm_track(out_dir)`` does, in order (every stage reuses its output when it is already there):
 
@@ -6,10 +6,10 @@
    the classification splits), a seeded subset of the train split sized to the training budget,
    written as ``lm-corpus/corpus.{train,valid,test}.txt``;
 2. tokenizer: byte-level BPE trained offline on the train file (``lm-tokenizer/``);
-3. base model: a GPT-2-shaped model built from config, seeded, saved with the tokenizer
+3. base model: a GPT-2- or Llama-layout model (the preset's ``family``; quick: Llama) built from config, seeded, saved with the tokenizer
    (``lm-base/``); both runs start from these same weights;
 4. training: ``layertrace.training.train_from_config`` in the modes ``standard`` and ``aligned``
-   (the paper's linear layer weights) -> run folders ``corpus-gpt2-standard`` / ``corpus-gpt2-aligned``;
+   (the paper's linear layer weights) -> run folders ``corpus-<family>-standard`` / ``corpus-<family>-aligned``;
 5. per run: the analysis pass on test blocks (``analysis.json``: per-layer next-token accuracy,
    perplexity, saturation, COS / CKA), text generated from every layer k (nucleus p = 0.95,
    seeded) scored for diversity and coherence (bundled MiniLM), and early-exit decoding at several
@@ -375,7 +375,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
 
     Args:
         out_dir: folder for the corpus, tokenizer, base model, the two run folders and ``lm.json``.
-        preset: ``"quick"`` (~8 min on 2 CPU cores), ``"full"`` (~1 h on CPU), ``"paper"`` (GPT-2 small
+        preset: ``"quick"`` (~15 min on 2 idle CPU cores, estimated), ``"full"`` (~1 h on CPU), ``"paper"`` (GPT-2 small
             shape, for a GPU) or ``"smoke"`` (seconds), or an :class:`LMTrackPreset`.
         progress: ``None`` / ``True`` prints ``[lm] ...`` lines, ``False`` is silent, a callable gets
             each message.
