@@ -239,3 +239,37 @@ def test_tiny_deit_with_two_token_head_runtime_equals_simulation():
     full = run_early_exit(adapter, batches[0], "confidence", 1.01)
     with torch.no_grad():
         torch.testing.assert_close(full.logits, adapter.model_logits(batches[0]))
+
+
+@pytest.mark.parametrize("policy,threshold", [("confidence", 1.01), ("entropy", -0.5), ("patience", 9)])
+def test_a_threshold_that_cannot_fire_runs_the_plain_full_model(policy, threshold):
+    """Nothing can leave before L: no readout before L, the full model's logits bit for bit, and the
+    simulation agrees (everyone at L)."""
+    adapter, batch = toy_setup(seed=5)
+    called = []
+
+    def spy(layer, h):
+        called.append((layer, h.shape[0]))
+        return adapter.readout(h)
+
+    result = run_early_exit(adapter, batch, policy, threshold, readout=spy)
+    n = batch["input_ids"].shape[0]
+    assert called == [(adapter.n_layers, n)]
+    assert (result.exit_layers == adapter.n_layers).all()
+    with torch.no_grad():
+        assert torch.equal(result.logits, adapter(batch))
+    assert_runtime_equals_simulation(adapter, [batch], policy, [threshold])
+
+
+def test_patience_reads_every_layer_but_exits_from_layer_k():
+    """A stateful rule needs every layer's prediction (its carry) even before it may fire."""
+    adapter, batch = toy_setup(seed=6)
+    called = []
+
+    def spy(layer, h):
+        called.append(layer)
+        return adapter.readout(h)
+
+    result = run_early_exit(adapter, batch, "patience", 3, readout=spy)
+    assert called[:3] == [1, 2, 3] and int(result.exit_layers.min()) >= 3
+    assert_runtime_equals_simulation(adapter, [batch], "patience", [3])

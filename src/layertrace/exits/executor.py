@@ -115,36 +115,48 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
         logits = read(k, adapter.features(state))
         return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), k, dtype=torch.long, device=device))
 
+    first = policy.earliest_exit(float(threshold), n_layers)
+    if first >= n_layers:  # nobody can leave before L (e.g. confidence > 1): the plain full model
+        for layer in range(1, n_layers + 1):
+            state = adapter.block(layer, state)
+        logits = read(n_layers, adapter.features(state))
+        return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), n_layers, dtype=torch.long, device=device))
+
     threshold_t = _threshold_tensor(float(threshold), device)  # 0-d: decide gives (b,)
     carry = policy.start(n_samples, device)
+    stateful = bool(carry)  # a stateful rule (patience) reads every layer; a stateless one only from `first`
     active: Tensor | None = None   # positions of running samples in the batch; None = all of them
     pieces: list[tuple[Tensor | None, Tensor, int]] = []  # (positions or None = all, their logits, exit layer)
     for layer in range(1, n_layers + 1):
         state = adapter.block(layer, state)
-        if skip is not None and skip[layer]:
+        if (skip is not None and skip[layer]) or (layer < first and not stateful):
             continue
         logits = read(layer, adapter.features(state))
         if layer == n_layers:  # everyone still running exits at the last layer
             pieces.append((active, logits, layer))
             break
         exit_now, carry = policy.decide(layer, logits, threshold_t, carry)
+        if layer < first:  # the carry is updated; no exit is possible yet, so no host sync
+            continue
         running = exit_now.shape[0]
         if running == 1:  # batch 1 (or the last sample): one check, no indexing
             if bool(exit_now):
                 pieces.append((active, logits, layer))
                 break
             continue
-        if not bool(exit_now.any()):  # the common case: one cheap check, nothing else to do
+        leaving_count = int(exit_now.sum())  # the one host sync of the layer
+        if leaving_count == 0:  # the common case: nothing else to do
             continue
-        leaving = exit_now.nonzero().squeeze(1)
-        if leaving.shape[0] == running:  # all remaining samples stop here
+        if leaving_count == running:  # all remaining samples stop here
             pieces.append((active, logits, layer))
             break
+        leaving = exit_now.nonzero().squeeze(1)
         keep = (~exit_now).nonzero().squeeze(1)
         pieces.append((leaving if active is None else active[leaving], logits[leaving], layer))
         active = keep if active is None else active[keep]
         state = state.select(keep)
-        carry = {name: value[keep] for name, value in carry.items()}
+        if stateful:
+            carry = {name: value[keep] for name, value in carry.items()}
     return _assemble(pieces, n_samples, device)
 
 

@@ -7,15 +7,12 @@ finding, the ones that fail first, so a reader sees plainly where the paper does
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 from .figures import groups_of
+from .finding import Finding, pct as _pct
+from .layer_weights import check_layer_weights
 from .runs import RunResults
 from .series import layer_series, norm_ratio_series, number, row_to_last, spearman
 from .tables import DEFAULT_EXIT_TOLERANCE, operating_point
-
-Status = Literal["holds", "does not hold", "not checked"]
 
 # Tolerances of the checks (fractions of accuracy, or similarity units).
 LAYER_ACC_TOLERANCE = 0.005   # aligned may trail standard by half a point at a layer and still "match"
@@ -26,31 +23,6 @@ MLP_CKA_GAP = 0.2             # plain MLP: CKA to last exceeds COS to last by th
 THM21_MAX_VIOLATIONS = 0.1    # Theorem 2.1 "holds" when at most 10% of layer triples violate it
 SPEEDUP_RATIO = 0.9           # shared head reaches 90% of per-layer heads' speed-up at equal accuracy loss
 PROBE_TOLERANCE = 0.02        # "keeps transferability": aligned probe accuracy within 2 points of standard
-
-
-@dataclass
-class Finding:
-    """One claim of the paper checked on these runs.
-
-    Attributes:
-        claim: the paper's claim, phrased as the test that is run.
-        scope: which runs it was checked on.
-        status: ``holds``, ``does not hold`` or ``not checked`` (data missing).
-        evidence: the numbers from the JSON that decide it.
-        per_run: a check of one run on its own (shown in the per-run matrix) rather than a comparison.
-        short: the deciding number in a few characters, for the per-run matrix.
-    """
-
-    claim: str
-    scope: str
-    status: Status
-    evidence: str
-    per_run: bool = False
-    short: str = ""
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def _mode(runs: list[RunResults], mode: str) -> RunResults | None:
@@ -318,8 +290,6 @@ def all_findings(runs: list[RunResults], exit_tolerance: float = DEFAULT_EXIT_TO
         out += check_mlp(group, rs)
         out += check_collapse(group, rs)
         out += check_probe(group, rs)
-    from .layer_weights import check_layer_weights  # it builds on Finding: imported here, not at the top
-
     out += check_layer_weights(runs)
     for r in runs:
         if r.mode == "plain":  # the paper's claims are about residual networks; check_mlp covers this one
