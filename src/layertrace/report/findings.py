@@ -131,6 +131,44 @@ def check_cos_rises(r: RunResults) -> Finding | None:
         per_run=True, short=f"{len(drops)} drop(s)" if drops else f"{s[layers[0]]:.2f} -> {s[layers[-1]]:.2f}")
 
 
+def check_accuracy_monotone(r: RunResults) -> Finding | None:
+    """Layer-wise accuracy rises with depth: no drop of more than half a point between consecutive layers 1..L."""
+    s = layer_series(r.analysis or {}, "accuracy")
+    layers = [l for l in range(1, (r.n_layers or 0) + 1) if l in s]
+    if len(layers) < 3:
+        return None
+    drops = [(a, b) for a, b in zip(layers, layers[1:]) if s[b] < s[a] - LAYER_ACC_TOLERANCE]
+    return Finding(
+        claim=f"Layer-wise accuracy rises monotonically with depth (no drop of more than "
+              f"{100 * LAYER_ACC_TOLERANCE:.1f} pt between consecutive layers 1..L)",
+        scope=r.name,
+        status="does not hold" if drops else "holds",
+        evidence=("drops at " + ", ".join(f"{a}->{b}: {_pct(s[a])}->{_pct(s[b])}" for a, b in drops)) if drops
+        else f"rises from {_pct(s[layers[0]])} at l={layers[0]} to {_pct(s[layers[-1]])} at l={layers[-1]}",
+        per_run=True, short=f"{len(drops)} drop(s)" if drops else "monotone")
+
+
+def check_minimal_depth(group: str, runs: list[RunResults]) -> list[Finding]:
+    """The shared head reveals the minimal depth: the aligned run reaches 97.5% of its final accuracy at a
+    layer before L and before the standard run does (the paper: 12-layer aligned DeiT by about layer 7)."""
+    from .series import effective_depth
+
+    std, ali = _mode(runs, "standard"), _mode(runs, "aligned")
+    if std is None or ali is None:
+        return []
+    (d_s, rule), (d_a, _) = effective_depth(std.analysis), effective_depth(ali.analysis)
+    if d_s is None or d_a is None:
+        return []
+    L = ali.n_layers
+    return [Finding(
+        claim="Aligned training reveals a minimal depth: the aligned run's effective depth (smallest l with "
+              "accuracy >= 97.5% of its layer-L accuracy) is below L and below the standard run's (paper: "
+              "12-layer aligned DeiT-S at about layer 7)",
+        scope=f"{group}: {ali.name} vs {std.name}",
+        status="holds" if d_a < (L or 0) and d_a < d_s else "does not hold",
+        evidence=f"effective depth aligned {d_a:.0f}, standard {d_s:.0f}, of L = {L} ({rule})")]
+
+
 def check_agreement(r: RunResults) -> Finding | None:
     """COS tracks CKA across layer pairs (the paper shows it visually; we set Spearman >= 0.8)."""
     agree = (r.analysis or {}).get("cos_cka_agreement") or {}
@@ -314,6 +352,7 @@ def all_findings(runs: list[RunResults], exit_tolerance: float = DEFAULT_EXIT_TO
     out: list[Finding] = []
     for group, rs in groups_of(runs).items():
         out += check_aligned_vs_standard(group, rs)
+        out += check_minimal_depth(group, rs)
         out += check_early_exit(group, rs, exit_tolerance)
         out += check_mlp(group, rs)
         out += check_collapse(group, rs)
@@ -321,10 +360,13 @@ def all_findings(runs: list[RunResults], exit_tolerance: float = DEFAULT_EXIT_TO
     from .layer_weights import check_layer_weights  # it builds on Finding: imported here, not at the top
 
     out += check_layer_weights(runs)
+    from .variants import check_variants  # likewise
+
+    out += check_variants(runs)
     for r in runs:
         if r.mode == "plain":  # the paper's claims are about residual networks; check_mlp covers this one
             continue
-        for f in (check_cos_rises(r), check_agreement(r), check_norm_ratio(r)):
+        for f in (check_accuracy_monotone(r), check_cos_rises(r), check_agreement(r), check_norm_ratio(r)):
             if f is not None:
                 out.append(f)
         out += check_theory(r)
