@@ -15,7 +15,7 @@ over repeats. Nothing else is timed (tokenisation, perplexity scoring).
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_lm.py --track /tmp/lm-track --repeats 5 \
         --out benchmarks/results/lm.md
 
-``--track`` is the folder of ``layertrace.lm.demo.run_lm_track`` (created with the quick preset
+``--track`` is the folder of ``layertrace.demo.lm_track.run_lm_track`` (created with the quick preset
 when it does not hold ``lm.json`` yet).
 """
 
@@ -39,7 +39,7 @@ def _fmt(x, nd=3):
 
 def run(args) -> str:
     from layertrace.data import load_text_corpus
-    from layertrace.lm.demo import find_run, make_prompts, run_lm_track
+    from layertrace.demo.lm_track import find_run, make_prompts, run_lm_track
     from layertrace.lm.early_exit import early_exit_sweep
     from layertrace.lm.generate import SamplingConfig
     from layertrace.models import load_model

@@ -15,7 +15,7 @@ full decoding (identical rows / all rows). Nothing else is timed (tokenisation, 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py --track /tmp/lm-track \
         --out benchmarks/results/speculative.md
 
-``--track`` is the folder of ``layertrace.lm.demo.run_lm_track`` (created with the quick preset when
+``--track`` is the folder of ``layertrace.demo.lm_track.run_lm_track`` (created with the quick preset when
 it does not hold ``lm.json`` yet).
 """
 
@@ -40,7 +40,7 @@ NAMES = {"full": "full decoding", "self-speculative": "self-speculative (ours)",
 
 def run(args) -> str:
     from layertrace.data import load_text_corpus
-    from layertrace.lm.demo import find_run, make_prompts, run_lm_track
+    from layertrace.demo.lm_track import find_run, make_prompts, run_lm_track
     from layertrace.lm.speculative import compare_decoders
     from layertrace.models import load_model
 

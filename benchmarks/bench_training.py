@@ -188,7 +188,7 @@ def memory_child(mode: str, batch: int, seq: int, vocab: int, threads: int) -> d
 
     from layertrace.models import adapt
     from layertrace.training.losses import aligned_loss, causal_lm_labels, weights_for_layers
-    from layertrace.training.objective import TrainingObjective, run_layers
+    from layertrace.training.objective import TrainingObjective
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -204,7 +204,7 @@ def memory_child(mode: str, batch: int, seq: int, vocab: int, threads: int) -> d
     if mode == "aligned-naive":
         def loss_fn():
             labels = causal_lm_labels(data)
-            feats, _ = run_layers(adapter, data, layers)
+            feats, _ = adapter.layer_features(data, layers)
             logits = torch.stack([adapter.readout(h) for h in feats])  # (L, B, T, V) at once
             return aligned_loss(logits, labels, weights).total
     else:

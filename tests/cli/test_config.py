@@ -97,7 +97,7 @@ def test_demo_presets_match_their_yaml_files():
     """configs/demo-quick.yaml and configs/demo-paper.yaml spell out exactly the built-in presets."""
     from pathlib import Path
 
-    from layertrace.cli.demo import PRESETS, DemoConfig, resolve_config
+    from layertrace.demo.suite import PRESETS, DemoConfig, resolve_config
 
     root = Path(__file__).resolve().parents[2] / "configs"
     for name in PRESETS:
@@ -111,7 +111,7 @@ def test_demo_presets_match_their_yaml_files():
 
 
 def test_demo_config_precedence(tmp_path):
-    from layertrace.cli.demo import resolve_config
+    from layertrace.demo.suite import resolve_config
 
     path = tmp_path / "d.yaml"
     path.write_text("preset: paper\nmlp:\n  width: 64\n")

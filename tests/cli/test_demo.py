@@ -56,8 +56,7 @@ def test_demo_with_nothing_enabled_is_a_user_error(tmp_path, capsys):
 def test_demo_plan_names_every_run_folder(tmp_path):
     """The quick plan: three ViT modes plus the uniform-lambda ablation run, the MLP pair, three MiniLM modes;
     per mode analysis + exit + its re-reading (ViT: shifted test set; MiniLM: [CLS]) + probe; report."""
-    pytest.importorskip("layertrace.training.config")
-    from layertrace.cli.demo import Demo, resolve_config
+    from layertrace.demo.suite import Demo, resolve_config
 
     cfg = resolve_config(None, {"out": str(tmp_path)})
     demo = Demo(cfg)
@@ -103,7 +102,7 @@ def test_demo_plan_names_every_run_folder(tmp_path):
 def test_progress_rescales_estimates_by_measured_speed():
     import io
 
-    from layertrace.cli.demo import Progress, Stage
+    from layertrace.demo.suite import Progress, Stage
 
     ran = []
     stages = [Stage("a", "first", lambda: ran.append(1)), Stage("b", "second", lambda: ran.append(2)),
@@ -152,8 +151,7 @@ def test_demo_names_an_unknown_model_before_any_work(tmp_path, capsys):
 def test_every_demo_preset_names_existing_models_and_modes(tmp_path, preset):
     """Both presets pass the demo's own pre-flight check: every track's model is a known preset and
     every mode a known training mode (the paper preset once named a model that did not exist)."""
-    pytest.importorskip("layertrace.training.config")
-    from layertrace.cli.demo import Demo, resolve_config
+    from layertrace.demo.suite import Demo, resolve_config
 
     cfg = resolve_config(None, {"out": str(tmp_path), "preset": preset})
     demo = Demo(cfg)

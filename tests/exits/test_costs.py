@@ -40,6 +40,6 @@ def test_param_summary(toy_model):
     assert counts["shared_head"] == total == counts["this_run"]
     assert counts["per_layer_heads"] == total + 3 * (3 * 32)          # (L-1) K x d matrices (paper's Table 1)
     assert counts["per_layer_heads_copied"] == total + 3 * (3 * 32 + 3 + 2 * 32)  # + bias + LayerNorm
-    heads_mod = pytest.importorskip("layertrace.training.heads")
+    import layertrace.training.heads as heads_mod
     heads = heads_mod.PerLayerHeads(adapter, range(1, 5))
     assert param_summary(adapter, heads)["this_run"] == counts["per_layer_heads_copied"]

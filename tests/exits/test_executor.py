@@ -104,7 +104,7 @@ def test_finished_samples_are_dropped():
 
 
 def test_per_layer_heads_runtime_equals_simulation():
-    heads_mod = pytest.importorskip("layertrace.training.heads")
+    import layertrace.training.heads as heads_mod
     adapter, batch = toy_setup(seed=3)
     heads = heads_mod.PerLayerHeads(adapter, range(1, adapter.n_layers + 1))
     torch.manual_seed(5)
@@ -131,8 +131,7 @@ def test_executor_refuses_oracle_and_lms(toy_batch, toy_model):
 def tiny_vit():
     """A 5-block ViT (d=32), random init with a wide initializer range so that confidences vary across
     samples and layers (with the default 0.02 layer 1 is the most confident layer of every sample)."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("layertrace.models.hf_vision")
+    import transformers
     from layertrace.models import adapt
 
     torch.manual_seed(0)
@@ -169,8 +168,7 @@ def token_batch(n: int, g: torch.Generator) -> dict:
 def tiny_bert():
     """A 5-block BERT (d=32), random init with a wide initializer range so that confidences vary
     across samples and layers (the default 0.02 gives near-identical outputs); batches with padding."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("layertrace.models.hf_text")
+    import transformers
     from layertrace.models import adapt
 
     torch.manual_seed(0)
@@ -194,7 +192,7 @@ def test_tiny_bert_runtime_equals_simulation_with_padding(tiny_bert):
 
 
 def test_heads_on_some_layers_exit_only_there():
-    heads_mod = pytest.importorskip("layertrace.training.heads")
+    import layertrace.training.heads as heads_mod
     adapter, batch = toy_setup(seed=4)
     heads = heads_mod.PerLayerHeads(adapter, [2, 4])
     torch.manual_seed(6)
@@ -227,8 +225,7 @@ def test_heads_on_some_layers_exit_only_there():
 
 
 def test_tiny_deit_with_two_token_head_runtime_equals_simulation():
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("layertrace.models.hf_vision")
+    import transformers
     from layertrace.models import adapt
 
     torch.manual_seed(0)
@@ -242,3 +239,37 @@ def test_tiny_deit_with_two_token_head_runtime_equals_simulation():
     full = run_early_exit(adapter, batches[0], "confidence", 1.01)
     with torch.no_grad():
         torch.testing.assert_close(full.logits, adapter.model_logits(batches[0]))
+
+
+@pytest.mark.parametrize("policy,threshold", [("confidence", 1.01), ("entropy", -0.5), ("patience", 9)])
+def test_a_threshold_that_cannot_fire_runs_the_plain_full_model(policy, threshold):
+    """Nothing can leave before L: no readout before L, the full model's logits bit for bit, and the
+    simulation agrees (everyone at L)."""
+    adapter, batch = toy_setup(seed=5)
+    called = []
+
+    def spy(layer, h):
+        called.append((layer, h.shape[0]))
+        return adapter.readout(h)
+
+    result = run_early_exit(adapter, batch, policy, threshold, readout=spy)
+    n = batch["input_ids"].shape[0]
+    assert called == [(adapter.n_layers, n)]
+    assert (result.exit_layers == adapter.n_layers).all()
+    with torch.no_grad():
+        assert torch.equal(result.logits, adapter(batch))
+    assert_runtime_equals_simulation(adapter, [batch], policy, [threshold])
+
+
+def test_patience_reads_every_layer_but_exits_from_layer_k():
+    """A stateful rule needs every layer's prediction (its carry) even before it may fire."""
+    adapter, batch = toy_setup(seed=6)
+    called = []
+
+    def spy(layer, h):
+        called.append(layer)
+        return adapter.readout(h)
+
+    result = run_early_exit(adapter, batch, "patience", 3, readout=spy)
+    assert called[:3] == [1, 2, 3] and int(result.exit_layers.min()) >= 3
+    assert_runtime_equals_simulation(adapter, [batch], "patience", [3])

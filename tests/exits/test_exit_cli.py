@@ -10,7 +10,7 @@ import torch
 from layertrace.cli.main import main
 from layertrace.io import read_json
 
-pytest.importorskip("transformers")
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_file(), reason="needs the Debian package dataset-fashion-mnist")
 

@@ -8,7 +8,7 @@ import torch
 
 from layertrace.cli.main import main
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 
 def saved_vit(folder):

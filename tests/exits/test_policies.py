@@ -115,3 +115,45 @@ def test_sweep_from_the_analysis_pass_equals_own_cache(tmp_path):
     assert (from_analysis.exit_layers == own.exit_layers).all()
     assert [p.accuracy for p in from_analysis.points] == [p.accuracy for p in own.points]
     assert len({tuple(p.exit_hist) for p in own.points}) > 2
+
+
+def extreme_logits(seed: int, n_layers: int = 6, k: int = 5) -> torch.Tensor:
+    """Logits that push softmax to its float32 limits: huge margins (max prob rounds to exactly 1, the
+    entropy to 0), ties, all-equal rows, tiny values."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randn(8, k, generator=g) * 3,
+            torch.randn(8, k, generator=g) * 1e4,           # one entry dominates: p = 1.0, entropy 0
+            torch.zeros(4, k), torch.full((4, k), 1e30),    # uniform rows
+            torch.randn(8, k, generator=g) * 1e-30]
+    block = torch.cat(rows)
+    return torch.stack([block.roll(layer, dims=0) for layer in range(n_layers)])
+
+
+@pytest.mark.parametrize("policy,thresholds", [
+    ("confidence", [0.0, 0.5, 1.0, 1.0 + 1e-9, 1.0 + 2e-7, 1.01, 5.0]),
+    ("entropy", [-1.0, -1e-12, -0.0, 0.0, 1e-9, 0.3]),
+    ("patience", [1, 2, 3, 5, 6, 7, 12]),
+    ("fixed", [1, 3, 6]),
+])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_earliest_exit_is_a_true_bound_and_tight(policy, thresholds, seed):
+    """No sample of the simulation leaves before ``earliest_exit`` (the executor skips those readouts),
+    and where the bound says layer 1 some logits do leave there (it is not just "never")."""
+    logits = extreme_logits(seed)
+    n_layers = logits.shape[0]
+    p = get_policy(policy)
+    exits, _ = simulate_exits(logits, policy, thresholds)
+    for i, thr in enumerate(thresholds):
+        first = p.earliest_exit(thr, n_layers)
+        assert 1 <= first <= n_layers
+        assert int(exits[i].min()) >= first, (thr, first)
+        if first < n_layers:
+            assert int(exits[i].min()) == first, (thr, first)  # these logits reach the bound
+
+
+def test_earliest_exit_values():
+    assert get_policy("confidence").earliest_exit(1.0, 6) == 1        # p = 1.0 happens in float32
+    assert get_policy("confidence").earliest_exit(1.0 + 1e-9, 6) == 1  # rounds to 1.0 in float32, as decide compares
+    assert get_policy("confidence").earliest_exit(1.01, 6) == 6
+    assert get_policy("entropy").earliest_exit(-0.01, 6) == 6 and get_policy("entropy").earliest_exit(0.0, 6) == 1
+    assert [get_policy("patience").earliest_exit(k, 6) for k in (1, 3, 6, 9)] == [1, 3, 6, 6]

@@ -15,7 +15,7 @@ def _letters(sentences):
 
 @pytest.fixture(scope="module")
 def smoke_track(tmp_path_factory):
-    from layertrace.lm.demo import run_lm_track
+    from layertrace.demo.lm_track import run_lm_track
 
     out = tmp_path_factory.mktemp("lm-track")
     lm = run_lm_track(out, "smoke", progress=False, encoder=_letters)
@@ -47,7 +47,7 @@ def test_run_lm_track_writes_runs_and_lm_json(smoke_track):
 
 
 def test_run_lm_track_reuses_finished_stages(smoke_track):
-    from layertrace.lm.demo import run_lm_track
+    from layertrace.demo.lm_track import run_lm_track
 
     out, lm = smoke_track
     again = run_lm_track(out, "smoke", progress=False, encoder=_letters)
@@ -72,7 +72,7 @@ def test_lm_figures(smoke_track):
 
 def test_unknown_preset_is_a_one_line_error(tmp_path):
     from layertrace.errors import LayertraceError
-    from layertrace.lm.demo import run_lm_track
+    from layertrace.demo.lm_track import run_lm_track
 
     with pytest.raises(LayertraceError, match="quick"):
         run_lm_track(tmp_path, "quik")
@@ -82,7 +82,7 @@ def test_config_file_matches_the_quick_preset():
     from dataclasses import asdict
     from pathlib import Path
 
-    from layertrace.lm.demo import PRESETS, get_preset
+    from layertrace.demo.lm_track import PRESETS, get_preset
 
     path = Path(__file__).parents[2] / "configs" / "lm-quick.yaml"
     from_file = asdict(get_preset(str(path)))

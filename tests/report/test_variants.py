@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from layertrace.report import build_report
-from layertrace.report.findings import all_findings, check_accuracy_monotone, check_minimal_depth
+from layertrace.report.findings import (all_findings, check_accuracy_monotone, check_minimal_depth, check_trained_pooling,
+                                        check_variants)
 from layertrace.report.runs import load_runs
-from layertrace.report.variants import check_trained_pooling, check_variants, variant_rows
+from layertrace.report.variants import variant_rows
 
 from .fixtures import analysis_dict
 

@@ -19,7 +19,7 @@ from layertrace.training import (
     layer_weights,
     weights_for_layers,
 )
-from layertrace.training.objective import TrainingObjective, run_layers, uses_layerwise_loss
+from layertrace.training.objective import TrainingObjective, uses_layerwise_loss
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -119,7 +119,7 @@ def test_stacked_and_layer_by_layer_lm_paths_agree_in_loss_and_gradients():
     stacked = aligned_loss(trace.logits, labels, weights)
     g_stacked = torch.autograd.grad(stacked.total, params, allow_unused=True)
 
-    feats, _ = run_layers(adapter, batch, layers)
+    feats, _ = adapter.layer_features(batch, layers)
     layerwise = aligned_loss_layerwise(adapter, feats, labels, weights, use_checkpoint=True)
     g_layerwise = torch.autograd.grad(layerwise.total, params, allow_unused=True)
 
@@ -152,7 +152,7 @@ def test_layer_by_layer_lm_loss_never_saves_vocab_sized_tensors():
         saved.append(x.shape)
         return x
 
-    feats, _ = run_layers(adapter, batch, layers)  # the body is the same in both paths
+    feats, _ = adapter.layer_features(batch, layers)  # the body is the same in both paths
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         aligned_loss_layerwise(adapter, feats, labels, [1 / 3] * 3, use_checkpoint=True)
     big = [s for s in saved if s.numel() >= b * (t - 1) * vocab]
@@ -199,7 +199,7 @@ def test_per_layer_heads_train_apart_from_the_shared_head(toy_model, toy_batch):
     with torch.no_grad():
         for p in heads.heads["1"].parameters():
             p.add_(1.0)
-    h = run_layers(adapter, toy_batch, [1])[0][0]
+    h = adapter.layer_features(toy_batch, [1])[0][0]
     assert not torch.allclose(heads(1, h), adapter.readout(h))
     assert heads.head_for(4) is adapter.head
 
@@ -214,7 +214,7 @@ def test_save_and_load_heads_round_trip(tmp_path, toy_model, toy_batch):
             p.mul_(1.5)
     save_heads(heads, tmp_path / "heads.safetensors")
     again = load_heads(tmp_path, adapter)
-    h = run_layers(adapter, toy_batch, [2])[0][0]
+    h = adapter.layer_features(toy_batch, [2])[0][0]
     torch.testing.assert_close(again(2, h), heads(2, h))
     with pytest.raises(LayertraceError, match="multi-head"):
         load_heads(tmp_path / "nowhere", adapter)
@@ -224,7 +224,7 @@ def test_save_and_load_heads_round_trip(tmp_path, toy_model, toy_batch):
 def test_cosine_regularizer_matches_its_formula(toy_model, toy_batch):
     adapter = adapt(toy_model)
     layers = [1, 2, 3, 4]
-    feats, _ = run_layers(adapter, toy_batch, layers)
+    feats, _ = adapter.layer_features(toy_batch, layers)
     weights = weights_for_layers("linear", 4, layers)
     logits = adapter.readout(feats[-1])
     out = cosine_regularized_loss(logits, toy_batch["labels"], feats, feats[-1], weights, beta=0.7)

@@ -1,6 +1,7 @@
 """``layertrace`` command line: one subcommand per pipeline stage, plus ``demo``.
 
-Each subcommand lives in its own module ``layertrace.cli.<module>`` exposing
+Each subcommand lives in its own module (``layertrace.cli.<name>``; the demo's orchestration in
+``layertrace.demo.suite``, which sits above every stage) exposing
 
     HELP: str                                  one line for the overview
     add_arguments(parser) -> None              its options (usually config.add_config_args)
@@ -23,19 +24,19 @@ from typing import Sequence
 
 from ..errors import LayertraceError, did_you_mean
 
-# subcommand -> (module, one-line help). Order is the pipeline order shown in --help.
+# subcommand -> (module path, one-line help). Order is the pipeline order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "train, analyze and early-exit the paper's comparisons on the embedded data; write the report"),
-    "train": ("train", "train a model: standard, aligned, aligned-alternating, multi-head or cos-reg"),
-    "analyze": ("analyze", "one pass over data: COS/CKA similarity, layer-wise readout, saturation, theory checks"),
-    "probe": ("probe", "linear probe per layer on frozen features of any model and dataset (task transfer)"),
-    "analyze-clip": ("clip", "CLIP within- and cross-modal COS per layer (paired images and class-name captions)"),
-    "exit": ("exit_cmd", "early-exit sweep (simulated and measured) with a shared classifier or per-layer heads"),
-    "report": ("report", "build report.html + summary.md from run folders"),
-    "export": ("export", "export the first k blocks plus the shared head as a standalone HF model"),
-    "generate": ("generate", "decode text from a causal LM: self-speculative (lossless) or full decoding"),
-    "params": ("params", "parameter counts: one shared head vs one head per layer (the paper's Table 1)"),
-    "env": ("env", "versions, device, threads, and which embedded datasets / models are installed"),
+    "demo": ("layertrace.demo.suite", "train, analyze and early-exit the paper's comparisons on the embedded data; write the report"),
+    "train": ("layertrace.cli.train", "train a model: standard, aligned, aligned-alternating, multi-head or cos-reg"),
+    "analyze": ("layertrace.cli.analyze", "one pass over data: COS/CKA similarity, layer-wise readout, saturation, theory checks"),
+    "probe": ("layertrace.cli.probe", "linear probe per layer on frozen features of any model and dataset (task transfer)"),
+    "analyze-clip": ("layertrace.cli.clip", "CLIP within- and cross-modal COS per layer (paired images and class-name captions)"),
+    "exit": ("layertrace.cli.exit_cmd", "early-exit sweep (simulated and measured) with a shared classifier or per-layer heads"),
+    "report": ("layertrace.cli.report", "build report.html + summary.md from run folders"),
+    "export": ("layertrace.cli.export", "export the first k blocks plus the shared head as a standalone HF model"),
+    "generate": ("layertrace.cli.generate", "decode text from a causal LM: self-speculative (lossless) or full decoding"),
+    "params": ("layertrace.cli.params", "parameter counts: one shared head vs one head per layer (the paper's Table 1)"),
+    "env": ("layertrace.cli.env", "versions, device, threads, and which embedded datasets / models are installed"),
 }
 
 
@@ -64,7 +65,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     """The argparse parser of subcommand ``name`` and its module."""
     module_name, text = SUBCOMMANDS[name]
-    module = importlib.import_module(f"layertrace.cli.{module_name}")
+    module = importlib.import_module(module_name)
     parser = _Parser(prog=f"layertrace {name}", description=getattr(module, "HELP", text))
     module.add_arguments(parser)
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -5,9 +5,10 @@ them may stop, stores their logits, and drops them from the batch with ``State.s
 states, attention masks and positions are sliced together), so the next block runs on fewer
 samples. No per-sample Python loop runs on the hot path: all bookkeeping is tensor indexing.
 
-A *readout* is any callable ``readout(layer, h) -> logits`` with ``h = adapter.features(state)``:
-:func:`shared_readout` (the model's own head at every layer, the paper's single classifier) and a
-``PerLayerHeads`` module (``forward(layer, h)``, one head per layer) go through the same code.
+A *readout* is a :class:`~layertrace.models.layer_readout.LayerReadout` ``(layer, h) -> logits``
+with ``h = adapter.features(state)``: :func:`shared_readout` (the model's own head at every layer,
+the paper's single classifier) or per-layer heads (``PerLayerHeads``); any ``fn(layer, h)`` is
+accepted and wrapped (:meth:`LayerReadout.of`).
 The simulation (:mod:`.simulate`) over logits from :func:`layer_logits` with the same readout and
 policy gives the same exit layers and predictions.
 """
@@ -22,35 +23,26 @@ from torch import Tensor
 
 from ..errors import LayertraceError
 from ..models.base import Adapter
+from ..models.layer_readout import LayerReadout
 from .policies import ExitPolicy, FixedLayerPolicy, get_policy
 
 Readout = Callable[[int, Tensor], Tensor]
 
 
-def shared_readout(adapter: Adapter) -> Readout:
-    """``readout(layer, h)`` applying the model's own head path at every layer (one shared classifier)."""
-    head = adapter.readout
-
-    def readout(layer: int, h: Tensor) -> Tensor:
-        return head(h)
-
-    readout.kind = "shared"  # type: ignore[attr-defined]
-    return readout
+def shared_readout(adapter: Adapter) -> LayerReadout:
+    """The model's own head at every layer (one shared classifier), as a :class:`LayerReadout`."""
+    return LayerReadout.shared(adapter)
 
 
-def resolve_readout(adapter: Adapter, readout: Readout | None) -> Readout:
-    """``readout`` itself, or the shared head when ``None``."""
-    return shared_readout(adapter) if readout is None else readout
+def resolve_readout(adapter: Adapter, readout: Readout | None) -> LayerReadout:
+    """``readout`` as a :class:`LayerReadout` (the shared head when ``None``; see :meth:`LayerReadout.of`)."""
+    return LayerReadout.of(adapter, readout)
 
 
 def readout_layers(adapter: Adapter, readout: Readout | None = None) -> list[int]:
-    """The candidate exit layers of a readout: every layer 1..L for the shared head; for per-layer
-    heads (an object with ``.layers``, like ``PerLayerHeads``) the layers that have a head, plus L."""
-    n_layers = adapter.n_layers
-    own = getattr(readout, "layers", None) if readout is not None else None
-    if own is None:
-        return list(range(1, n_layers + 1))
-    return sorted({int(l) for l in own if 1 <= int(l) <= n_layers} | {n_layers})
+    """The candidate exit layers of a readout: every layer 1..L for the shared head (or a bare
+    callable); for per-layer heads the layers that have a head, plus L (:attr:`LayerReadout.exit_layers`)."""
+    return LayerReadout.of(adapter, readout).exit_layers
 
 
 @dataclass
@@ -105,7 +97,7 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
                               f"simulate it with layertrace.exits.sweep instead")
     n_layers = adapter.n_layers
     if readout is None and layers is None:  # the shared head reads every layer
-        read, candidates, skip = _shared_reader(adapter), None, None
+        read, candidates, skip = shared_readout(adapter), None, None
     else:
         read = resolve_readout(adapter, readout)
         candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
@@ -123,46 +115,49 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
         logits = read(k, adapter.features(state))
         return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), k, dtype=torch.long, device=device))
 
+    first = policy.earliest_exit(float(threshold), n_layers)
+    if first >= n_layers:  # nobody can leave before L (e.g. confidence > 1): the plain full model
+        for layer in range(1, n_layers + 1):
+            state = adapter.block(layer, state)
+        logits = read(n_layers, adapter.features(state))
+        return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), n_layers, dtype=torch.long, device=device))
+
     threshold_t = _threshold_tensor(float(threshold), device)  # 0-d: decide gives (b,)
     carry = policy.start(n_samples, device)
+    stateful = bool(carry)  # a stateful rule (patience) reads every layer; a stateless one only from `first`
     active: Tensor | None = None   # positions of running samples in the batch; None = all of them
     pieces: list[tuple[Tensor | None, Tensor, int]] = []  # (positions or None = all, their logits, exit layer)
     for layer in range(1, n_layers + 1):
         state = adapter.block(layer, state)
-        if skip is not None and skip[layer]:
+        if (skip is not None and skip[layer]) or (layer < first and not stateful):
             continue
         logits = read(layer, adapter.features(state))
         if layer == n_layers:  # everyone still running exits at the last layer
             pieces.append((active, logits, layer))
             break
         exit_now, carry = policy.decide(layer, logits, threshold_t, carry)
+        if layer < first:  # the carry is updated; no exit is possible yet, so no host sync
+            continue
         running = exit_now.shape[0]
         if running == 1:  # batch 1 (or the last sample): one check, no indexing
             if bool(exit_now):
                 pieces.append((active, logits, layer))
                 break
             continue
-        if not bool(exit_now.any()):  # the common case: one cheap check, nothing else to do
+        leaving_count = int(exit_now.sum())  # the one host sync of the layer
+        if leaving_count == 0:  # the common case: nothing else to do
             continue
-        leaving = exit_now.nonzero().squeeze(1)
-        if leaving.shape[0] == running:  # all remaining samples stop here
+        if leaving_count == running:  # all remaining samples stop here
             pieces.append((active, logits, layer))
             break
+        leaving = exit_now.nonzero().squeeze(1)
         keep = (~exit_now).nonzero().squeeze(1)
         pieces.append((leaving if active is None else active[leaving], logits[leaving], layer))
         active = keep if active is None else active[keep]
         state = state.select(keep)
-        carry = {name: value[keep] for name, value in carry.items()}
+        if stateful:
+            carry = {name: value[keep] for name, value in carry.items()}
     return _assemble(pieces, n_samples, device)
-
-
-def _shared_reader(adapter: Adapter) -> Readout:
-    """``readout(layer, h)`` of the shared head, calling ``adapter.head`` directly when the adapter
-    does not override ``readout`` (one Python call less per layer on the hot path)."""
-    if type(adapter).readout is Adapter.readout:
-        head = adapter.head
-        return lambda layer, h: head(h)
-    return lambda layer, h: adapter.readout(h)
 
 
 _THRESHOLDS: dict[tuple[float, str], Tensor] = {}
@@ -211,28 +206,21 @@ def layer_logits(adapter: Adapter, batches: Iterable[Mapping[str, Any]], readout
     Args:
         adapter: a classifier adapter.
         batches: dicts the model takes, optionally with ``labels`` (B,).
-        readout: ``readout(layer, h)``; default the shared head (then ``adapter.trace`` is used).
+        readout: ``readout(layer, h)`` (a :class:`LayerReadout`, per-layer heads or a callable);
+            default the shared head (read in one stacked call per batch).
         layers: candidate exit layers; default :func:`readout_layers` (1..L for the shared head).
     Returns:
         ``logits`` (C, N, K) float32 on CPU for the C candidate layers, and ``labels`` (N,) long or
         ``None`` if the batches have none.
     """
     _check_classifier(adapter)
-    candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
+    read = resolve_readout(adapter, readout)
+    candidates = read.exit_layers if layers is None else [int(l) for l in layers]
     chunks: list[Tensor] = []
     labels: list[Tensor] = []
     for batch in batches:
-        if readout is None or getattr(readout, "kind", None) == "shared":
-            logits = adapter.trace(batch, layers=candidates, with_logits=True).logits
-        else:
-            per_layer = []
-            state = adapter.embed(batch)
-            for layer in range(1, candidates[-1] + 1):
-                state = adapter.block(layer, state)
-                if layer in candidates:
-                    per_layer.append(readout(layer, adapter.features(state)))
-            logits = torch.stack(per_layer)
-        chunks.append(logits.float().cpu())
+        feats, _ = adapter.layer_features(batch, candidates)
+        chunks.append(read.stacked(candidates, feats).float().cpu())
         if "labels" in batch:
             labels.append(torch.as_tensor(batch["labels"]).long().cpu())
     if not chunks:

@@ -13,6 +13,11 @@ runtime passes one threshold as a 0-d tensor and gets (b,) back: the same elemen
 dict of tensors whose first dim is the sample dim (b), sliced together with the samples when finished
 ones are dropped. A sample that has not exited by layer L exits there (the caller forces it).
 
+``policy.earliest_exit(threshold, L)`` is the first layer at which ``decide`` can let any sample go
+whatever the logits (L when none before L can: confidence tau > 1, entropy tau < 0, patience k >= L).
+The executor reads nothing before it unless the policy carries state, and runs a threshold that can
+never fire as the plain full model; the simulation needs no such shortcut (it agrees anyway).
+
 Policies (``threshold`` meaning in brackets):
 
 * ``confidence`` (tau): exit when the max softmax probability >= tau. The paper's rule (PAPER.md
@@ -29,6 +34,7 @@ Policies (``threshold`` meaning in brackets):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -53,6 +59,11 @@ class ExitPolicy:
     def start(self, batch_size: int, device: torch.device | str = "cpu") -> Carry:
         """The running state of ``batch_size`` samples before layer 1 (empty for stateless rules)."""
         return {}
+
+    def earliest_exit(self, threshold: float, n_layers: int) -> int:
+        """The first layer (1..L) at which :meth:`decide` can return True for some logits at
+        ``threshold``; ``n_layers`` when no layer before L can (everyone runs to the end)."""
+        return 1
 
     def decide(self, layer: int, logits: Tensor, thresholds: Tensor, carry: Carry) -> tuple[Tensor, Carry]:
         """Which samples may exit at ``layer``.
@@ -84,6 +95,11 @@ class ExitPolicy:
         return f"{type(self).__name__}()"
 
 
+def _float32(value: float) -> float:
+    """``value`` rounded to float32, as ``decide`` compares it (the runtime's 0-d threshold is float32)."""
+    return float(torch.tensor(float(value), dtype=torch.float32))
+
+
 def _as_float(logits: Tensor) -> Tensor:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
@@ -97,6 +113,11 @@ class ConfidencePolicy(ExitPolicy):
         max_prob = _as_float(logits).softmax(-1).amax(-1)  # (b,)
         return max_prob >= thresholds.unsqueeze(-1), carry
 
+    def earliest_exit(self, threshold: float, n_layers: int) -> int:
+        # a float32 softmax never exceeds 1 (its largest entry is exp(0) / sum with sum >= 1), and
+        # decide compares in float32: a threshold that rounds above 1 never fires
+        return n_layers if _float32(threshold) > 1.0 else 1
+
 
 class EntropyPolicy(ExitPolicy):
     """Exit when the softmax entropy (nats) <= tau."""
@@ -108,6 +129,10 @@ class EntropyPolicy(ExitPolicy):
         log_p = _as_float(logits).log_softmax(-1)
         entropy = -(log_p.exp() * log_p).sum(-1)  # (b,)
         return entropy <= thresholds.unsqueeze(-1), carry
+
+    def earliest_exit(self, threshold: float, n_layers: int) -> int:
+        # every log_softmax entry is <= 0, so each term -p log p >= 0: the entropy is never negative
+        return n_layers if _float32(threshold) < 0.0 else 1
 
 
 class PatiencePolicy(ExitPolicy):
@@ -128,6 +153,10 @@ class PatiencePolicy(ExitPolicy):
         exit_now = run.to(thresholds.dtype) >= thresholds.unsqueeze(-1)
         return exit_now, {"previous": pred, "run": run}
 
+    def earliest_exit(self, threshold: float, n_layers: int) -> int:
+        # the run counts layers, so k agreeing layers exist from layer k on
+        return int(min(max(math.ceil(threshold), 1), n_layers))
+
     def check_thresholds(self, thresholds: Any, n_layers: int) -> list[float]:
         values = super().check_thresholds(thresholds, n_layers)
         for v in values:
@@ -146,6 +175,9 @@ class FixedLayerPolicy(ExitPolicy):
         reached = (thresholds <= layer).unsqueeze(-1)  # (P, 1) or (1,)
         exit_now = reached.expand(*thresholds.shape, logits.shape[0])
         return exit_now, carry
+
+    def earliest_exit(self, threshold: float, n_layers: int) -> int:
+        return int(min(max(math.ceil(threshold), 1), n_layers))
 
     def check_thresholds(self, thresholds: Any, n_layers: int) -> list[float]:
         values = super().check_thresholds(thresholds, n_layers)

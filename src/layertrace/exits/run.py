@@ -81,7 +81,13 @@ class ExitConfig:
     measure_samples: int = field(default=256, metadata={
         "help": "samples timed at --batch_size (the first ones of the split)", "check": ">= 1"})
     measure_samples_batch1: int = field(default=32, metadata={"help": "samples timed at batch size 1 (0: skip)", "check": ">= 0"})
-    repeats: int = field(default=3, metadata={"help": "interleaved timing repeats (medians are reported)", "check": ">= 1"})
+    repeats: int = field(default=3, metadata={"help": "interleaved timing rounds, at most (paired medians are reported)", "check": ">= 1"})
+    measure_budget_s: float | None = field(default=20.0, metadata={
+        "help": "seconds the timing rounds of one batch size may take (round 1 always runs; none = all --repeats)",
+        "check": "> 0"})
+    clock: str = field(default="auto", metadata={
+        "help": "timing clock: auto (CPU time of the one timing thread on a CPU with --threads 1, else wall) | wall | cpu",
+        "choices": ("auto", "wall", "cpu")})
     threads: int | None = field(default=None, metadata={
         "help": "torch CPU threads while timing (default: unchanged); 1 gives steadier numbers on a busy machine", "check": ">= 1"})
     compare: list[str] | None = field(default=None, metadata={
@@ -156,7 +162,8 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
                    oracle: bool = True, measure: bool = True, measure_samples: int = 256,
                    batch1_batches: Sequence[Mapping[str, Any]] | None = None, repeats: int = 3,
                    measure_points: Callable[[ExitSweep], Sequence[int]] | None = None,
-                   threads: int | None = None) -> ExitEvaluation:
+                   threads: int | None = None, budget_s: float | None = 20.0,
+                   clock: str = "auto") -> ExitEvaluation:
     """Simulate a sweep over ``batches`` and (optionally) time the runtime executor.
 
     Args:
@@ -168,7 +175,9 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
         measure: time the executor vs the full model at the batches' size on the first
             ``measure_samples`` samples, and at batch 1 on ``batch1_batches`` (the first samples of
             the same data, one per batch; ``None`` skips batch 1).
-        repeats: interleaved timing repeats.
+        repeats: interleaved timing rounds, at most.
+        budget_s: seconds the timing rounds of each batch size may take (:func:`~.timing.measure_speedups`).
+        clock: ``auto`` / ``wall`` / ``cpu`` (:mod:`.timing`).
         measure_points: ``sweep -> indices of the points to time`` (default: every point), e.g. the
             point a target picks.
         threads: torch CPU threads while timing (restored afterwards); ``None`` leaves them.
@@ -196,7 +205,7 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
             torch.set_num_threads(int(threads))
         try:
             _measure(adapter, batches, policy_obj, result, readout, measure_samples, batch1_batches, repeats,
-                     measure_points, timing)
+                     measure_points, timing, budget_s, clock)
         finally:
             torch.set_num_threads(saved_threads)
     return ExitEvaluation(sweep=result, oracle=oracle_result, flops=costs.to_dict(),
@@ -207,24 +216,29 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
 
 def _measure(adapter: Adapter, batches: list, policy_obj: Any, result: ExitSweep, readout: Readout | None,
              measure_samples: int, batch1_batches: Sequence[Mapping[str, Any]] | None, repeats: int,
-             measure_points: Callable[[ExitSweep], Sequence[int]] | None, timing: dict) -> None:
+             measure_points: Callable[[ExitSweep], Sequence[int]] | None, timing: dict,
+             budget_s: float | None = None, clock: str = "auto") -> None:
     """Time the executor (see :func:`evaluate_exits`) and fill the points' measured fields."""
     from .timing import measure_speedups
 
     index = list(measure_points(result)) if measure_points is not None else list(range(len(result.points)))
     timed = [float(result.points[i].threshold) for i in index]
     subset = _first_samples(batches, measure_samples)
-    batched = measure_speedups(adapter, subset, policy_obj, timed, readout, repeats=repeats, return_results=True)
+    batched = measure_speedups(adapter, subset, policy_obj, timed, readout, repeats=repeats, return_results=True,
+                               budget_s=budget_s, clock=clock)
     agree = _agreement(batched.results, _rows(result, index))
     timing["batch"] = batched.to_dict()
-    for i, s, a in zip(index, batched.speedups, agree):
+    for i, s, layer, a in zip(index, batched.speedups, batched.layer_speedups, agree):
         result.points[i].measured_speedup = s
+        result.points[i].timed_layer_speedup = layer
         result.points[i].runtime_agreement = a
     if batch1_batches:
-        single = measure_speedups(adapter, list(batch1_batches), policy_obj, timed, readout, repeats=repeats)
+        single = measure_speedups(adapter, list(batch1_batches), policy_obj, timed, readout, repeats=repeats,
+                                  budget_s=budget_s, clock=clock)
         timing["batch1"] = single.to_dict()
-        for i, s in zip(index, single.speedups):
+        for i, s, layer in zip(index, single.speedups, single.layer_speedups):
             result.points[i].measured_speedup_batch1 = s
+            result.points[i].timed_layer_speedup_batch1 = layer
 
 
 def _rows(result: ExitSweep, index: list[int]) -> ExitSweep:
@@ -320,7 +334,8 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
         get_policy(cfg.policy).check_thresholds(cfg.thresholds, loaded.adapter.n_layers)
     evaluation = evaluate_exits(loaded.adapter, loaded.batches, cfg.policy, cfg.thresholds, loaded.readout,
                                 oracle=cfg.oracle, measure=cfg.measure, measure_samples=cfg.measure_samples,
-                                batch1_batches=loaded.batch1, repeats=cfg.repeats, threads=cfg.threads)
+                                batch1_batches=loaded.batch1, repeats=cfg.repeats, threads=cfg.threads,
+                                budget_s=cfg.measure_budget_s, clock=cfg.clock)
     evaluation.info = _run_info(cfg, loaded)
     body = evaluation.to_dict()
     body["config"] = config_to_dict(cfg)
@@ -418,7 +433,7 @@ def compare_runs(run_dirs: Sequence[str | Path], data: str, policy: str = "confi
         evaluation = evaluate_exits(loaded.adapter, loaded.batches, policy, values, loaded.readout,
                                     oracle=cfg.oracle, measure=measure, measure_samples=cfg.measure_samples,
                                     batch1_batches=loaded.batch1, repeats=cfg.repeats, measure_points=pick,
-                                    threads=cfg.threads)
+                                    threads=cfg.threads, budget_s=cfg.measure_budget_s, clock=cfg.clock)
         picked = pick(evaluation.sweep)
         evaluation.info = _run_info(cfg, loaded)
         name = Path(str(spec)).name or str(spec)

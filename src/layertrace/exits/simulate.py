@@ -165,6 +165,8 @@ class ExitPoint:
     flops_speedup: float | None = None
     measured_speedup: float | None = None
     measured_speedup_batch1: float | None = None
+    timed_layer_speedup: float | None = None         # layer speed-up of the samples timed at the batch size
+    timed_layer_speedup_batch1: float | None = None  # ... and of those timed at batch 1
     runtime_agreement: float | None = None
     pareto: bool = False
 

@@ -1,13 +1,24 @@
-"""Measured wall-clock speed-up of the early-exit executor against the full model.
+"""Measured speed-up of the early-exit executor against the full model (the protocol, docs/exits.md).
 
-Both sides run the same batches in the same process, interleaved batch by batch (full model, then
-every threshold, on the same batch), after one untimed warm-up pass; each repeat sums the times of
-all batches and the speed-up is median(full) / median(executor) over repeats.
+Both sides run the same batches in the same process and thread setting, interleaved in rounds: in
+each round every full forward and then the executor at every threshold run on batch 1, then on
+batch 2, ...; a round sums each side's time over the batches. Before the rounds one untimed pass of
+each full forward warms the allocator and kernels.
 
-The full model is timed two ways: the unmodified model's own forward (``adapter.model_logits``) and
-the adapter's block-by-block forward with one readout at L (``adapter.forward``: the executor's code
-path without any exit check). The baseline is whichever is faster (by median), so executor overhead
-(readouts at every layer, policy, slicing) always counts against the speed-up.
+* Speed-up of a threshold = the median over rounds of (baseline time / executor time) of the SAME
+  round (paired: a load spike from another process falls on both sides of a ratio).
+* The full model is timed two ways: the unmodified model's own forward (``adapter.model_logits``)
+  and the adapter's block-by-block forward with one readout at L (``adapter.forward``); the baseline
+  is whichever is faster (by median), so executor overhead always counts against the speed-up.
+* Thresholds whose executor runs exit every sample at the same layers (found in round 1, whose
+  outputs are returned) and take the same code path run the same computation: only the first of
+  them is timed in later rounds, and they share its ratios.
+* ``repeats`` caps the rounds; ``budget_s`` stops starting rounds once the next would pass it (one
+  round at least), so the cost of timing every sweep point stays bounded.
+* Clock: ``wall`` (``time.perf_counter``, device synchronised) or ``cpu`` (``time.thread_time``: the
+  CPU time of this thread, blind to time spent descheduled by other processes; exact for a CPU run
+  with one intra-op thread, where every kernel runs on the calling thread). ``auto`` is ``cpu`` for
+  a CPU model with ``torch.get_num_threads() == 1``, else ``wall``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,16 @@ def _sync(device: torch.device) -> None:
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
+def resolve_clock(clock: str, device: torch.device) -> str:
+    """``"wall"`` or ``"cpu"`` for ``clock`` in auto / wall / cpu (auto: cpu for a CPU model timed with one
+    torch thread, else wall)."""
+    if clock == "auto":
+        return "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+    if clock not in CLOCKS:
+        raise LayertraceError(f"clock={clock!r}: use 'auto', 'wall' or 'cpu'")
+    return clock
+
+
 def _timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
     _sync(device)
     start = clock()
@@ -43,18 +64,24 @@ def _timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], floa
 
 @dataclass
 class SpeedupMeasurement:
-    """Interleaved timings (seconds per pass over the batches) and median ratios.
+    """Interleaved timings (seconds per round over the batches) and paired median ratios.
 
     Attributes:
-        batch_size: the largest batch timed; ``n_samples``: samples per pass.
+        batch_size: the largest batch timed; ``n_samples``: samples per round.
+        repeats: rounds timed (at most the ``repeats`` asked; fewer when ``budget_s`` ran out).
         thresholds: the thresholds timed.
         baseline: which full forward was faster and is the reference: ``"model"`` (the model's own
             forward), ``"layerwise"`` (``adapter.forward``) or ``"baseline"`` (a callable given).
-        full_seconds: name -> seconds per repeat of every full forward timed.
-        exit_seconds: [threshold][repeat] seconds of the executor.
-        speedups: median(baseline) / median(executor), per threshold.
-        results: the executor's outputs of the warm-up pass (when asked), one per threshold.
-        clock: ``"wall"`` or ``"cpu"`` (see :func:`measure_speedups`).
+        full_seconds: name -> seconds per round of every full forward timed.
+        exit_seconds: [threshold][round] seconds of the executor (a threshold that shares another's
+            computation, see ``timed_as``, has that one's list).
+        speedups: per threshold, the median over rounds of baseline / executor seconds of one round.
+        layer_speedups: per threshold, the layer-count speed-up of the timed samples' own exits (what
+            ``speedups`` is to be compared with).
+        timed_as: per threshold, the index of the threshold whose runs stand for it (itself, or an
+            earlier one with the same exits and code path).
+        results: the executor's outputs of round 1 (when asked), one per threshold.
+        clock: ``"wall"`` or ``"cpu"`` (see the module docstring).
     """
 
     batch_size: int
@@ -65,14 +92,18 @@ class SpeedupMeasurement:
     full_seconds: dict[str, list[float]]
     exit_seconds: list[list[float]]
     speedups: list[float] = field(default_factory=list)
+    layer_speedups: list[float] = field(default_factory=list)
+    timed_as: list[int] = field(default_factory=list)
     results: list[ExitResult] = field(default_factory=list, repr=False)
     clock: str = "wall"
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"batch_size": self.batch_size, "n_samples": self.n_samples, "repeats": self.repeats, "clock": self.clock,
                 "thresholds": self.thresholds, "baseline": self.baseline,
                 "full_median_s": {k: statistics.median(v) for k, v in self.full_seconds.items()},
-                "exit_median_s": [statistics.median(s) for s in self.exit_seconds], "speedups": self.speedups}
+                "exit_median_s": [statistics.median(s) for s in self.exit_seconds], "speedups": self.speedups,
+                "layer_speedups": self.layer_speedups, "timed_as": self.timed_as, "seconds": self.seconds}
 
 
 def batch_len(batch: Mapping[str, Any]) -> int:
@@ -84,8 +115,9 @@ def batch_len(batch: Mapping[str, Any]) -> int:
 def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], policy: str | ExitPolicy,
                      thresholds: Sequence[float], readout: Readout | None = None, repeats: int = 5,
                      baseline: Callable[[Mapping[str, Any]], Any] | None = None,
-                     return_results: bool = False, clock: str = "wall") -> SpeedupMeasurement:
-    """Wall-clock speed-up of :func:`run_early_exit` at each threshold over the full model.
+                     return_results: bool = False, clock: str = "auto",
+                     budget_s: float | None = None) -> SpeedupMeasurement:
+    """Speed-up of :func:`run_early_exit` at each threshold over the full model (module docstring).
 
     Args:
         adapter: classifier adapter (in eval mode).
@@ -93,56 +125,85 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
         policy: causal policy name or instance.
         thresholds: thresholds to time.
         readout: ``readout(layer, h)``; default the shared head.
-        repeats: interleaved repetitions; medians are taken over them.
+        repeats: the most interleaved rounds; ratios are medians over them.
         baseline: ``batch -> logits`` of the full model; default: the faster of
             ``adapter.model_logits`` and ``adapter.forward`` (both timed).
-        return_results: keep the executor's outputs of the warm-up pass (``.results``, one
+        return_results: keep the executor's outputs of round 1 (``.results``, one
             :class:`~layertrace.exits.executor.ExitResult` per threshold over all batches).
-        clock: ``"wall"`` (``time.perf_counter``, the default) or ``"cpu"`` (``time.thread_time``: this
-            thread's CPU time, which ignores time spent descheduled by other processes; meaningful for
-            one intra-op thread on a CPU, e.g. ``torch.set_num_threads(1)``).
+        clock: ``"auto"`` (default), ``"wall"`` or ``"cpu"`` (module docstring).
+        budget_s: seconds the rounds may take: no round starts once the rounds so far plus the
+            longest one would pass it (round 1 always runs); ``None``: all ``repeats`` rounds.
     Returns:
         :class:`SpeedupMeasurement`.
     """
     policy = get_policy(policy)
     device = adapter.device
-    if clock not in CLOCKS:
-        raise LayertraceError(f"clock={clock!r}: use 'wall' or 'cpu'")
+    clock = resolve_clock(clock, device)
     tick = CLOCKS[clock]
     inputs = [adapter.model_inputs(b) for b in batches]
+    if not inputs:
+        raise LayertraceError("no batches to time; check the data split and --measure_samples")
     fulls: dict[str, Callable[[Mapping[str, Any]], Any]] = (
         {"baseline": baseline} if baseline is not None
         else {"model": adapter.model_logits, "layerwise": adapter.forward})
+    values = [float(t) for t in thresholds]
+    n_layers = adapter.n_layers
+    started = time.perf_counter()
 
-    for b in inputs:  # warm-up (allocator, kernels, lazy init)
+    for b in inputs:  # warm-up of the full forwards (allocator, kernels, lazy init)
         for f in fulls.values():
             f(b)
-    results = []
-    for thr in thresholds:
-        outs = [run_early_exit(adapter, b, policy, thr, readout) for b in inputs]
-        if return_results:
-            results.append(ExitResult.cat(outs))
-    # Interleave at batch granularity (full forwards, then every threshold, on the same batch), so that
-    # load from other processes falls on both sides alike; sum per repeat, median over repeats.
     full_s: dict[str, list[float]] = {name: [] for name in fulls}
-    exit_s: list[list[float]] = [[] for _ in thresholds]
-    for _ in range(max(1, repeats)):
+    exit_s: list[list[float]] = [[] for _ in values]
+    timed = list(range(len(values)))   # thresholds timed in this round
+    timed_as = list(range(len(values)))
+    outputs: list[list[ExitResult]] = [[] for _ in values]
+    round_seconds: list[float] = []
+    for r in range(max(1, repeats)):
+        if r and budget_s is not None and sum(round_seconds) + max(round_seconds) > budget_s:
+            break
+        round_start = time.perf_counter()
         full_totals = dict.fromkeys(fulls, 0.0)
-        exit_totals = [0.0] * len(thresholds)
+        exit_totals = dict.fromkeys(timed, 0.0)
         for b in inputs:
             for name, f in fulls.items():
                 full_totals[name] += _timed(lambda: f(b), device, tick)
-            for i, thr in enumerate(thresholds):
-                exit_totals[i] += _timed(lambda: run_early_exit(adapter, b, policy, thr, readout), device, tick)
+            for i in timed:
+                thr = values[i]
+                if r == 0:
+                    box: list[ExitResult] = []
+                    exit_totals[i] += _timed(lambda: box.append(run_early_exit(adapter, b, policy, thr, readout)),
+                                             device, tick)
+                    outputs[i].append(box[0])
+                else:
+                    exit_totals[i] += _timed(lambda: run_early_exit(adapter, b, policy, thr, readout), device, tick)
         for name, total in full_totals.items():
             full_s[name].append(total)
-        for i, total in enumerate(exit_totals):
+        for i, total in exit_totals.items():
             exit_s[i].append(total)
+        round_seconds.append(time.perf_counter() - round_start)
+        if r == 0:  # thresholds with the same exits and code path share the first one's runs from now on
+            seen: dict[tuple, int] = {}
+            for i in range(len(values)):
+                exits = torch.cat([o.exit_layers for o in outputs[i]]).cpu()
+                key = (tuple(exits.tolist()), min(policy.earliest_exit(values[i], n_layers), n_layers))
+                timed_as[i] = seen.setdefault(key, i)
+            timed = sorted(set(timed_as))
     baseline_name = min(full_s, key=lambda name: statistics.median(full_s[name]))
-    full_median = statistics.median(full_s[baseline_name])
+    reference = full_s[baseline_name]
+    rounds = len(reference)
+    exit_lists = [exit_s[timed_as[i]] for i in range(len(values))]
+    speedups = []
+    for i, seconds in enumerate(exit_lists):
+        # the rounds this threshold's representative ran in: all of them
+        speedups.append(statistics.median(reference[k] / seconds[k] for k in range(rounds)))
+    layer_speedups = []
+    for i in range(len(values)):
+        exits = torch.cat([o.exit_layers for o in outputs[i]]).double()
+        layer_speedups.append(float(n_layers * exits.numel() / exits.sum()))
     sizes = [batch_len(b) for b in batches]
     return SpeedupMeasurement(
-        batch_size=max(sizes), n_samples=sum(sizes), repeats=max(1, repeats),
-        thresholds=[float(t) for t in thresholds], baseline=baseline_name, full_seconds=full_s,
-        exit_seconds=exit_s, speedups=[full_median / statistics.median(s) for s in exit_s], results=results,
-        clock=clock)
+        batch_size=max(sizes), n_samples=sum(sizes), repeats=rounds, thresholds=values, baseline=baseline_name,
+        full_seconds=full_s, exit_seconds=exit_lists, speedups=speedups, layer_speedups=layer_speedups,
+        timed_as=timed_as, results=[ExitResult.cat(o) for o in outputs] if return_results else [],
+        clock=clock, seconds=time.perf_counter() - started)

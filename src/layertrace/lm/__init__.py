@@ -8,7 +8,7 @@ Public names (imported lazily by their modules; nothing here imports transformer
 * :func:`layertrace.lm.speculative.self_speculative_generate` (lossless), :func:`~layertrace.lm.speculative.choose_draft`
 * :func:`layertrace.lm.quality.diversity`, :func:`~layertrace.lm.quality.coherence`,
   :class:`~layertrace.lm.quality.MeanPoolEncoder`
-* :func:`layertrace.lm.demo.run_lm_track` and :func:`layertrace.lm.plots.lm_figures`
+* :func:`layertrace.lm.plots.lm_figures` (the LM demo track itself is :mod:`layertrace.demo.lm_track`)
 """
 
 from .early_exit import early_exit_generate, early_exit_sweep

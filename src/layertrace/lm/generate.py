@@ -227,9 +227,7 @@ def generate(
     new_mask: list[Tensor] = []
     blocks_run = 0
     for _ in range(max_new_tokens):
-        state = adapter.embed({"input_ids": step_input, "attention_mask": mask, "past_key_values": cache})
-        for block in range(1, depth + 1):
-            state = adapter.block(block, state)
+        state = adapter.state_at({"input_ids": step_input, "attention_mask": mask, "past_key_values": cache}, depth)
         blocks_run += depth * ids.shape[0]
         if step_input is ids:  # prefill: read each prompt's last real token (right padding too)
             last = state.hidden[torch.arange(ids.shape[0], device=ids.device), last_real_positions(mask)]

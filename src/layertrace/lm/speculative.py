@@ -64,14 +64,14 @@ def expected_tokens_per_round(acceptance: float, gamma: int) -> float:
 
 
 def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: int,
-                     position_cost: float = 0.25, readout_cost: float = 0.5, embed_cost: float = 1.0) -> float:
+                     position_cost: float = 0.25, readout_cost: float = 0.5, embed_cost: float = 0.2) -> float:
     """Expected tokens/s of self-speculative decoding over full decoding under a cost model.
 
     Cost unit: one block on one new token of every row. A block on m new tokens costs
     ``1 + position_cost * (m - 1)`` (small batches are dominated by fixed per-call costs on CPU);
     a readout (final norm + LM head) on one token costs ``readout_cost``; one ``adapter.embed`` call
-    ``embed_cost`` (the discovery adapter runs the model's own forward with recording blocks: about
-    3 blocks on the 6 x 128 demo LM, less on bigger models). Full decoding pays
+    ``embed_cost`` (the discovery adapter's decode path, :class:`~layertrace.models.hf_auto.DecodeStep`:
+    about 0.2 blocks on the 6 x 128 demo LM; a replayed embed costs about 2-3). Full decoding pays
     ``embed_cost + n_layers + readout_cost`` per token; a round pays ``(gamma + 1) * embed_cost`` (the
     window embed + one per later draft step) + ``(gamma + 1) * k`` (draft steps, the first over the
     window, the last feeding the last draft) + ``gamma * readout_cost`` (draft readouts) +
@@ -238,9 +238,7 @@ def self_speculative_generate(
     start = time.perf_counter()
     # prefill: the full model over the prompts, the first token from each prompt's last real position
     cache = adapter.new_cache()
-    state = adapter.embed({"input_ids": ids, "attention_mask": mask, "past_key_values": cache})
-    for layer in range(1, n_layers + 1):
-        state = adapter.block(layer, state)
+    state = adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, n_layers)
     blocks_run = n_layers * batch
     last = state.hidden[torch.arange(batch, device=device), last_real_positions(mask)]
     pending = choose_tokens(adapter.readout(last), sampling, generator)

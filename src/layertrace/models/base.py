@@ -7,6 +7,7 @@ An :class:`Adapter` wraps an unmodified model and exposes it as
     features(state) -> h                  the prediction token(s) the head reads
     readout(h) -> logits                  the model's own head path (final norm -> pooler -> head)
     pool(h) -> vector                     the per-sample feature used by similarity metrics
+    iter_layers(batch, layers)            the one layer loop: (layer, state) at each selected layer
     trace(batch) -> Trace                 all of the above for layers 0..L in one forward pass
 
 Shapes, with B samples, T tokens, d = hidden size, K = classes (or V = vocabulary):
@@ -25,19 +26,21 @@ reports similarity only.
 
 Nothing outside ``layertrace.models`` touches a model's internals; everything else goes through
 this interface. The readout is one module (:attr:`Adapter.head`) that shares its parameters with
-the model, so the lens, the aligned loss and early exit can never drift apart.
+the model; :class:`~layertrace.models.layer_readout.LayerReadout` serves it (or per-layer heads) as
+``(layer, h) -> logits``, so the lens, the aligned loss and early exit can never drift apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import LayertraceError
 from ..layers import LayerSpec, resolve_layers
+from .layer_readout import LayerReadout
 
 Kind = Literal["classifier", "causal_lm", "encoder"]
 
@@ -168,14 +171,59 @@ class Adapter(nn.Module):
     def forward(self, batch: Mapping[str, Any], upto: int | None = None) -> Tensor:
         """Logits of the shared readout at layer ``upto`` (default L), running only blocks 1..upto."""
         upto = self.n_layers if upto is None else resolve_layers(self.n_layers, upto)[0]
-        state = self.embed(batch)
-        for layer in range(1, upto + 1):
-            state = self.block(layer, state)
-        return self.readout(self.features(state))
+        return self.readout(self.features(self.state_at(batch, upto)))
 
     def token_mask(self, state: State) -> Tensor | None:
         """(B, T) mask of real tokens for token-level outputs (causal LMs), else ``None``."""
         return state.per_sample.get("attention_mask") if self.kind == "causal_lm" else None
+
+    # ----------------------------------------------------------------- the one layer loop
+    def iter_layers(self, batch: Mapping[str, Any], layers: LayerSpec = None) -> Iterator[tuple[int, State]]:
+        """Run the model block by block once, yielding ``(layer, state)`` at each selected layer.
+
+        The one layer-by-layer loop of the library: tracing, the training losses, early-exit logit
+        caches, layer-wise evaluation and decoding from layer k all run through it.
+
+        Args:
+            batch: the dict the model takes (``labels`` ignored; causal LMs may add ``past_key_values``).
+            layers: a :func:`~layertrace.layers.resolve_layers` spec (default 0..L); blocks past the
+                deepest selected layer are not run.
+        Yields:
+            ``(layer, state)`` in increasing layer order; ``state.hidden`` is (B, T, d). Gradients flow.
+        """
+        selected = resolve_layers(self.n_layers, layers)
+        wanted = set(selected)
+        state = self.embed(batch)
+        if 0 in wanted:
+            yield 0, state
+        for layer in range(1, selected[-1] + 1):
+            state = self.block(layer, state)
+            if layer in wanted:
+                yield layer, state
+
+    def state_at(self, batch: Mapping[str, Any], layer: int) -> State:
+        """The state after block ``layer`` (0 = the embedding), running blocks 1..layer only."""
+        for _, state in self.iter_layers(batch, [int(layer)]):
+            return state
+        raise AssertionError("iter_layers yields the selected layer")
+
+    def layer_features(self, batch: Mapping[str, Any], layers: LayerSpec = None) -> tuple[list[Tensor], State]:
+        """The readout inputs ``h_l = features(state_l)`` of the selected layers and the last state.
+
+        Returns:
+            S tensors (B, d) ([CLS]), (B, 2, d) (DeiT) or (B, T, d) (causal LMs), with gradients, in
+            increasing layer order; and the :class:`State` at the deepest selected layer.
+        """
+        feats: list[Tensor] = []
+        state = None
+        for _, state in self.iter_layers(batch, layers):
+            feats.append(self.features(state))
+        return feats, state
+
+    @property
+    def layer_readout(self) -> LayerReadout:
+        """The shared head as a :class:`~layertrace.models.layer_readout.LayerReadout` (layers 0..L)."""
+        return LayerReadout.shared(self)
 
     def trace(self, batch: Mapping[str, Any], layers: LayerSpec = None, with_logits: bool = True) -> Trace:
         """Run the model once, block by block, and collect every selected layer.
@@ -185,35 +233,28 @@ class Adapter(nn.Module):
                 ``labels`` is ignored.
             layers: a :func:`~layertrace.layers.resolve_layers` spec (default all 0..L); blocks past
                 the deepest selected layer are not run.
-            with_logits: also apply the shared readout at each selected layer.
+            with_logits: also apply the shared readout at each selected layer
+                (:meth:`LayerReadout.stacked`: one head call for classifiers).
 
         Returns:
             :class:`Trace` with ``features`` (S, B, d) / (S, B, T, d) and ``logits`` (S, B, K) /
             (S, B, T, V). Gradients flow (wrap in ``torch.no_grad()`` for analysis).
         """
         selected = resolve_layers(self.n_layers, layers)
-        wanted = set(selected)
+        heads_in: list[Tensor] = []
         feats: list[Tensor] = []
-        logits: list[Tensor] = []
-        state = self.embed(batch)
-        mask = self.token_mask(state)
-
-        def take(s: State) -> None:
-            h = self.features(s)
+        mask = None
+        for layer, state in self.iter_layers(batch, selected):
+            if layer == selected[0]:
+                mask = self.token_mask(state)
+            h = self.features(state)
             feats.append(self.pool(h))
             if with_logits:
-                logits.append(self.readout(h))
-
-        if 0 in wanted:
-            take(state)
-        for layer in range(1, selected[-1] + 1):
-            state = self.block(layer, state)
-            if layer in wanted:
-                take(state)
+                heads_in.append(h)
         return Trace(
             layers=selected,
             features=torch.stack(feats),
-            logits=torch.stack(logits) if with_logits else None,
+            logits=self.layer_readout.stacked(selected, heads_in) if with_logits else None,
             mask=mask,
         )
 

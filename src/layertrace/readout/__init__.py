@@ -18,7 +18,7 @@ from .saturation import (
     saturation_layers,
     saturation_positions,
 )
-from .stats import READOUT_FIELDS, LayerReadout, ReadoutAccumulator, layer_readout, stacked_readout
+from .stats import READOUT_FIELDS, ReadoutValues, ReadoutAccumulator, layer_readout, stacked_layer_readout
 from .theory import (
     THEORY_TOLERANCE,
     geodesic_residual,
@@ -31,7 +31,7 @@ from .theory import (
 
 __all__ = [
     "COLLAPSE_FIELDS", "CollapseAccumulator", "collapse_measures",
-    "READOUT_FIELDS", "LayerReadout", "ReadoutAccumulator", "layer_readout", "stacked_readout",
+    "READOUT_FIELDS", "ReadoutValues", "ReadoutAccumulator", "layer_readout", "stacked_layer_readout",
     "effective_depth", "effective_depths", "saturation_cumulative", "saturation_histogram",
     "saturation_layers", "saturation_positions",
     "THEORY_TOLERANCE", "geodesic_residual", "n_layer_triples", "norm_ratios",

@@ -5,6 +5,10 @@ layer, so the same code serves classifiers (one prediction per sample) and causa
 prediction per scored token). Per-sample values are returned as float64 / int64 tensors; the
 streaming :class:`ReadoutAccumulator` sums them per layer in float64 so that batches, shards and
 processes can be merged exactly (up to summation order).
+
+Names: :class:`ReadoutValues` is what one layer's logits give per prediction; the readout *object*
+that produces logits from a layer, ``(layer, h) -> logits``, is
+:class:`layertrace.models.layer_readout.LayerReadout`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ READOUT_FIELDS = ("accuracy", "true_class_prob", "max_prob", "entropy", "cross_e
 
 
 @dataclass
-class LayerReadout:
+class ReadoutValues:
     """Per-prediction readout values of one layer, for n predictions (samples or tokens).
 
     Attributes:
@@ -40,7 +44,7 @@ class LayerReadout:
     cross_entropy: Tensor
 
 
-def layer_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = torch.float64) -> LayerReadout:
+def layer_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = torch.float64) -> ReadoutValues:
     """Readout values of one layer's logits.
 
     Args:
@@ -50,7 +54,7 @@ def layer_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = 
             vocabulary, the results are still returned in float64.
 
     Returns:
-        :class:`LayerReadout` with (n,) tensors on ``logits.device``.
+        :class:`ReadoutValues` with (n,) tensors on ``logits.device``.
     """
     z = logits.to(compute_dtype)
     logp = torch.log_softmax(z, dim=-1)
@@ -60,7 +64,7 @@ def layer_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = 
     logp_true = logp.gather(-1, targets[:, None])[:, 0]
     # 0 * log 0 is taken as 0 (p underflows to exactly 0 for very peaked softmaxes).
     entropy = -(p * logp).nan_to_num(0.0).sum(-1)
-    return LayerReadout(
+    return ReadoutValues(
         pred=pred,
         correct=(pred == targets).to(torch.float64),
         true_class_prob=logp_true.exp().to(torch.float64),
@@ -70,7 +74,7 @@ def layer_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = 
     )
 
 
-def stacked_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = torch.float64) -> LayerReadout:
+def stacked_layer_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype = torch.float64) -> ReadoutValues:
     """:func:`layer_readout` of S layers at once (one call instead of S: fewer small kernels).
 
     Args:
@@ -78,11 +82,11 @@ def stacked_readout(logits: Tensor, targets: Tensor, compute_dtype: torch.dtype 
         targets: (n,) targets shared by the layers.
 
     Returns:
-        :class:`LayerReadout` whose fields are (S, n).
+        :class:`ReadoutValues` whose fields are (S, n).
     """
     s, n, k = logits.shape
     flat = layer_readout(logits.reshape(s * n, k), targets.to(logits.device).repeat(s), compute_dtype)
-    return LayerReadout(**{name: getattr(flat, name).reshape(s, n) for name in LayerReadout.__dataclass_fields__})
+    return ReadoutValues(**{name: getattr(flat, name).reshape(s, n) for name in ReadoutValues.__dataclass_fields__})
 
 
 class ReadoutAccumulator:
@@ -102,14 +106,14 @@ class ReadoutAccumulator:
         self.sums = np.zeros((len(READOUT_FIELDS), self.n_layers), dtype=np.float64)
         self.count = 0.0
 
-    def update(self, layer_position: int, readout: LayerReadout) -> None:
+    def update(self, layer_position: int, readout: ReadoutValues) -> None:
         """Add the values of one layer (position ``layer_position`` in ``0..S-1``)."""
         for row, name in enumerate(READOUT_FIELDS):
             values = readout.correct if name == "accuracy" else getattr(readout, name)
             self.sums[row, layer_position] += float(values.sum())
 
-    def update_layers(self, readout: LayerReadout) -> None:
-        """Add the values of every layer at once (fields (S, n), from :func:`stacked_readout`)."""
+    def update_layers(self, readout: ReadoutValues) -> None:
+        """Add the values of every layer at once (fields (S, n), from :func:`stacked_layer_readout`)."""
         for row, name in enumerate(READOUT_FIELDS):
             values = readout.correct if name == "accuracy" else getattr(readout, name)
             self.sums[row] += values.sum(dim=1).cpu().numpy()

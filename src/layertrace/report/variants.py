@@ -11,11 +11,9 @@ A variant is one more ``analysis.json`` of a run's trained model, read different
   trained with mean pooling.
 
 For each variant name and comparison group the report shows one figure (own reading solid, variant
-dashed), one table (per-layer accuracy of both readings of every run), and the findings of
-:func:`~layertrace.report.findings.check_aligned_vs_standard` computed on the variant's analyses; a
-``pooling-*`` variant adds :func:`check_trained_pooling`: "the pooling the model was trained with reads
-the shallow half better" holds iff, for every mode, the mean accuracy over layers 1..floor(L/2) of the
-own reading is strictly higher than the variant's.
+dashed), one table (per-layer accuracy of both readings of every run); the findings are
+:func:`layertrace.report.findings.check_variants` (the aligned-vs-standard checks on the variant's
+analyses, and for a ``pooling-*`` variant :func:`~layertrace.report.findings.check_trained_pooling`).
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 
-from .figures import FigureItem, Figures, groups_of
-from .findings import Finding, _pct, check_aligned_vs_standard
+from .figures import FigureItem, Figures
 from .runs import RunResults
 from .series import layer_series
 
@@ -59,43 +56,6 @@ def as_variant(r: RunResults, name: str) -> RunResults:
     return dataclasses.replace(r, name=f"{r.name} [{name}]", group=f"{r.group} [{name}]",
                                analysis=r.variants[name]["analysis"], exits={}, probe=None, clip=None,
                                variants={}, metrics=[])
-
-
-def check_trained_pooling(group: str, runs: list[RunResults], name: str) -> list[Finding]:
-    """The trained pooling reads layers 1..floor(L/2) better than the variant's, in every mode (module doc)."""
-    pairs = [(r, layer_series(r.analysis or {}, "accuracy"), layer_series(r.variants[name]["analysis"], "accuracy"))
-             for r in runs if name in r.variants and r.analysis]
-    if not pairs:
-        return []
-    L = int(pairs[0][0].n_layers or 0)
-    half = [l for l in range(1, L // 2 + 1) if all(l in own and l in var for _, own, var in pairs)]
-    if not half:
-        return []
-    parts, ok = [], True
-    for r, own, var in pairs:
-        m_own, m_var = (sum(s[l] for l in half) / len(half) for s in (own, var))
-        ok &= m_own > m_var
-        parts.append(f"{r.mode or r.name}: {trained_pooling(r)} {_pct(m_own)} vs {name.split('-', 1)[-1]} {_pct(m_var)}")
-    return [Finding(
-        claim=f"Reading the pooling the model was trained with matters: mean accuracy over layers 1..{half[-1]} "
-              f"higher through the trained pooling than through {name.split('-', 1)[-1]}, in every mode",
-        scope=f"{group}: {', '.join(r.name for r, _, _ in pairs)}",
-        status="holds" if ok else "does not hold",
-        evidence="layers 1.." + str(half[-1]) + " mean: " + "; ".join(parts))]
-
-
-def check_variants(runs: list[RunResults]) -> list[Finding]:
-    """Aligned vs standard on every variant of every group, plus the trained-pooling check."""
-    out: list[Finding] = []
-    for name in variant_names(runs):
-        for group, rs in groups_of(runs).items():
-            with_v = [r for r in rs if name in r.variants]
-            if not with_v:
-                continue
-            out += check_aligned_vs_standard(f"{group} [{name}]", [as_variant(r, name) for r in with_v])
-            if name.startswith("pooling-"):
-                out += check_trained_pooling(group, with_v, name)
-    return out
 
 
 def variant_figures(figs: Figures, name: str, caption: str = CAPTION) -> list[FigureItem]:

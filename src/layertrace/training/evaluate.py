@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.layer_readout import LayerReadout
 from .losses import IGNORE_INDEX, causal_lm_labels
-from .objective import run_layers, stacked_readout
 
 
 @dataclass
@@ -51,9 +51,9 @@ def evaluate_layerwise(adapter: nn.Module, batches: Iterable[Mapping[str, Any]],
         heads: optional :class:`~layertrace.training.heads.PerLayerHeads` reading each layer.
         layers: layers to evaluate (default 0..L, or the layers that have a head).
     """
-    n_layers = adapter.n_layers
+    read = LayerReadout.of(adapter, heads)
     if layers is None:
-        layers = list(range(n_layers + 1)) if heads is None else sorted(set(heads.layers) | {n_layers})
+        layers = read.layers
     was_training = adapter.training
     adapter.eval()
     correct = np.zeros(len(layers), dtype=np.float64)
@@ -62,23 +62,20 @@ def evaluate_layerwise(adapter: nn.Module, batches: Iterable[Mapping[str, Any]],
     causal = getattr(adapter, "kind", "classifier") == "causal_lm"
     try:
         for batch in batches:
-            feats, _ = run_layers(adapter, batch, layers)
+            feats, _ = adapter.layer_features(batch, layers)
             if causal:
                 labels = causal_lm_labels(dict(batch)).to(adapter.device)[:, 1:]
                 valid = labels != IGNORE_INDEX
                 n = int(valid.sum())
                 for i, (layer, h) in enumerate(zip(layers, feats)):
-                    logits = (heads(layer, h) if heads is not None else adapter.readout(h))[:, :-1].float()
+                    logits = read(layer, h)[:, :-1].float()
                     correct[i] += float(((logits.argmax(-1) == labels) & valid).sum())
                     loss_sum[i] += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                          ignore_index=IGNORE_INDEX, reduction="sum"))
                 count += n
                 continue
             labels = batch["labels"].to(adapter.device)
-            if heads is not None:
-                logits = torch.stack([heads(layer, h) for layer, h in zip(layers, feats)]).float()
-            else:
-                logits = stacked_readout(adapter.readout, feats).float()
+            logits = read.stacked(layers, feats).float()
             correct += (logits.argmax(-1) == labels[None]).sum(dim=1).double().cpu().numpy()
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.repeat(len(layers)), reduction="none")
             loss_sum += ce.view(len(layers), -1).sum(dim=1).double().cpu().numpy()

@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import LayertraceError
+from ..models.layer_readout import LayerReadout
 
 IGNORE_INDEX = -100
 WeightSpec = Union[str, Sequence[float]]
@@ -171,27 +172,46 @@ def _weights_tensor(weights: Sequence[float] | Tensor, n: int, like: Tensor) -> 
     return w
 
 
-def aligned_loss(per_layer_logits: Tensor | tuple, labels: Tensor, weights: Sequence[float] | Tensor) -> LayerLosses:
+def aligned_loss(per_layer_logits: Tensor | tuple, labels: Tensor, weights: Sequence[float] | Tensor, *,
+                 layers: Sequence[int] | None = None, use_checkpoint: bool = True) -> LayerLosses:
     """The aligned loss ``sum_s weights[s] * CE(logits[s], labels)`` and its per-layer breakdown.
 
+    What training runs (``TrainingObjective`` for ``aligned`` and ``multi-head``), and the public name.
+
     Args:
-        per_layer_logits: stacked readout logits (S, B, K) or causal LM (S, B, T, V); or a pair
-            ``(adapter, trace)`` of an :class:`~layertrace.models.base.Adapter` and its
-            :class:`~layertrace.models.base.Trace` (its ``logits`` are used when present, otherwise
-            the adapter's readout is applied to ``trace.features`` layer by layer, which requires
-            ``pool`` to be the identity, true for every [CLS] classifier and causal LM).
+        per_layer_logits: one of
+            * stacked readout logits (S, B, K), or causal LM (S, B, T, V);
+            * ``(readout, features)``: a :class:`~layertrace.models.layer_readout.LayerReadout`
+              (shared head or per-layer heads) or an :class:`~layertrace.models.base.Adapter` (its
+              shared head), and the S readout inputs ``h_l`` of ``layers``
+              (``adapter.layer_features``). Classifiers are read in one stacked call
+              (:meth:`LayerReadout.stacked`); causal LMs one layer at a time, checkpointed
+              (:func:`aligned_loss_layerwise`), so (S, B, T, V) logits never coexist;
+            * ``(adapter, trace)`` of an Adapter and its :class:`~layertrace.models.base.Trace`
+              (its ``logits`` when present, else the readout of ``trace.features``, which needs
+              ``pool`` to be the identity, true for every [CLS] classifier and causal LM).
         labels: (B,) class ids, or (B, T) unshifted token ids for a causal LM (``-100`` ignored).
         weights: S weights (e.g. :func:`weights_for_layers`); used as given (not renormalised), so
             weights of sum 1 give a loss on the scale of one cross-entropy.
+        layers: the S layer indices of ``features`` (needed by per-layer heads; default the last S).
+        use_checkpoint: causal LMs: recompute each layer's logits in backward instead of keeping them.
 
     Returns:
         :class:`LayerLosses` (total scalar, per-layer (S,)), both with gradients.
     """
     if isinstance(per_layer_logits, tuple):
-        adapter, trace = per_layer_logits
-        if trace.logits is None:
-            return aligned_loss_layerwise(adapter, list(trace.features), labels, weights)
-        per_layer_logits = trace.logits
+        reader, feats = per_layer_logits
+        if hasattr(feats, "features"):  # an (adapter, Trace) pair
+            if feats.logits is None:
+                return aligned_loss_layerwise(reader, list(feats.features), labels, weights)
+            per_layer_logits = feats.logits
+        else:
+            read = reader if isinstance(reader, LayerReadout) else LayerReadout.of(reader)
+            feats = list(feats)
+            layers = read.layers[-len(feats):] if layers is None else [int(l) for l in layers]
+            if getattr(read.adapter, "kind", "classifier") == "causal_lm":
+                return aligned_loss_layerwise(read, feats, labels, weights, use_checkpoint, layers=layers)
+            per_layer_logits = read.stacked(layers, feats)
     per_layer = per_layer_cross_entropy(per_layer_logits, labels)
     w = _weights_tensor(weights, per_layer.shape[0], per_layer)
     return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)
@@ -210,6 +230,7 @@ def aligned_loss_layerwise(
     labels: Tensor,
     weights: Sequence[float] | Tensor,
     use_checkpoint: bool = True,
+    layers: Sequence[int] | None = None,
 ) -> LayerLosses:
     """The aligned loss with the head applied one layer at a time (causal LMs).
 
@@ -217,15 +238,22 @@ def aligned_loss_layerwise(
     backward recomputes them one layer at a time. Peak memory is one layer's logits, not S of them.
 
     Args:
-        readout: an Adapter (its ``readout`` is used) or any callable ``h -> logits``.
+        readout: a :class:`~layertrace.models.layer_readout.LayerReadout` (read at ``layers``), an
+            Adapter (its shared head) or any callable ``h -> logits``.
         features: S readout inputs ``h_l``, each (B, T, d) (or (B, d) for classifiers).
         labels, weights: as in :func:`aligned_loss`.
+        layers: the S layer indices of ``features`` (a LayerReadout only; default its last S).
     """
-    fn = readout.readout if hasattr(readout, "readout") else readout
-    if use_checkpoint:
-        losses = [_checkpointed_readout_ce(fn, h, labels) for h in features]
+    if isinstance(readout, LayerReadout):
+        at = readout.layers[-len(features):] if layers is None else [int(l) for l in layers]
+        fns = [(lambda h, l=l: readout(l, h)) for l in at]
     else:
-        losses = [readout_cross_entropy(fn(h), labels) for h in features]
+        fn = readout.readout if hasattr(readout, "readout") else readout
+        fns = [fn] * len(features)
+    if use_checkpoint:
+        losses = [_checkpointed_readout_ce(fn, h, labels) for fn, h in zip(fns, features)]
+    else:
+        losses = [readout_cross_entropy(fn(h), labels) for fn, h in zip(fns, features)]
     per_layer = torch.stack(losses)
     w = _weights_tensor(weights, per_layer.shape[0], per_layer)
     return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)

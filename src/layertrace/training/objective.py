@@ -18,19 +18,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import LayertraceError, did_you_mean
+from ..models.layer_readout import LayerReadout
 from .heads import PerLayerHeads
-from .losses import (
-    LayerLosses,
-    aligned_loss_layerwise,
-    causal_lm_labels,
-    cosine_regularized_loss,
-    per_layer_cross_entropy,
-    readout_cross_entropy,
-)
+from .losses import LayerLosses, aligned_loss, causal_lm_labels, cosine_regularized_loss, readout_cross_entropy
 
 MODES = ("standard", "aligned", "aligned-alternating", "multi-head", "cos-reg")
 
@@ -53,32 +46,6 @@ def uses_layerwise_loss(mode: str, step: int, alternate: bool = False) -> bool:
     if mode == "aligned-alternating" or alternate:
         return step % 2 == 0
     return True
-
-
-def run_layers(adapter: nn.Module, batch: Mapping[str, Any], layers: Sequence[int]) -> tuple[list[Tensor], Any]:
-    """Run the adapter block by block; return the readout inputs ``h_l`` of ``layers`` and the last state.
-
-    Blocks past the deepest selected layer are not run. ``h_l`` are (B, d) ([CLS]), (B, 2, d)
-    (DeiT) or (B, T, d) (causal LMs), with gradients.
-    """
-    wanted = set(layers)
-    feats: list[Tensor] = []
-    state = adapter.embed(batch)
-    if 0 in wanted:
-        feats.append(adapter.features(state))
-    for layer in range(1, max(layers) + 1):
-        state = adapter.block(layer, state)
-        if layer in wanted:
-            feats.append(adapter.features(state))
-    return feats, state
-
-
-def stacked_readout(readout: Any, feats: Sequence[Tensor]) -> Tensor:
-    """Classifier logits of S layers in one head call: S x (B, ...) -> (S, B, K)."""
-    stacked = torch.stack(list(feats))  # (S, B, ...)
-    s, b = stacked.shape[:2]
-    logits = readout(stacked.reshape(s * b, *stacked.shape[2:]))
-    return logits.reshape(s, b, -1)
 
 
 class TrainingObjective(nn.Module):
@@ -141,35 +108,27 @@ class TrainingObjective(nn.Module):
         return LayerLosses(total=ce, per_layer=ce.reshape(1))
 
     def layerwise_loss(self, batch: Mapping[str, Any]) -> LayerLosses:
-        """The mode's layer-wise loss (aligned / multi-head / cos-reg)."""
+        """The mode's layer-wise loss (aligned / multi-head: :func:`aligned_loss`; cos-reg)."""
         labels = self.labels(batch)
         adapter = self.adapter
         n_layers = adapter.n_layers
         if self.mode == "cos-reg":
             layers = sorted(set(self.layers) | {n_layers})
-            feats, state = run_layers(adapter, batch, layers)
+            feats, state = adapter.layer_features(batch, layers)
             last_h = feats[layers.index(n_layers)]
             pooled = [adapter.pool(h) for h in feats]
             chosen = [pooled[layers.index(l)] for l in self.layers]
             mask = adapter.token_mask(state) if self.is_causal_lm else None
             return cosine_regularized_loss(adapter.readout(last_h), labels, chosen, adapter.pool(last_h),
                                            self.weights, beta=self.cos_beta, mask=mask)
-        feats, _ = run_layers(adapter, batch, self.layers)
-        if self.mode == "multi-head":
-            readouts = [(lambda h, l=l: self.heads(l, h)) for l in self.layers]
-            if self.is_causal_lm:
-                losses = [aligned_loss_layerwise(fn, [h], labels, [1.0], self.lm_checkpoint).total
-                          for fn, h in zip(readouts, feats)]
-            else:
-                losses = [readout_cross_entropy(fn(h), labels) for fn, h in zip(readouts, feats)]
-            per_layer = torch.stack(losses)
-            w = torch.tensor(self.weights, dtype=per_layer.dtype, device=per_layer.device)
-            return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)
-        if self.is_causal_lm:  # never stack (S, B, T, V) logits
-            return aligned_loss_layerwise(adapter, feats, labels, self.weights, self.lm_checkpoint)
-        per_layer = per_layer_cross_entropy(stacked_readout(adapter.readout, feats), labels)
-        w = torch.tensor(self.weights, dtype=per_layer.dtype, device=per_layer.device)
-        return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)
+        feats, _ = adapter.layer_features(batch, self.layers)
+        return aligned_loss((self.readout, feats), labels, self.weights, layers=self.layers,
+                            use_checkpoint=self.lm_checkpoint)
+
+    @property
+    def readout(self) -> LayerReadout:
+        """What reads each layer: the shared head, or the per-layer heads of ``multi-head``."""
+        return LayerReadout.of(self.adapter, self.heads)
 
     def forward(self, batch: Mapping[str, Any], step: int = 2) -> LayerLosses:
         """The loss of optimizer step ``step`` (1-based; decides odd/even for alternating modes)."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import _flatten, add_config_args, load_config, overrides_from_args, read_yaml, save_config
+from ..config import add_config_args, flatten_keys, load_config, overrides_from_args, read_yaml, save_config
 from ..errors import LayertraceError, did_you_mean
 from ..experiments.mlp_residual import MLPExperimentConfig
 
@@ -184,7 +184,7 @@ def resolve_config(config_path: str | None, overrides: dict[str, Any]) -> DemoCo
     """defaults < preset < ``--config`` YAML < command-line overrides."""
     # Validate the user's file and options first: unknown keys and bad values fail with their origin.
     load_config(DemoConfig, config_path, overrides)
-    user_file = _flatten(read_yaml(config_path)) if config_path else {}
+    user_file = flatten_keys(read_yaml(config_path)) if config_path else {}
     preset = str(overrides.get("preset", user_file.get("preset", "quick")))
     if preset not in PRESETS:
         raise LayertraceError(f"unknown demo preset {preset!r}{did_you_mean(preset, PRESETS)}; "
@@ -628,7 +628,7 @@ class Demo:
         with warnings.catch_warnings():
             # Layer 0 of a ViT is the same [CLS] embedding for every image: its similarity is
             # undefined by construction, which the analysis records; no need to warn in the demo.
-            from ..metrics._input import DegenerateLayerWarning
+            from ..metrics import DegenerateLayerWarning
 
             warnings.simplefilter("ignore", DegenerateLayerWarning)
             measured = progress.run_all()
@@ -673,13 +673,13 @@ def _exit_keys(settings: dict) -> dict:
 
 
 def _mlp_done(cfg: MLPExperimentConfig, residual: bool, run_dir: Path) -> bool:
-    from ..experiments.mlp_residual import _is_finished, _resolved
+    from ..experiments.mlp_residual import is_finished
 
-    return _is_finished(run_dir, _resolved(cfg, residual))
+    return is_finished(cfg, residual, run_dir)
 
 
 def _run_lm(out_dir: Path, preset: str, threads: int | None, device: str) -> None:
-    from ..lm.demo import run_lm_track
+    from .lm_track import run_lm_track
 
     run_lm_track(out_dir, preset=preset, threads=threads, device=device)
 

@@ -50,7 +50,7 @@ def find_run(track: str | Path, mode: str) -> Path:
         folder = Path(track) / RUN_NAME.format(family=family, mode=mode)
         if folder.is_dir():
             return folder
-    raise LayertraceError(f"{track} has no corpus-<family>-{mode} run; run `python -m layertrace.lm.demo --out {track}`")
+    raise LayertraceError(f"{track} has no corpus-<family>-{mode} run; run `python -m layertrace.demo.lm_track --out {track}`")
 MODES = ("standard", "aligned")
 # The paper's GPT-2 small on WikiText-103 (PAPER.md section 7), next-token accuracy read off its plot.
 PAPER_GPT2 = {"layers": [1, 11, 12], "standard": [0.057, 0.186, 0.40], "aligned": [0.083, 0.335, 0.39]}
@@ -176,7 +176,7 @@ def prepare_tokenizer(folder: Path, corpus_dir: Path, p: LMTrackPreset) -> Any:
     from transformers import AutoTokenizer
 
     from ..data import load_text_corpus
-    from .tokenizer import train_bpe_tokenizer
+    from ..data.tokenizer import train_bpe_tokenizer
 
     if not (folder / "tokenizer.json").is_file():
         docs = load_text_corpus(corpus_dir, "train", shuffle=False)
@@ -261,8 +261,8 @@ def make_prompts(tokenizer: Any, docs: list[str], n: int, length: int, seed: int
 def generation_by_layer(adapter: Any, tokenizer: Any, prompts: torch.Tensor, p: LMTrackPreset,
                         encoder: Any) -> dict[str, Any]:
     """Text generated from every layer k = 1..L (nucleus sampling), scored for diversity and coherence."""
-    from .generate import SamplingConfig, generate
-    from .quality import diversity, paired_cosine
+    from ..lm.generate import SamplingConfig, generate
+    from ..lm.quality import diversity, paired_cosine
 
     sampling = SamplingConfig("nucleus", top_p=p.top_p, seed=p.seed)
     prompt_text = tokenizer.batch_decode(prompts, skip_special_tokens=True)
@@ -295,8 +295,8 @@ def evaluate_run(run_dir: Path, tokenizer: Any, blocks: torch.Tensor, prompts: t
     """Analysis pass + generation per layer + early-exit sweep of one trained run (writes its files)."""
     from ..analysis import analyze
     from ..models import load_model
-    from .early_exit import early_exit_sweep
-    from .generate import SamplingConfig
+    from ..lm.early_exit import early_exit_sweep
+    from ..lm.generate import SamplingConfig
 
     loaded = load_model(run_dir)
     adapter = loaded.adapter.to(device).eval()
@@ -410,7 +410,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
     blocks = eval_blocks_of(tokenizer, test_docs, p.block_size, p.eval_blocks)
     prompts = make_prompts(tokenizer, test_docs, p.n_prompts, p.prompt_tokens, p.seed)
     if encoder == "default":
-        from .quality import default_encoder
+        from ..lm.quality import default_encoder
 
         try:
             encoder = default_encoder()
@@ -441,7 +441,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
     decoding = None
     if p.decoding:  # greedy decoders side by side on the aligned model (lm.json "decoding")
         from ..models import load_model
-        from .speculative import compare_decoders
+        from ..lm.speculative import compare_decoders
 
         t0 = time.perf_counter()
         aligned_dir = out / run_name(p, "aligned")
@@ -492,10 +492,10 @@ def _load_params(base: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m layertrace.lm.demo --out DIR [--preset quick|full|paper|smoke|FILE.yaml]``."""
+    """``python -m layertrace.demo.lm_track --out DIR [--preset quick|full|paper|smoke|FILE.yaml]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m layertrace.lm.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m layertrace.demo.lm_track", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (reused stage by stage when it exists)")
     parser.add_argument("--preset", default="quick", help="quick | full | paper | smoke | a YAML file of preset fields")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
