@@ -129,20 +129,27 @@ def test_cls_rereading_of_a_mean_pooled_run_reads_the_cls_token(tmp_path):
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, num_labels=2, max_position_embeddings=64)
     model = transformers.BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():  # a sharp head, so predictions depend on the token read (random init: near-constant)
+        model.classifier.weight.mul_(50.0)
     run = tmp_path / "rt-tiny-standard"
     model.save_pretrained(run / "model")
     transformers.AutoTokenizer.from_pretrained(tok_dir).save_pretrained(run / "model")
     (run / "model" / "preprocess.json").write_text(json.dumps({"modality": "text", "max_length": 24, "pooling": "mean"}))
     out = run / "variants" / "pooling-cls"
-    analyze_from_config(AnalyzeConfig(model=str(run / "model"), data="rotten-tomatoes", limit=24, max_length=24,
+    analyze_from_config(AnalyzeConfig(model=str(run / "model"), data="rotten-tomatoes", limit=64, max_length=24,
                                       pooling="cls", out=str(out), progress=False, per_sample=False))
     got = json.loads((out / "analysis.json").read_text())["accuracy"]
     loaded = load_model(str(run / "model"), pooling="cls")
     assert loaded.adapter.pooling == "cls" and load_model(str(run / "model")).adapter.pooling == "mean"
-    ds = load_dataset("rotten-tomatoes", "test", limit=24)
+    ds = load_dataset("rotten-tomatoes", "test", limit=64)
     enc = loaded.tokenizer(list(ds.texts), truncation=True, max_length=24, padding=True, return_tensors="pt")
     with torch.no_grad():
         hs = model(**enc, output_hidden_states=True).hidden_states
         labels = torch.as_tensor(ds.labels)
-        want = [float((model.classifier(model.bert.pooler(h)).argmax(-1) == labels).float().mean()) for h in hs]
+        want = [float((model.classifier(model.bert.pooler(h)).argmax(-1) == labels).double().mean()) for h in hs]
+        m = enc["attention_mask"].unsqueeze(-1).to(hs[0].dtype)
+        mean = [((h * m).sum(1) / m.sum(1)) for h in hs]
+        by_mean = [model.classifier(model.bert.pooler.activation(model.bert.pooler.dense(x))).argmax(-1) for x in mean]
+        by_cls = [model.classifier(model.bert.pooler(h)).argmax(-1) for h in hs]
     assert got == pytest.approx(want, abs=1e-9)
+    assert any(bool((a != b).any()) for a, b in zip(by_mean, by_cls))  # the two readings do differ here
