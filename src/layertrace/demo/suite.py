@@ -36,7 +36,7 @@ from ..errors import LayertraceError, did_you_mean
 from ..experiments.mlp_residual import MLPExperimentConfig
 
 HELP = ("train, analyze and early-exit the paper's comparisons on the embedded data, then write report.html "
-        "and summary.md. --preset quick (default) fits in 20 minutes on a 2-core CPU (15.6 measured on an idle one); --preset paper "
+        "and summary.md. --preset quick (default) is sized for 15 minutes on an idle 2-core CPU (docs/demo.md); --preset paper "
         "holds paper-scale settings meant for a GPU (12-layer DeiT-S-sized ViT, longer schedules, full test "
         "sets) and takes hours")
 
@@ -140,7 +140,7 @@ class DemoConfig:
     """``layertrace demo`` config; ``configs/demo-quick.yaml`` and ``configs/demo-paper.yaml`` are the presets."""
 
     preset: str = field(default="quick", metadata=_h(
-        "quick (2-core CPU, 14 min measured) | paper (GPU: 12-layer DeiT-S-sized ViT, longer schedules)"))
+        "quick (2-core CPU, sized for 15 min) | paper (GPU: 12-layer DeiT-S-sized ViT, longer schedules)"))
     out: str = field(default="demo-out", metadata=_h("output folder (reused: finished stages are skipped)"))
     with_lm: bool = field(default=False, metadata=_h("also run the causal-LM track (per-layer generation)"))
     lm_preset: str = field(default="quick", metadata=_h("preset of the LM track (quick | paper)", choices=("quick", "paper")))
