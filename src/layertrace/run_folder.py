@@ -12,6 +12,7 @@ A run folder ``<data>-<model>-<mode>`` (``fmnist-vit-aligned``) holds, written b
     analysis.json          analyze   the AnalysisResult (+ analysis_samples.npz, analyze-config.yaml)
     exit.json              exit      the early-exit sweep (+ exit-config.yaml)
     lm_eval.json           demo      the LM track's per-run evaluation
+    variants/NAME/         demo      re-readings of the same model (a shifted test set, another pooling)
 
 ``metrics.jsonl`` records are read as typed :class:`EvalRecord` s by :func:`eval_records`: the
 layer-wise evaluation the training loop runs every ``train.eval_every`` steps and once at the end
@@ -39,6 +40,7 @@ ANALYSIS_CONFIG = "analyze-config.yaml"   # not config.yaml: a training run fold
 EXIT = "exit.json"
 EXIT_CONFIG = "exit-config.yaml"          # likewise
 LM_EVAL = "lm_eval.json"
+VARIANTS = "variants"                     # variants/NAME/: re-readings of the model (analysis.json + its config)
 
 #: The training modes (``layertrace train --train.mode``; PAPER.md section 5), in the report's order.
 MODES = ("standard", "aligned", "aligned-alternating", "multi-head", "cos-reg")

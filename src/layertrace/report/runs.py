@@ -11,6 +11,8 @@ A run folder (written by ``train``, ``analyze``, ``exit`` or ``demo``) may hold
     lm.json              the causal-LM track (``layertrace demo --with-lm``)
     probe.json           linear probes per layer on another task (``layertrace probe``)
     clip.json            CLIP within- and cross-modal COS per layer (``layertrace analyze-clip``)
+    variants/NAME/       re-readings of the same trained model (the demo's ``shift`` on a shifted test
+                         set, ``pooling-cls`` through another token): analysis.json + analyze-config.yaml
 
 :func:`load_runs` reads them into :class:`RunResults` (plain JSON values, nothing recomputed), and
 expands a demo output folder into its run folders. Missing optional files are simply absent; a
@@ -35,6 +37,7 @@ KNOWN_MODES = rf.MODES + rf.EXPERIMENT_VARIANTS
 SAMPLE_FILES = (rf.ANALYSIS_SAMPLES, "analysis.npz")
 RESULT_FILES = (rf.ANALYSIS, rf.EXIT, rf.METRICS, rf.TRAIN_SUMMARY, "lm.json", "probe.json", "clip.json")
 CONFIG_FILES = (rf.CONFIG, rf.ANALYSIS_CONFIG, rf.EXIT_CONFIG)  # in order of preference
+VARIANTS_DIR = rf.VARIANTS
 
 
 @dataclass
@@ -57,6 +60,8 @@ class RunResults:
         lm: ``lm.json`` (``None`` if absent).
         probe: ``probe.json`` (``None`` if absent).
         clip: ``clip.json`` (``None`` if absent).
+        variants: ``{name: {"analysis": analysis.json, "config": analyze-config.yaml}}`` of every
+            ``variants/<name>/`` folder (re-readings of this run's model: a shifted test set, another pooling).
     """
 
     path: Path
@@ -72,6 +77,7 @@ class RunResults:
     lm: dict | None = None
     probe: dict | None = None
     clip: dict | None = None
+    variants: dict[str, dict] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -162,6 +168,11 @@ def load_run(path: str | Path) -> RunResults:
         run.probe = read_json(p / "probe.json")
     if (p / "clip.json").is_file():
         run.clip = read_json(p / "clip.json", f"re-run `layertrace analyze-clip ... --out {p}`")
+    for v in sorted((p / VARIANTS_DIR).glob(f"*/{rf.ANALYSIS}")) if (p / VARIANTS_DIR).is_dir() else []:
+        cfg_path = v.parent / rf.ANALYSIS_CONFIG
+        run.variants[v.parent.name] = {
+            "analysis": _check_analysis(read_json(v, f"re-run `layertrace analyze ... --out {v.parent}`"), v),
+            "config": _read_yaml(cfg_path) if cfg_path.is_file() else {}}
     return run
 
 
