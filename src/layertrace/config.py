@@ -215,12 +215,12 @@ def _set_dotted(cfg: Any, key: str, value: Any) -> None:
     setattr(obj, parts[-1], value)
 
 
-def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten_keys(data: Mapping, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping) and v and not key.endswith(("kwargs", "overrides")):
-            nested = _flatten(v, key + ".")
+            nested = flatten_keys(v, key + ".")
             flat.update(nested)
         else:
             flat[key] = v
@@ -276,7 +276,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
     layers = [(read_yaml(path), f"config file {path}")] if path else []
     layers.append((dict(overrides or {}), "override"))
     for data, origin in layers:
-        flat = _flatten(data) if origin != "override" else dict(data)
+        flat = flatten_keys(data) if origin != "override" else dict(data)
         for key, value in flat.items():
             key = aliases.get(key, key)
             if key not in leaves:

@@ -21,7 +21,7 @@ def llama_folder(tmp_path_factory):
     """(model folder with tokenizer, corpus folder): a 3-block width-32 Llama, byte-level BPE of 300."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from layertrace.lm.tokenizer import train_bpe_tokenizer
+    from layertrace.data.tokenizer import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("llama")
     corpus = root / "corpus"

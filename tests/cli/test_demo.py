@@ -54,26 +54,49 @@ def test_demo_with_nothing_enabled_is_a_user_error(tmp_path, capsys):
 
 
 def test_demo_plan_names_every_run_folder(tmp_path):
-    """The quick plan: three ViT modes, the MLP pair, three MiniLM modes, analysis + exit of each, report."""
+    """The quick plan: three ViT modes plus the uniform-lambda ablation run, the MLP pair, three MiniLM modes;
+    per mode analysis + exit + its re-reading (ViT: shifted test set; MiniLM: [CLS]) + probe; report."""
     from layertrace.demo.suite import Demo, resolve_config
 
     cfg = resolve_config(None, {"out": str(tmp_path)})
     demo = Demo(cfg)
     stages = demo.stages()
     labels = [s.label for s in stages]
-    assert labels[:3] == [f"train fmnist-vit-{m} (624 steps)" for m in ("standard", "aligned", "multi-head")]
-    assert labels[3:5] == ["MLP with residuals (mnist-mlp-residual)", "MLP without residuals (mnist-mlp-plain)"]
-    assert labels[5:8] == [f"train rt-minilm-{m} (300 steps)" for m in ("standard", "aligned", "multi-head")]
-    assert stages[0].units == 624  # 2 epochs of the 312 full batches of 64 among 20,000 images
-    assert sum(lab.startswith("analyze ") for lab in labels) == 6
+    assert labels[:4] == [f"train fmnist-vit-{m} (468 steps)" for m in ("standard", "aligned", "multi-head",
+                                                                         "uniform-aligned")]
+    assert labels[4:6] == ["MLP with residuals (mnist-mlp-residual)", "MLP without residuals (mnist-mlp-plain)"]
+    assert labels[6:9] == [f"train rt-minilm-{m} (96 steps)" for m in ("standard", "aligned", "multi-head")]
+    assert stages[0].units == 468  # 2 epochs of the 234 full batches of 64 among 15,000 images
+    assert sum(lab.startswith("analyze ") for lab in labels) == 7  # 6 modes + the ablation run
     assert sum(lab.startswith("early-exit sweep ") for lab in labels) == 6
+    assert [lab for lab in labels if lab.startswith("re-analyze ")] == (
+        [f"re-analyze fmnist-vit-{m} (shift rotate:15+noise:0.2, 2000 samples)" for m in ("standard", "aligned", "multi-head")]
+        + [f"re-analyze rt-minilm-{m} (pooling=cls, 1267 samples)" for m in ("standard", "aligned", "multi-head")])
+    probes = [lab for lab in labels if lab.startswith("probe ")]
+    assert probes[:3] == [f"probe fmnist-vit-{m} on mnist-5k (4500 samples)" for m in ("standard", "aligned", "multi-head")]
+    assert probes[3:] == [f"probe rt-minilm-{m} on bbc-news (800 samples)" for m in ("standard", "aligned", "multi-head")]
     assert labels[-1] == "report.html + summary.md"
     assert [d.name for d in demo.run_dirs()] == [
-        "fmnist-vit-standard", "fmnist-vit-aligned", "fmnist-vit-multi-head", "rt-minilm-standard",
-        "rt-minilm-aligned", "rt-minilm-multi-head", "mnist-mlp-residual", "mnist-mlp-plain"]
-    # every training config is the recipe with the mode set
+        "fmnist-vit-standard", "fmnist-vit-aligned", "fmnist-vit-multi-head", "fmnist-vit-uniform-aligned",
+        "rt-minilm-standard", "rt-minilm-aligned", "rt-minilm-multi-head", "mnist-mlp-residual", "mnist-mlp-plain"]
+    # every training config is the recipe with the mode set; the ablation run differs only in its weights
     assert demo.train_config(cfg.vision, "aligned").train.mode == "aligned"
     assert demo.train_config(cfg.text, "standard").model.spec == "minilm-cls"
+    assert demo.train_config(cfg.text, "standard").model.pooling == "mean"
+    assert demo.train_config(cfg.vision, "aligned").model.spec == "vit-demo-12s"
+    uni = demo.train_config_of(cfg.vision, demo.ablation_dir(cfg.vision, "uniform"))
+    lin = demo.train_config(cfg.vision, "aligned")
+    assert (uni.train.layer_weights, lin.train.layer_weights) == ("uniform", "linear")
+    uni.train.layer_weights = "linear"
+    assert uni == lin
+    # the re-readings change only what they name, and read no more than they need
+    run = demo.run_dir(cfg.text, "aligned")
+    base, cls = demo.analyze_settings(cfg.text, run), demo.variant_settings(cfg.text, run, "pooling-cls")
+    assert cls["pooling"] == "cls" and base["collapse"] is True and cls["null_permutations"] == 0
+    assert {k for k in base if base[k] != cls.get(k)} == {"null_permutations", "layer_removal",
+                                                          "layer_removal_samples", "collapse"}
+    shift = demo.variant_settings(cfg.vision, demo.run_dir(cfg.vision, "standard"), "shift")
+    assert shift["shift"] == "rotate:15+noise:0.2" and shift["limit"] == 2000 and "pooling" not in shift
 
 
 def test_progress_rescales_estimates_by_measured_speed():
@@ -138,3 +161,43 @@ def test_every_demo_preset_names_existing_models_and_modes(tmp_path, preset):
             assert demo.train_config(track, mode).train.mode == mode
     if preset == "paper":
         assert demo.train_config(cfg.vision, "aligned").model.spec == "deit-s-fmnist"
+
+
+VISION_TINY = ["--text.enabled", "false", "--mlp.enabled", "false", "--vision.modes", "[standard, aligned]",
+               "--vision.overrides", "{train.steps: 2, data.train_limit: 128, data.eval_limit: 32}",
+               "--vision.analyze_limit", "64", "--vision.exit_limit", "32", "--vision.variant_limit", "48",
+               "--vision.probe_limit_train", "60", "--vision.probe_limit_test", "30",
+               "--analysis.null_permutations", "0", "--analysis.layer_removal", "false", "--exits.measure", "false"]
+
+
+def test_demo_vision_track_runs_ablation_shift_probe_and_collapse(tmp_path, capsys):
+    """The quick demo's ViT additions on a 2-step budget: the uniform-lambda run, the shifted re-reading, the
+    MNIST-5k probe and NC1-3 land in their run folders, and the report shows each with its finding."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *VISION_TINY]) == 0
+    err = capsys.readouterr().err
+    assert "train fmnist-vit-uniform-aligned (2 steps)" in err
+    uni = out / "fmnist-vit-uniform-aligned"
+    assert "layer_weights: uniform" in (uni / "config.yaml").read_text() and (uni / "analysis.json").is_file()
+    assert not (uni / "exit.json").exists() and not (uni / "variants").exists()  # the ablation reads accuracy only
+    for mode in ("standard", "aligned"):
+        run = out / f"fmnist-vit-{mode}"
+        clean = json.loads((run / "analysis.json").read_text())
+        shifted = json.loads((run / "variants" / "shift" / "analysis.json").read_text())
+        assert clean["n_samples"] == 64 and shifted["n_samples"] == 48
+        assert len(clean["collapse"]["nc1"]) == clean["n_layers"] + 1 and "collapse" not in shifted or not shifted["collapse"]
+        assert "rotate:15+noise:0.2" in (run / "variants" / "shift" / "analyze-config.yaml").read_text()
+        probe = json.loads((run / "probe.json").read_text())
+        assert probe["data"] == "mnist-5k" and len(probe["accuracy"]) == clean["n_layers"] + 1
+    summary = (out / "summary.md").read_text()
+    for section in ("## Layer-weight ablation (aligned training)", "## Neural collapse per layer",
+                    "## Task transfer: linear probes per layer", "## Distribution shift: every layer on a shifted test set"):
+        assert section in summary
+    for claim in ("Uniform layer weights help shallow layers", "Aligned training brings neural collapse",
+                  "Aligned training keeps transferability", "[fmnist-vit [shift]: fmnist-vit-aligned [shift]",
+                  "Aligned training reveals a minimal depth", "Layer-wise accuracy rises monotonically"):
+        assert claim in summary, claim
+    # a second call reuses every stage (the re-readings and probes are stamped like the analyses)
+    assert main(["demo", "--out", str(out), *VISION_TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.count("already done, reused") == 12  # 3 trainings, 3 analyses, 2 exits, 2 shifts, 2 probes

@@ -222,7 +222,7 @@ def test_cli_generate_speculative_equals_full(tmp_path, capsys):
 
     from layertrace.cli.main import main
     from layertrace.io import read_json
-    from layertrace.lm.tokenizer import train_bpe_tokenizer
+    from layertrace.data.tokenizer import train_bpe_tokenizer
 
     texts = ["the film is good and the plot is fine", "the government said the plan is good"] * 20
     train_bpe_tokenizer(texts, vocab_size=300, out_dir=tmp_path / "tok")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from ..metrics._input import ZERO_NORM_RTOL
+from ..metrics import ZERO_NORM_RTOL
 from ..readout.theory import THEORY_TOLERANCE, theorem_2_1_violations
 
 

@@ -9,7 +9,8 @@
     blocks = chunk_tokens(tokenizer("\\n\\n".join(docs))["input_ids"], 128)
 
 Datasets, splits and exact counts: ``docs/data.md``. Nothing here imports transformers or
-matplotlib; tokenizers are passed in.
+matplotlib; tokenizers are passed in (:func:`layertrace.data.tokenizer.train_bpe_tokenizer` trains a
+byte-level BPE one offline, importing ``tokenizers`` / ``transformers`` only when called).
 """
 
 from __future__ import annotations

@@ -77,9 +77,16 @@ def minilm_checkpoint_dir() -> Path:
     return path
 
 
-def _fashion_present(root: Path) -> bool:
-    from .vision import find_idx_file
+def find_idx_file(root: Path, stem: str) -> Path | None:
+    """The IDX file ``stem`` in ``root``, gzipped or not, with '-' or '.' before 'idx', or None."""
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem + ".gz", stem, dotted + ".gz", dotted):
+        if (root / name).is_file():
+            return root / name
+    return None
 
+
+def _fashion_present(root: Path) -> bool:
     return all(find_idx_file(root, stem) is not None for pair in IDX_FILES.values() for stem in pair)
 
 

@@ -54,15 +54,6 @@ def _maybe_gunzip(raw: bytes, path: Path) -> bytes:
 # ----------------------------------------------------------------------------- IDX (Fashion-MNIST, MNIST)
 
 
-def find_idx_file(root: Path, stem: str) -> Path | None:
-    """The IDX file ``stem`` in ``root``, gzipped or not, with '-' or '.' before 'idx', or None."""
-    dotted = stem.replace("-idx", ".idx")
-    for name in (stem + ".gz", stem, dotted + ".gz", dotted):
-        if (root / name).is_file():
-            return root / name
-    return None
-
-
 def read_idx(path: str | Path) -> np.ndarray:
     """Parse an IDX file (optionally gzipped) of unsigned bytes into a uint8 array.
 
@@ -102,7 +93,7 @@ def load_idx_dataset(name: str, split: str, root: str | Path | None, class_names
 
     def official(which: str) -> ImageClassificationData:
         image_stem, label_stem = assets.IDX_FILES[which]
-        files = [find_idx_file(root_dir, s) for s in (image_stem, label_stem)]
+        files = [assets.find_idx_file(root_dir, s) for s in (image_stem, label_stem)]
         if None in files:
             missing = [s for s, f in zip((image_stem, label_stem), files) if f is None]
             raise LayertraceError(f"{name}: {missing[0]}[.gz] not found in {root_dir}; {hint}")

@@ -176,7 +176,7 @@ def prepare_tokenizer(folder: Path, corpus_dir: Path, p: LMTrackPreset) -> Any:
     from transformers import AutoTokenizer
 
     from ..data import load_text_corpus
-    from ..lm.tokenizer import train_bpe_tokenizer
+    from ..data.tokenizer import train_bpe_tokenizer
 
     if not (folder / "tokenizer.json").is_file():
         docs = load_text_corpus(corpus_dir, "train", shuffle=False)

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import _flatten, add_config_args, load_config, overrides_from_args, read_yaml, save_config
+from ..config import add_config_args, flatten_keys, load_config, overrides_from_args, read_yaml, save_config
 from ..errors import LayertraceError, did_you_mean
 from ..experiments.mlp_residual import MLPExperimentConfig
 
 HELP = ("train, analyze and early-exit the paper's comparisons on the embedded data, then write report.html "
-        "and summary.md. --preset quick (default) fits in 20 minutes on a 2-core CPU (15.6 measured on an idle one); --preset paper "
+        "and summary.md. --preset quick (default) is sized for 15 minutes on an idle 2-core CPU (docs/demo.md); --preset paper "
         "holds paper-scale settings meant for a GPU (12-layer DeiT-S-sized ViT, longer schedules, full test "
         "sets) and takes hours")
 
@@ -66,16 +66,39 @@ class TrackSection:
         "early-exit sweep on at most N test samples (none = the whole test split)", check=">= 1"))
     layer_removal_samples: Optional[int] = field(default=None, metadata=_h(
         "layer-removal effect on about N analysed samples (every k-th batch; none = all)", check=">= 1"))
+    exit_measure_samples: Optional[int] = field(default=None, metadata=_h(
+        "samples timed at batch 64 per threshold in this track's sweeps (none = exits.measure_samples)", check=">= 1"))
+    layer_weights: list = field(default_factory=list, metadata=_h(
+        "layer-weight ablation (the paper's Fig. 15): one more aligned run per weighting listed (uniform, last), "
+        "same recipe, seed and steps, in <name>-<weights>-aligned; analysed beside the linear-lambda run"))
+    shift: Optional[str] = field(default=None, metadata=_h(
+        "image tracks: re-analyse every trained mode on the test split under this seeded shift "
+        "(KIND:VALUE joined by '+': rotate:DEG, noise:SIGMA, contrast:C), into <run>/variants/shift/"))
+    counter_pooling: Optional[str] = field(default=None, metadata=_h(
+        "text tracks: re-analyse every trained mode reading this token instead of the trained pooling "
+        "(cls | mean | last; the same trained runs, no extra training), into <run>/variants/pooling-<p>/"))
+    variant_limit: Optional[int] = field(default=None, metadata=_h(
+        "the shift / pooling re-analyses on at most N test samples (none = the whole test split)", check=">= 1"))
+    probe_data: Optional[str] = field(default=None, metadata=_h(
+        "task transfer: fit a linear probe per layer of every trained mode on this second data set's frozen "
+        "features (layertrace probe; none = off), writing <run>/probe.json"))
+    probe_limit_train: Optional[int] = field(default=None, metadata=_h(
+        "probe fitted on at most N train examples of probe_data (none = all)", check=">= 2"))
+    probe_limit_test: Optional[int] = field(default=None, metadata=_h(
+        "probe scored on at most N test examples of probe_data (none = all)", check=">= 2"))
 
 
 def _vision() -> TrackSection:
     return TrackSection(name="fmnist-vit", recipe="configs/demo/vit-fmnist.yaml",
-                        modes=["standard", "aligned", "multi-head"], layer_removal_samples=512)
+                        modes=["standard", "aligned", "multi-head"], layer_removal_samples=512,
+                        layer_weights=["uniform"], shift="rotate:15+noise:0.2", variant_limit=2000,
+                        probe_data="mnist-5k")
 
 
 def _text() -> TrackSection:
     return TrackSection(name="rt-minilm", recipe="configs/demo/minilm-rt.yaml", modes=["standard", "aligned", "multi-head"],
-                        layer_removal_samples=128)
+                        layer_removal_samples=128, exit_measure_samples=32, counter_pooling="cls",
+                        probe_data="bbc-news", probe_limit_train=500, probe_limit_test=300)
 
 
 @dataclass
@@ -91,6 +114,8 @@ class AnalysisSection:
                                                            check=">= 4"))
     layer_removal: bool = field(default=True, metadata=_h(
         "skip each block in turn: final accuracy / CE change beside block influence and adjacent COS"))
+    collapse: bool = field(default=True, metadata=_h(
+        "neural collapse NC1-NC3 per layer through the shared head (the paper's Fig. 16)"))
 
 
 @dataclass
@@ -115,7 +140,7 @@ class DemoConfig:
     """``layertrace demo`` config; ``configs/demo-quick.yaml`` and ``configs/demo-paper.yaml`` are the presets."""
 
     preset: str = field(default="quick", metadata=_h(
-        "quick (2-core CPU, 14 min measured) | paper (GPU: 12-layer DeiT-S-sized ViT, longer schedules)"))
+        "quick (2-core CPU, sized for 15 min) | paper (GPU: 12-layer DeiT-S-sized ViT, longer schedules)"))
     out: str = field(default="demo-out", metadata=_h("output folder (reused: finished stages are skipped)"))
     with_lm: bool = field(default=False, metadata=_h("also run the causal-LM track (per-layer generation)"))
     lm_preset: str = field(default="quick", metadata=_h("preset of the LM track (quick | paper)", choices=("quick", "paper")))
@@ -144,6 +169,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text.overrides": {"train.epochs": 3, "data.train_limit": None, "data.eval_limit": None,
                            "train.precision": "auto"},
         "text.modes": ["standard", "aligned", "multi-head"],
+        "text.exit_measure_samples": None,
+        "text.probe_limit_train": None,
+        "text.probe_limit_test": None,
+        "vision.variant_limit": None,
         "mlp.epochs": 30.0,
         "mlp.width": 256,
     },
@@ -155,7 +184,7 @@ def resolve_config(config_path: str | None, overrides: dict[str, Any]) -> DemoCo
     """defaults < preset < ``--config`` YAML < command-line overrides."""
     # Validate the user's file and options first: unknown keys and bad values fail with their origin.
     load_config(DemoConfig, config_path, overrides)
-    user_file = _flatten(read_yaml(config_path)) if config_path else {}
+    user_file = flatten_keys(read_yaml(config_path)) if config_path else {}
     preset = str(overrides.get("preset", user_file.get("preset", "quick")))
     if preset not in PRESETS:
         raise LayertraceError(f"unknown demo preset {preset!r}{did_you_mean(preset, PRESETS)}; "
@@ -184,15 +213,19 @@ def find_file(path: str, what: str) -> Path:
 # BENCHMARKS.md). The display rescales them by how fast the finished stages really ran, and a later run
 # in the same folder starts from the rates it measured itself (demo_timings.json).
 DEFAULT_RATES = {
-    "train:fmnist-vit": 0.086,     # per optimizer step (demo ViT, batch 64)
+    "train:fmnist-vit": 0.060,     # per optimizer step (demo ViT 12 x 64, batch 64; 0.70x a 6 x 128 step)
     "train:rt-minilm": 0.62,       # per optimizer step (MiniLM-L6, batch 32, <= 48 tokens, grouped by length)
     "train:mlp": 2.0,              # per 12 epochs over 4,000 images
-    "analyze:fmnist-vit": 0.54,    # per 1,000 test samples
+    "analyze:fmnist-vit": 0.55,    # per 1,000 test samples
     "analyze:rt-minilm": 9.6,
     "exit:fmnist-vit": 0.73,       # per (1 + 1,000 test samples): loading and timing, then the sweep
-    "exit:rt-minilm": 18.0,
+    "exit:rt-minilm": 14.0,
+    "variant:fmnist-vit": 1.5,     # per 1,000 re-analysed samples (no null, no layer removal)
+    "variant:rt-minilm": 6.0,
+    "probe:fmnist-vit": 1.0,       # per 1,000 probe samples (train + test)
+    "probe:rt-minilm": 10.0,
     "lm": 480.0,                   # the LM track's quick preset, whole
-    "report": 9.0,
+    "report": 12.0,
 }
 DEFAULT_RATE = 30.0
 
@@ -295,13 +328,16 @@ class Demo:
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
 
     # -- training ------------------------------------------------------------------------------
-    def train_config(self, track: TrackSection, mode: str) -> Any:
+    def train_config(self, track: TrackSection, mode: str, layer_weights: str | None = None) -> Any:
+        """The `layertrace train` config of one mode (``layer_weights``: an ablation run's weighting)."""
         from ..training.config import TrainConfig
 
         if mode not in MODES:
             raise LayertraceError(f"unknown training mode {mode!r} in {track.name}.modes{did_you_mean(mode, MODES)}")
         recipe = find_file(track.recipe, f"training recipe of {track.name}")
         overrides = {**track.overrides, "train.mode": mode}
+        if layer_weights is not None:
+            overrides["train.layer_weights"] = layer_weights
         if self.cfg.device != "auto":
             overrides.setdefault("train.device", self.cfg.device)
         if self.cfg.threads:
@@ -326,11 +362,22 @@ class Demo:
     def run_dir(self, track: TrackSection, mode: str) -> Path:
         return self.out / f"{track.name}-{mode}"
 
-    def _train_stage(self, track: TrackSection, mode: str) -> Stage:
+    def ablation_dir(self, track: TrackSection, weights: str) -> Path:
+        """The layer-weight ablation's aligned run: ``<name>-<weights>-aligned`` (group ``<name>-<weights>``)."""
+        return self.out / f"{track.name}-{weights}-aligned"
+
+    def train_config_of(self, track: TrackSection, run_dir: Path) -> Any:
+        """The training config of one of the track's run folders (a mode's or an ablation run's)."""
+        for w in track.layer_weights:
+            if run_dir.name == self.ablation_dir(track, w).name:
+                return self.train_config(track, "aligned", layer_weights=w)
+        return self.train_config(track, run_dir.name[len(track.name) + 1:])
+
+    def _train_stage(self, track: TrackSection, mode: str, layer_weights: str | None = None) -> Stage:
         from ..training.run import SUMMARY_FILE
 
-        cfg = self.train_config(track, mode)
-        run_dir = self.run_dir(track, mode)
+        cfg = self.train_config(track, mode, layer_weights)
+        run_dir = self.run_dir(track, mode) if layer_weights is None else self.ablation_dir(track, layer_weights)
 
         def run() -> None:
             from ..training.run import train_from_config
@@ -355,13 +402,14 @@ class Demo:
 
     # -- analysis --------------------------------------------------------------------------------
     def analyze_settings(self, track: TrackSection, run_dir: Path) -> dict:
-        train_cfg = self.train_config(track, run_dir.name[len(track.name) + 1:])
+        train_cfg = self.train_config_of(track, run_dir)
         a = self.cfg.analysis
         return {"model": str(run_dir), "data": train_cfg.data.name, "data_root": train_cfg.data.root,
                 "split": a.split, "limit": track.analyze_limit, "batch_size": a.batch_size, "cka": a.cka,
                 "device": self.cfg.device, "max_length": train_cfg.data.max_length,
                 "null_permutations": a.null_permutations, "null_max_samples": a.null_max_samples,
                 "layer_removal": a.layer_removal, "layer_removal_samples": track.layer_removal_samples,
+                "collapse": a.collapse,
                 # the recipe's loader options too (only when set: the stamps of earlier demos stay valid)
                 **({"loader_kwargs": dict(train_cfg.data.loader_kwargs)} if train_cfg.data.loader_kwargs else {})}
 
@@ -384,13 +432,75 @@ class Demo:
                      lambda: _stamped(stamp, self.analyze_settings(track, run_dir), run_dir / "analysis.json"),
                      units=n / 1000)
 
+    # -- re-readings of the trained runs: a shifted test set, another pooling ----------------------
+    def variant_settings(self, track: TrackSection, run_dir: Path, variant: str) -> dict:
+        """Analysis settings of one re-reading: the run's own, on ``variant_limit`` samples, with only
+        what the variant table and its findings read (no null, no layer removal, no per-sample file)."""
+        s = {**self.analyze_settings(track, run_dir), "limit": track.variant_limit, "null_permutations": 0,
+             "layer_removal": False, "layer_removal_samples": None, "collapse": False, "per_sample": False}
+        if variant == "shift":
+            s["shift"] = track.shift
+        else:
+            s["pooling"] = track.counter_pooling
+        return s
+
+    def variants(self, track: TrackSection) -> list[str]:
+        """The track's re-readings, as folder names under ``<run>/variants/``."""
+        return (["shift"] if track.shift else []) + ([f"pooling-{track.counter_pooling}"] if track.counter_pooling else [])
+
+    def _variant_stage(self, track: TrackSection, run_dir: Path, variant: str) -> Stage:
+        from ..report.runs import VARIANTS_DIR
+
+        out_dir = run_dir / VARIANTS_DIR / variant
+        stamp = out_dir / ".demo-analyze.json"
+
+        def run() -> None:
+            from ..analysis import analyze_from_config
+            from ..analysis.config import AnalyzeConfig
+
+            settings = self.variant_settings(track, run_dir, variant)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            analyze_from_config(AnalyzeConfig(**settings, out=str(out_dir), progress=False))
+            _stamp(stamp, settings)
+
+        settings = self.variant_settings(track, run_dir, variant)
+        n = _n_samples(settings["data"], settings["split"], settings["limit"], settings["data_root"])
+        what = f"shift {track.shift}" if variant == "shift" else f"pooling={track.counter_pooling}"
+        return Stage(f"variant:{track.name}", f"re-analyze {run_dir.name} ({what}, {n} samples)", run,
+                     lambda: _stamped(stamp, self.variant_settings(track, run_dir, variant),
+                                      out_dir / "analysis.json"),
+                     units=n / 1000)
+
+    # -- task transfer: linear probes on a second data set ---------------------------------------
+    def probe_settings(self, track: TrackSection, run_dir: Path) -> dict:
+        train_cfg = self.train_config_of(track, run_dir)
+        return {"model": str(run_dir), "data": track.probe_data, "limit_train": track.probe_limit_train,
+                "limit_test": track.probe_limit_test, "max_length": train_cfg.data.max_length,
+                "batch_size": self.cfg.analysis.batch_size, "device": self.cfg.device}
+
+    def _probe_stage(self, track: TrackSection, run_dir: Path) -> Stage:
+        stamp = run_dir / ".demo-probe.json"
+
+        def run() -> None:
+            from ..analysis.probe_run import ProbeConfig, probe_from_config
+
+            settings = self.probe_settings(track, run_dir)
+            probe_from_config(ProbeConfig(**settings, out=str(run_dir)))
+            _stamp(stamp, settings)
+
+        s = self.probe_settings(track, run_dir)
+        n = (_n_samples(s["data"], "train", s["limit_train"], None) + _n_samples(s["data"], "test", s["limit_test"], None))
+        return Stage(f"probe:{track.name}", f"probe {run_dir.name} on {track.probe_data} ({n} samples)", run,
+                     lambda: _stamped(stamp, self.probe_settings(track, run_dir), run_dir / "probe.json"),
+                     units=n / 1000)
+
     # -- early exit ------------------------------------------------------------------------------
     def exit_settings(self, track: TrackSection, run_dir: Path) -> dict:
         s = self.analyze_settings(track, run_dir)
         return {"model": s["model"], "data": s["data"], "data_root": s["data_root"], "split": s["split"],
                 "limit": track.exit_limit, "policy": self.cfg.exits.policy, "measure": self.cfg.exits.measure,
                 "device": self.cfg.device, "max_length": s["max_length"], "tolerance": self.cfg.exits.tolerance,
-                "measure_samples": self.cfg.exits.measure_samples,
+                "measure_samples": track.exit_measure_samples or self.cfg.exits.measure_samples,
                 "measure_samples_batch1": self.cfg.exits.measure_samples_batch1, "repeats": self.cfg.exits.repeats,
                 "threads": self.cfg.exits.threads,
                 **({"loader_kwargs": s["loader_kwargs"]} if "loader_kwargs" in s else {})}
@@ -433,7 +543,7 @@ class Demo:
         out: list[Stage] = []
         tracks = [t for t in (cfg.vision, cfg.text) if t.enabled]
         for track in tracks[:1]:
-            out += [self._train_stage(track, m) for m in track.modes]
+            out += self._train_stages(track)
         if cfg.mlp.enabled:
             from ..experiments.mlp_residual import run_name, train_mlp
 
@@ -445,12 +555,17 @@ class Demo:
                                  units=cfg.mlp.epochs / 12 * (cfg.mlp.train_limit or 4000) / 4000
                                  * (cfg.mlp.width / 128) ** 2))
         for track in tracks[1:]:
-            out += [self._train_stage(track, m) for m in track.modes]
+            out += self._train_stages(track)
         for track in tracks:
             for m in track.modes:
                 run_dir = self.run_dir(track, m)
                 out.append(self._analyze_stage(track, run_dir))
                 out.append(self._exit_stage(track, run_dir))
+                out += [self._variant_stage(track, run_dir, v) for v in self.variants(track)]
+                if track.probe_data:
+                    out.append(self._probe_stage(track, run_dir))
+            # the ablation's runs are read for their per-layer accuracy only: no exit sweep, no re-readings
+            out += [self._analyze_stage(track, self.ablation_dir(track, w)) for w in self._ablation(track)]
         if cfg.with_lm:
             lm_dir = self.out / "lm"
             out.append(Stage("lm", f"causal-LM track ({cfg.lm_preset})",
@@ -459,6 +574,14 @@ class Demo:
         out.append(Stage("report", "report.html + summary.md", self.report))
         return out
 
+    def _ablation(self, track: TrackSection) -> list[str]:
+        """The ablation's weightings (none unless the track trains an aligned mode to compare with)."""
+        return [str(w) for w in track.layer_weights] if "aligned" in track.modes else []
+
+    def _train_stages(self, track: TrackSection) -> list[Stage]:
+        return ([self._train_stage(track, m) for m in track.modes]
+                + [self._train_stage(track, "aligned", w) for w in self._ablation(track)])
+
     def run_dirs(self) -> list[Path]:
         from ..experiments.mlp_residual import run_name
 
@@ -466,6 +589,7 @@ class Demo:
         for track in (self.cfg.vision, self.cfg.text):
             if track.enabled:
                 dirs += [self.run_dir(track, m) for m in track.modes]
+                dirs += [self.ablation_dir(track, w) for w in self._ablation(track)]
         if self.cfg.mlp.enabled:
             dirs += [self.out / run_name(self.cfg.mlp, r) for r in (True, False)]
         if self.cfg.with_lm:
@@ -504,7 +628,7 @@ class Demo:
         with warnings.catch_warnings():
             # Layer 0 of a ViT is the same [CLS] embedding for every image: its similarity is
             # undefined by construction, which the analysis records; no need to warn in the demo.
-            from ..metrics._input import DegenerateLayerWarning
+            from ..metrics import DegenerateLayerWarning
 
             warnings.simplefilter("ignore", DegenerateLayerWarning)
             measured = progress.run_all()
@@ -549,9 +673,9 @@ def _exit_keys(settings: dict) -> dict:
 
 
 def _mlp_done(cfg: MLPExperimentConfig, residual: bool, run_dir: Path) -> bool:
-    from ..experiments.mlp_residual import _is_finished, _resolved
+    from ..experiments.mlp_residual import is_finished
 
-    return _is_finished(run_dir, _resolved(cfg, residual))
+    return is_finished(cfg, residual, run_dir)
 
 
 def _run_lm(out_dir: Path, preset: str, threads: int | None, device: str) -> None:

@@ -120,6 +120,11 @@ def _resolved(cfg: MLPExperimentConfig, residual: bool) -> dict:
     return d
 
 
+def is_finished(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds this variant's finished run (its analysis and the same resolved config)."""
+    return _is_finished(Path(run_dir), _resolved(cfg, residual))
+
+
 def _is_finished(run_dir: Path, resolved: dict) -> bool:
     import yaml
 

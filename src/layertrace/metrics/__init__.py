@@ -19,7 +19,7 @@ Registry:
 See docs/metrics.md for formulas, centering, invariances and when to use which.
 """
 
-from ._input import DegenerateLayerWarning
+from ._input import ZERO_NORM_RTOL, DegenerateLayerWarning
 from .agreement import agreement, average_ranks
 from .calibration import (
     calibrate_scores,
@@ -60,6 +60,7 @@ __all__ = [
     "METRIC_INFO",
     "CosAccumulator",
     "DegenerateLayerWarning",
+    "ZERO_NORM_RTOL",
     "MeanAccumulator",
     "MetricInfo",
     "MinibatchCKA",

@@ -56,6 +56,7 @@ from ._input import (
     layer_means,
     warn_degenerate,
 )
+from .permutations import calibrate_scores, check_permutations, draw_permutations
 
 SPACES = ("auto", "feature", "sample")
 PRECISIONS = ("auto", "float64", "float32")
@@ -408,8 +409,6 @@ class MinibatchCKA:
         self.centred_sq += centred_sq.cpu()
         self.hsic += _unbiased_hsic(xc, self.space, self.precision).cpu()
         if self.null_permutations:
-            from .calibration import check_permutations, draw_permutations
-
             if permutations is None:
                 perms = draw_permutations(b, self.null_permutations, self._generator)
             else:
@@ -447,8 +446,6 @@ class MinibatchCKA:
     def calibrated(self, alpha: float = 0.05) -> dict[str, Any]:
         """Permutation-calibrated minibatch CKA: :func:`~layertrace.metrics.calibrate_scores` of
         :meth:`compute` against :meth:`null` (keys ``score``, ``calibrated``, ``tau``, ``p_value``, ...)."""
-        from .calibration import calibrate_scores
-
         return calibrate_scores(self.compute(), self.null(), alpha=alpha)
 
     def state_dict(self) -> dict[str, Any]:

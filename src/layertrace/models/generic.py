@@ -9,24 +9,7 @@ from torch import Tensor, nn
 
 from ..errors import LayertraceError
 from .base import Adapter, Kind, State
-
-
-class NormThenHead(nn.Module):
-    """Readout ``head(norm(h))``; the norm is skipped when ``final_norm`` is False.
-
-    Args:
-        norm: the model's final norm module, or ``None`` when it has none.
-        head: module mapping (..., d) -> (..., K).
-        final_norm: apply ``norm`` (default, logit-lens practice) or not (the authors' GPT-2 code).
-    """
-
-    def __init__(self, norm: nn.Module | None, head: nn.Module, final_norm: bool = True):
-        super().__init__()
-        self.norm = norm if (norm is not None and final_norm) else nn.Identity()
-        self.head = head
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.head(self.norm(h))
+from .layer_readout import NormThenHead
 
 
 class GenericAdapter(Adapter):

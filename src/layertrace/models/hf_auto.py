@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..errors import LayertraceError
 from .base import Adapter, State, check_batch_keys
-from .generic import NormThenHead
+from .layer_readout import NormThenHead
 
 POOLINGS = ("auto", "cls", "mean", "last")
 # Final norms, looked up (in this order) under the model and its backbone.

@@ -10,7 +10,7 @@ apart. Two kinds:
   with ``.layers`` called as ``heads(layer, h)``), layer L read by the model's own head.
 
 A bare callable ``fn(layer, h)`` (a test spy, a custom readout) is wrapped as ``"custom"`` serving
-every layer. ``h`` is ``adapter.features(state)``: (B, d), DeiT (B, 2, d), causal LM (B, T, d).
+every layer. :class:`NormThenHead` is the usual shared head path (final norm, then the head). ``h`` is ``adapter.features(state)``: (B, d), DeiT (B, 2, d), causal LM (B, T, d).
 """
 
 from __future__ import annotations
@@ -18,9 +18,27 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 ReadoutFn = Callable[[int, Tensor], Tensor]
+
+
+class NormThenHead(nn.Module):
+    """Readout ``head(norm(h))``; the norm is skipped when ``final_norm`` is False.
+
+    Args:
+        norm: the model's final norm module, or ``None`` when it has none.
+        head: module mapping (..., d) -> (..., K).
+        final_norm: apply ``norm`` (default, logit-lens practice) or not (the authors' GPT-2 code).
+    """
+
+    def __init__(self, norm: nn.Module | None, head: nn.Module, final_norm: bool = True):
+        super().__init__()
+        self.norm = norm if (norm is not None and final_norm) else nn.Identity()
+        self.head = head
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.head(self.norm(h))
 
 
 class LayerReadout:
@@ -49,7 +67,9 @@ class LayerReadout:
     def shared(cls, adapter: Any) -> "LayerReadout":
         """The model's own head at every layer 0..L."""
         readout = adapter.readout
-        if type(adapter).readout is _base_readout():  # one Python call less per layer on hot paths
+        # the base class's readout is ``head(h)``: call the head directly (one Python call less per
+        # layer on hot paths); an adapter overriding readout is called through it
+        if type(adapter).readout.__qualname__ == "Adapter.readout":
             head = adapter.head
             return cls(adapter, lambda layer, h: head(h), "shared", range(adapter.n_layers + 1))
         return cls(adapter, lambda layer, h: readout(h), "shared", range(adapter.n_layers + 1))
@@ -100,9 +120,3 @@ class LayerReadout:
 
     def __repr__(self) -> str:
         return f"LayerReadout(kind={self.kind!r}, layers={self.layers})"
-
-
-def _base_readout():
-    from .base import Adapter
-
-    return Adapter.readout

@@ -48,12 +48,10 @@ def _load_lazy_families() -> None:
         _loaded_lazy = True
 
 
-def registered_families() -> list[str]:
-    """Model class names served: the zoo's verified Hugging Face families and registered factories."""
-    from .zoo import ZOO
-
+def factory_families() -> list[str]:
+    """Model class names served by registered adapter factories (the lazy family modules loaded)."""
     _load_lazy_families()
-    return sorted(set(_FACTORIES) | {z.model_class for z in ZOO if z.group != "refused"})
+    return sorted(_FACTORIES)
 
 
 def adapt(model: nn.Module | Adapter, final_norm: bool = True, pooling: str = "auto", check: bool = True) -> Adapter:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Adapter, State, check_batch_keys
-from .generic import NormThenHead
+from .layer_readout import NormThenHead
 
 
 @dataclass

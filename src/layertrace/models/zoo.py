@@ -257,3 +257,10 @@ def verify_zoo(names: list[str] | None = None) -> list[dict[str, Any]]:
             row.update(status="FAILED", detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
         rows.append(row)
     return rows
+
+
+def registered_families() -> list[str]:
+    """Model class names served: the zoo's verified Hugging Face families and registered factories."""
+    from .registry import factory_families
+
+    return sorted(set(factory_families()) | {z.model_class for z in ZOO if z.group != "refused"})

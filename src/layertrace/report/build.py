@@ -21,6 +21,7 @@ from .clip import CURVES_CAPTION as CLIP_CAPTION, clip_figures, clip_rows
 from .layer_weights import CAPTION as LAYER_WEIGHTS_CAPTION, layer_weight_figures, layer_weight_rows
 from .lm_saturation import CAPTION as LM_SATURATION_CAPTION, lm_saturation_figures, lm_saturation_rows
 from .findings import Finding, all_findings
+from .variants import CAPTION as VARIANT_CAPTION, describe, variant_figures, variant_names, variant_rows, variant_title
 from .page import Html, Section, esc, render_page, table_html
 from .runs import RunResults, load_runs, order_runs
 from .series import fmt, fmt_pct, number
@@ -264,6 +265,9 @@ def render_summary(title: str, runs: list[RunResults], findings: list[Finding], 
     header, rows = probe_cells(runs)
     if rows:
         out += ["## Task transfer: linear probes per layer", "", PROBE_NOTE, "", _md_table(header, rows), ""]
+    for name in variant_names(runs):
+        out += [f"## {variant_title(runs, name)}", "", f"{VARIANT_CAPTION} Re-reading: {describe(runs, name)}.", "",
+                "Layer-wise accuracy (%), shared head:", "", _md_table(*variant_rows(runs, name)), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -369,6 +373,14 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
     if rows:
         sections.append(Section("Task transfer: linear probes per layer", esc(PROBE_NOTE), [Html(table_html(
             header, rows, numeric=set(range(2, len(header)))))]))
+
+    # Re-readings of the same trained runs: a shifted test set, another pooling (<run>/variants/<name>/).
+    for name in variant_names(runs):
+        header, rows = variant_rows(runs, name)
+        blocks = variant_figures(figs, name) + [Html("<p>Layer-wise accuracy (%), shared head:</p>" + table_html(
+            header, rows, numeric=set(range(2, len(header)))))]
+        sections.append(Section(variant_title(runs, name),
+                                esc(f"{VARIANT_CAPTION} Re-reading: {describe(runs, name)}."), blocks))
 
     # Layer-weight ablation (aligned runs differing only in train.layer_weights; the paper's Fig. 15).
     lw_blocks: list[Any] = layer_weight_figures(figs)

@@ -74,7 +74,8 @@ class Figures:
                             get: Callable[[RunResults], dict[int, float]], *, ylim: tuple | None = None,
                             logy: bool = False, hline: float | None = None,
                             xlabel: str = LAYER_AXIS,
-                            extra: Callable[[RunResults], dict[int, float]] | None = None) -> list[FigureItem]:
+                            extra: Callable[[RunResults], dict[int, float]] | None = None,
+                            extra_label: str = "own heads") -> list[FigureItem]:
         groups = [(g, [r for r in rs if get(r)]) for g, rs in groups_of(self.runs).items()]
         groups = [(g, rs) for g, rs in groups if rs]
         if not groups:
@@ -90,7 +91,7 @@ class Figures:
                     ex_xs = sorted(e)
                     kw = self.styles[r.name].kwargs()
                     kw.update(linestyle=":", markerfacecolor="none")
-                    ax.plot(ex_xs, [e[x] for x in ex_xs], label=f"{r.mode or r.name}, own heads", **kw)
+                    ax.plot(ex_xs, [e[x] for x in ex_xs], label=f"{r.mode or r.name}, {extra_label}", **kw)
             if hline is not None:
                 ax.axhline(hline, color="#000000", linewidth=0.8, linestyle=":")
             ax.set_title(group)

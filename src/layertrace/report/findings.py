@@ -7,15 +7,13 @@ finding, the ones that fail first, so a reader sees plainly where the paper does
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 from .figures import groups_of
+from .finding import Finding, pct as _pct
+from .layer_weights import check_layer_weights
 from .runs import RunResults
 from .series import layer_series, norm_ratio_series, number, row_to_last, spearman
 from .tables import DEFAULT_EXIT_TOLERANCE, operating_point
-
-Status = Literal["holds", "does not hold", "not checked"]
+from .variants import as_variant, trained_pooling, variant_names
 
 # Tolerances of the checks (fractions of accuracy, or similarity units).
 LAYER_ACC_TOLERANCE = 0.005   # aligned may trail standard by half a point at a layer and still "match"
@@ -26,31 +24,6 @@ MLP_CKA_GAP = 0.2             # plain MLP: CKA to last exceeds COS to last by th
 THM21_MAX_VIOLATIONS = 0.1    # Theorem 2.1 "holds" when at most 10% of layer triples violate it
 SPEEDUP_RATIO = 0.9           # shared head reaches 90% of per-layer heads' speed-up at equal accuracy loss
 PROBE_TOLERANCE = 0.02        # "keeps transferability": aligned probe accuracy within 2 points of standard
-
-
-@dataclass
-class Finding:
-    """One claim of the paper checked on these runs.
-
-    Attributes:
-        claim: the paper's claim, phrased as the test that is run.
-        scope: which runs it was checked on.
-        status: ``holds``, ``does not hold`` or ``not checked`` (data missing).
-        evidence: the numbers from the JSON that decide it.
-        per_run: a check of one run on its own (shown in the per-run matrix) rather than a comparison.
-        short: the deciding number in a few characters, for the per-run matrix.
-    """
-
-    claim: str
-    scope: str
-    status: Status
-    evidence: str
-    per_run: bool = False
-    short: str = ""
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def _mode(runs: list[RunResults], mode: str) -> RunResults | None:
@@ -129,6 +102,44 @@ def check_cos_rises(r: RunResults) -> Finding | None:
         evidence=("drops at " + ", ".join(f"{a}->{b}: {s[a]:.3f}->{s[b]:.3f}" for a, b in drops)) if drops
         else f"rises from {s[layers[0]]:.3f} at l={layers[0]} to {s[layers[-1]]:.3f} at l={layers[-1]}",
         per_run=True, short=f"{len(drops)} drop(s)" if drops else f"{s[layers[0]]:.2f} -> {s[layers[-1]]:.2f}")
+
+
+def check_accuracy_monotone(r: RunResults) -> Finding | None:
+    """Layer-wise accuracy rises with depth: no drop of more than half a point between consecutive layers 1..L."""
+    s = layer_series(r.analysis or {}, "accuracy")
+    layers = [l for l in range(1, (r.n_layers or 0) + 1) if l in s]
+    if len(layers) < 3:
+        return None
+    drops = [(a, b) for a, b in zip(layers, layers[1:]) if s[b] < s[a] - LAYER_ACC_TOLERANCE]
+    return Finding(
+        claim=f"Layer-wise accuracy rises monotonically with depth (no drop of more than "
+              f"{100 * LAYER_ACC_TOLERANCE:.1f} pt between consecutive layers 1..L)",
+        scope=r.name,
+        status="does not hold" if drops else "holds",
+        evidence=("drops at " + ", ".join(f"{a}->{b}: {_pct(s[a])}->{_pct(s[b])}" for a, b in drops)) if drops
+        else f"rises from {_pct(s[layers[0]])} at l={layers[0]} to {_pct(s[layers[-1]])} at l={layers[-1]}",
+        per_run=True, short=f"{len(drops)} drop(s)" if drops else "monotone")
+
+
+def check_minimal_depth(group: str, runs: list[RunResults]) -> list[Finding]:
+    """The shared head reveals the minimal depth: the aligned run reaches 97.5% of its final accuracy at a
+    layer before L and before the standard run does (the paper: 12-layer aligned DeiT by about layer 7)."""
+    from .series import effective_depth
+
+    std, ali = _mode(runs, "standard"), _mode(runs, "aligned")
+    if std is None or ali is None:
+        return []
+    (d_s, rule), (d_a, _) = effective_depth(std.analysis), effective_depth(ali.analysis)
+    if d_s is None or d_a is None:
+        return []
+    L = ali.n_layers
+    return [Finding(
+        claim="Aligned training reveals a minimal depth: the aligned run's effective depth (smallest l with "
+              "accuracy >= 97.5% of its layer-L accuracy) is below L and below the standard run's (paper: "
+              "12-layer aligned DeiT-S at about layer 7)",
+        scope=f"{group}: {ali.name} vs {std.name}",
+        status="holds" if d_a < (L or 0) and d_a < d_s else "does not hold",
+        evidence=f"effective depth aligned {d_a:.0f}, standard {d_s:.0f}, of L = {L} ({rule})")]
 
 
 def check_agreement(r: RunResults) -> Finding | None:
@@ -309,22 +320,62 @@ def check_probe(group: str, runs: list[RunResults]) -> list[Finding]:
                   f"{listed}" if worse else f"probe accuracy per layer (aligned vs standard): {listed}"))]
 
 
+def check_trained_pooling(group: str, runs: list[RunResults], name: str) -> list[Finding]:
+    """The [CLS] counter-example's claim: "the pooling the model was trained with reads the shallow half
+    better" holds iff, in every mode, the mean accuracy over layers 1..floor(L/2) of the run's own reading
+    is strictly higher than through the ``pooling-<p>`` variant's token."""
+    pairs = [(r, layer_series(r.analysis or {}, "accuracy"), layer_series(r.variants[name]["analysis"], "accuracy"))
+             for r in runs if name in r.variants and r.analysis]
+    if not pairs:
+        return []
+    L = int(pairs[0][0].n_layers or 0)
+    half = [l for l in range(1, L // 2 + 1) if all(l in own and l in var for _, own, var in pairs)]
+    if not half:
+        return []
+    parts, ok = [], True
+    for r, own, var in pairs:
+        m_own, m_var = (sum(s[l] for l in half) / len(half) for s in (own, var))
+        ok &= m_own > m_var
+        parts.append(f"{r.mode or r.name}: {trained_pooling(r)} {_pct(m_own)} vs {name.split('-', 1)[-1]} {_pct(m_var)}")
+    return [Finding(
+        claim=f"Reading the pooling the model was trained with matters: mean accuracy over layers 1..{half[-1]} "
+              f"higher through the trained pooling than through {name.split('-', 1)[-1]}, in every mode",
+        scope=f"{group}: {', '.join(r.name for r, _, _ in pairs)}",
+        status="holds" if ok else "does not hold",
+        evidence="layers 1.." + str(half[-1]) + " mean: " + "; ".join(parts))]
+
+
+def check_variants(runs: list[RunResults]) -> list[Finding]:
+    """Re-readings (``<run>/variants/<name>/``, :mod:`layertrace.report.variants`): the aligned-vs-standard
+    checks on every variant of every group, plus the trained-pooling check for ``pooling-*`` variants."""
+    out: list[Finding] = []
+    for name in variant_names(runs):
+        for group, rs in groups_of(runs).items():
+            with_v = [r for r in rs if name in r.variants]
+            if not with_v:
+                continue
+            out += check_aligned_vs_standard(f"{group} [{name}]", [as_variant(r, name) for r in with_v])
+            if name.startswith("pooling-"):
+                out += check_trained_pooling(group, with_v, name)
+    return out
+
+
 def all_findings(runs: list[RunResults], exit_tolerance: float = DEFAULT_EXIT_TOLERANCE) -> list[Finding]:
     """Every check that the runs' data allows, in page order (per group, then per run)."""
     out: list[Finding] = []
     for group, rs in groups_of(runs).items():
         out += check_aligned_vs_standard(group, rs)
+        out += check_minimal_depth(group, rs)
         out += check_early_exit(group, rs, exit_tolerance)
         out += check_mlp(group, rs)
         out += check_collapse(group, rs)
         out += check_probe(group, rs)
-    from .layer_weights import check_layer_weights  # it builds on Finding: imported here, not at the top
-
     out += check_layer_weights(runs)
+    out += check_variants(runs)
     for r in runs:
         if r.mode == "plain":  # the paper's claims are about residual networks; check_mlp covers this one
             continue
-        for f in (check_cos_rises(r), check_agreement(r), check_norm_ratio(r)):
+        for f in (check_accuracy_monotone(r), check_cos_rises(r), check_agreement(r), check_norm_ratio(r)):
             if f is not None:
                 out.append(f)
         out += check_theory(r)

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from .figures import FigureItem, Figures, _render
-from .findings import Finding, _pct
+from .finding import Finding, pct
 from .runs import RunResults
 from .series import layer_series
 from .style import LAYER_AXIS, OKABE_ITO
@@ -91,9 +91,9 @@ def check_layer_weights(runs: list[RunResults]) -> list[Finding]:
                   f"accuracy lower",
             scope=f"{uni.name} vs {lin.name}",
             status="holds" if shallow_ok and last_ok else "does not hold",
-            evidence=(f"layers 1..{half[-1]} mean: uniform {_pct(mean_u)}, linear {_pct(mean_l)} "
+            evidence=(f"layers 1..{half[-1]} mean: uniform {pct(mean_u)}, linear {pct(mean_l)} "
                       f"({100 * (mean_u - mean_l):+.2f} pt, {'higher' if shallow_ok else 'not higher'}); "
-                      f"layer {L}: uniform {_pct(acc_u[L])}, linear {_pct(acc_l[L])} "
+                      f"layer {L}: uniform {pct(acc_u[L])}, linear {pct(acc_l[L])} "
                       f"({100 * (acc_u[L] - acc_l[L]):+.2f} pt, {'lower' if last_ok else 'not lower'})")))
     return out
 

@@ -11,6 +11,8 @@ A run folder (written by ``train``, ``analyze``, ``exit`` or ``demo``) may hold
     lm.json              the causal-LM track (``layertrace demo --with-lm``)
     probe.json           linear probes per layer on another task (``layertrace probe``)
     clip.json            CLIP within- and cross-modal COS per layer (``layertrace analyze-clip``)
+    variants/NAME/       re-readings of the same trained model (the demo's ``shift`` on a shifted test
+                         set, ``pooling-cls`` through another token): analysis.json + analyze-config.yaml
 
 :func:`load_runs` reads them into :class:`RunResults` (plain JSON values, nothing recomputed), and
 expands a demo output folder into its run folders. Missing optional files are simply absent; a
@@ -36,6 +38,7 @@ KNOWN_MODES = (
 SAMPLE_FILES = ("analysis_samples.npz", "analysis.npz")
 RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json", "probe.json", "clip.json")
 CONFIG_FILES = ("config.yaml", "analyze-config.yaml", "exit-config.yaml")  # in order of preference
+VARIANTS_DIR = "variants"
 
 
 @dataclass
@@ -56,6 +59,8 @@ class RunResults:
         lm: ``lm.json`` (``None`` if absent).
         probe: ``probe.json`` (``None`` if absent).
         clip: ``clip.json`` (``None`` if absent).
+        variants: ``{name: {"analysis": analysis.json, "config": analyze-config.yaml}}`` of every
+            ``variants/<name>/`` folder (re-readings of this run's model: a shifted test set, another pooling).
     """
 
     path: Path
@@ -70,6 +75,7 @@ class RunResults:
     lm: dict | None = None
     probe: dict | None = None
     clip: dict | None = None
+    variants: dict[str, dict] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -190,6 +196,11 @@ def load_run(path: str | Path) -> RunResults:
         run.probe = read_json(p / "probe.json")
     if (p / "clip.json").is_file():
         run.clip = read_json(p / "clip.json", f"re-run `layertrace analyze-clip ... --out {p}`")
+    for v in sorted((p / VARIANTS_DIR).glob("*/analysis.json")) if (p / VARIANTS_DIR).is_dir() else []:
+        cfg_path = v.parent / "analyze-config.yaml"
+        run.variants[v.parent.name] = {
+            "analysis": _check_analysis(read_json(v, f"re-run `layertrace analyze ... --out {v.parent}`"), v),
+            "config": _read_yaml(cfg_path) if cfg_path.is_file() else {}}
     return run
 
 

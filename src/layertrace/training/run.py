@@ -243,7 +243,7 @@ def _lm_tokenizer(cfg: TrainConfig, out: Path):
     folder = out / "tokenizer"
     if not (folder / "tokenizer.json").is_file():
         from ..data import load_text_corpus
-        from ..lm.tokenizer import train_bpe_tokenizer
+        from ..data.tokenizer import train_bpe_tokenizer
 
         try:
             vocab = int(spec[4:])
