@@ -86,19 +86,47 @@ def replay(adapter, batch, plan) -> None:
         state = state.select(stay)
 
 
-def measure(adapter, batches, old, new, rounds: int, clock) -> list[dict]:
-    """Interleaved rounds over ``batches``; per threshold the paired speed-ups of old, new and replay."""
+def planned_policy(base, plans: dict):
+    """A causal policy (subclass of ``base``, an ExitPolicy class) whose threshold names a plan: each sample
+    exits at its planned layer (``plans[threshold]``, one (B,) tensor per call, cycled); it computes the
+    max softmax probability as the confidence rule does (same cost)."""
+    import itertools
+
+    class Planned(base):
+        name = "planned"
+
+        def start(self, batch_size, device="cpu"):
+            return {"plan": next(self._cycle)}
+
+        def decide(self, layer, logits, thresholds, carry):
+            conf = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+            return (carry["plan"] <= layer) | (conf > 2.0), carry
+
+    policy = Planned()
+    policy.plans = plans
+
+    def use(thr):
+        policy._cycle = itertools.cycle([plans[thr]])
+        return policy
+
+    return use
+
+
+def measure(adapter, batches, old, new, rounds: int, clock, policy_for=None) -> list[dict]:
+    """Interleaved rounds over ``batches``; per threshold the paired speed-ups of old, new and replay.
+    ``policy_for(executor, thr)``: the policy object to pass (default the confidence rule)."""
     from layertrace.exits import speedup
 
     n_layers = adapter.n_layers
+    pol = policy_for or (lambda which, thr: "confidence")
     with torch.no_grad():
         for b in batches:  # warm-up of the full forwards
             adapter.model_logits(b)
             adapter.forward(b)
         rows = []
         for thr in THRESHOLDS:
-            outs_old = [old(adapter, b, "confidence", thr) for b in batches]
-            outs_new = [new(adapter, b, "confidence", thr) for b in batches]
+            outs_old = [old(adapter, b, pol("old", thr), thr) for b in batches]
+            outs_new = [new(adapter, b, pol("new", thr), thr) for b in batches]
             for a, c in zip(outs_old, outs_new):  # same exits, same logits: the new executor changes no result
                 assert torch.equal(a.exit_layers, c.exit_layers) and torch.allclose(a.logits, c.logits), thr
             exits = torch.cat([o.exit_layers for o in outs_new])
@@ -118,8 +146,8 @@ def measure(adapter, batches, old, new, rounds: int, clock) -> list[dict]:
                     totals[k] += clock() - start
                 for i, row in enumerate(rows):
                     thr = row["threshold"]
-                    for k, f in (("old", lambda: old(adapter, b, "confidence", thr)),
-                                 ("new", lambda: new(adapter, b, "confidence", thr)),
+                    for k, f in (("old", lambda: old(adapter, b, pol("old", thr), thr)),
+                                 ("new", lambda: new(adapter, b, pol("new", thr), thr)),
                                  ("replay", lambda: replay(adapter, b, row["plans"][j]))):
                         start = clock()
                         f()
@@ -141,13 +169,45 @@ def measure(adapter, batches, old, new, rounds: int, clock) -> list[dict]:
     return out
 
 
+def planned_section(args, old, new, clock) -> list[str]:
+    """The exits of a trained run replayed on a random-init preset (a shape no trained run exists of)."""
+    from layertrace.exits.executor import run_early_exit
+    from layertrace.exits.policies import ExitPolicy
+    from layertrace.exits.run import ExitConfig, _load
+    from layertrace.models import load_model
+
+    preset, run_dir, data = args.planned.split(":")
+    source = _load(ExitConfig(model=run_dir, data=data, measure=False))
+    first = source.adapter.model_inputs(source.batches[0])
+    with torch.no_grad():
+        plans = {thr: run_early_exit(source.adapter, first, "confidence", thr).exit_layers for thr in THRESHOLDS}
+    adapter = load_model(preset, num_classes=10, seed=0).adapter.eval()
+    if adapter.n_layers != source.adapter.n_layers:
+        raise SystemExit(f"{preset} has {adapter.n_layers} blocks, the run {source.adapter.n_layers}")
+    batch = [adapter.model_inputs({"pixel_values": source.batches[0]["pixel_values"]})]
+    policies = {"new": planned_policy(ExitPolicy, plans),
+                "old": planned_policy(sys.modules["layertrace.exits._old_policies"].ExitPolicy, plans)}
+    rows = measure(adapter, batch, old, new, args.rounds, clock, lambda which, thr: policies[which](thr))
+    lines = [f"**{preset}** ({adapter.n_layers} x {adapter.hidden_size}, random init), batch 64, each sample exiting "
+             f"where `{Path(run_dir).name}`'s executor exits it at that threshold (planned policy that still computes "
+             f"the confidence), full model {rows[0]['full_ms']:.1f} ms per batch ({rows[0]['baseline']}):", "",
+             "| threshold (of the run) | layer speed-up | old | new | replay bound |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['threshold']:g} | {r['layer']:.2f}x | {r['old']:.2f}x ({r['old'] / r['layer']:.2f}) "
+                     f"| {r['new']:.2f}x (**{r['new'] / r['layer']:.2f}**) | {r['replay']:.2f}x ({r['replay'] / r['layer']:.2f}) |")
+    print("\n".join(lines), flush=True)
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", required=True, help="comma list of RUN_DIR:DATA")
+    ap.add_argument("--runs", default="", help="comma list of RUN_DIR:DATA")
     ap.add_argument("--old", default="5359db2", help="commit of the old executor")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch1", type=int, default=8, help="samples timed one at a time (0: skip)")
     ap.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
+    ap.add_argument("--planned", default=None, help="PRESET:RUN_DIR:DATA: a random-init preset of the run's depth, "
+                    "each sample exiting where the run's executor exits it (the run's first 64 test samples)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from layertrace.exits.executor import run_early_exit as new
@@ -164,7 +224,7 @@ def main() -> None:
              f"clock `{args.clock}`; {args.rounds} interleaved rounds, paired medians. Old = commit `{args.old}` "
              "(exits/executor.py + policies.py), new = this commit, replay = the same exits with no decision "
              "(the lower bound of a per-batch executor). Ratio = measured / layer speed-up of the timed samples.", ""]
-    for spec in args.runs.split(","):
+    for spec in filter(None, args.runs.split(",")):
         run_dir, data = spec.rsplit(":", 1)
         loaded = _load(ExitConfig(model=run_dir, data=data, measure=True, measure_samples_batch1=args.batch1))
         adapter = loaded.adapter
@@ -184,6 +244,8 @@ def main() -> None:
                              f"| {r['new']:.2f}x (**{r['new'] / r['layer']:.2f}**) | {r['replay']:.2f}x ({r['replay'] / r['layer']:.2f}) |")
             lines.append("")
             print("\n".join(lines[-len(rows) - 4:]), flush=True)
+    if args.planned:
+        lines += planned_section(args, old, new, clock)
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(text)
