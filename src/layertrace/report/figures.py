@@ -449,22 +449,25 @@ class Figures:
             "Training loss per logged optimizer step from each run's metrics.jsonl. Aligned runs log the "
             "weighted sum of per-layer cross-entropies, so their loss is not directly comparable with the "
             "standard run's last-layer loss. Look for: smooth convergence and no divergence.")]
-        groups = [(g, [r for r in rs if _eval_series(r)]) for g, rs in groups_of(self.runs).items()]
+        groups = [(g, [r for r in rs if r.evals]) for g, rs in groups_of(self.runs).items()]
         groups = [(g, rs) for g, rs in groups if rs]
-        if groups:
+        if groups:  # the paper's Fig. 5b: last-layer validation accuracy vs step, one line per mode
             fig, axes = self._panels(groups, height=3.0, sharey=False)
             for ax, (group, rs) in zip(axes, groups):
                 for r in rs:
-                    key, xs, ys = _eval_series(r)
-                    ax.plot(xs, ys, label=f"{r.mode or r.name} ({key})", **self.styles[r.name].kwargs())
+                    ax.plot([e.step for e in r.evals], [e.last_layer_accuracy for e in r.evals],
+                            label=r.mode or r.name, **self.styles[r.name].kwargs())
                 ax.set_title(group)
                 ax.set_xlabel("optimizer step")
-                ax.set_ylabel("validation metric (fraction)")
+                ax.set_ylabel("validation accuracy, last layer")
                 ax.legend(frameon=False, fontsize=7)
             fig.tight_layout()
             items.append(_render(fig, "Validation during training",
-                                 "Validation metrics logged during training (metrics.jsonl). Look for: the last-"
-                                 "layer accuracy of aligned and standard runs ending close together."))
+                                 "Accuracy of the last layer (the model's own head) on the evaluation split, "
+                                 "from the layer-wise evaluations the training loop logs to metrics.jsonl "
+                                 "every train.eval_every steps and at the end (the paper's Fig. 5b). Look for: "
+                                 "the aligned and standard runs ending close together, and per-layer heads "
+                                 "not costing the last layer."))
         return items
 
     # ------------------------------------------------------------------ MLP: where CKA misleads
@@ -589,8 +592,7 @@ def _saturation_cumulative(r: RunResults, frac: dict[int, float]) -> dict[int, f
     return out
 
 
-LOSS_KEYS = ("loss", "train_loss", "train/loss")
-EVAL_KEYS = ("val_accuracy", "eval_accuracy", "val_acc", "val/accuracy", "eval/accuracy")
+LOSS_KEYS = ("loss",)  # what the training loop and the MLP experiment write
 
 
 def _step_of(row: dict, i: int) -> float:
@@ -602,15 +604,6 @@ def _step_of(row: dict, i: int) -> float:
 
 def _loss_series(r: RunResults) -> tuple[str, list[float], list[float]] | None:
     for key in LOSS_KEYS:
-        pts = [(_step_of(row, i), float(row[key])) for i, row in enumerate(r.metrics)
-               if number(row.get(key)) is not None]
-        if pts:
-            return key, [p[0] for p in pts], [p[1] for p in pts]
-    return None
-
-
-def _eval_series(r: RunResults) -> tuple[str, list[float], list[float]] | None:
-    for key in EVAL_KEYS:
         pts = [(_step_of(row, i), float(row[key])) for i, row in enumerate(r.metrics)
                if number(row.get(key)) is not None]
         if pts:
