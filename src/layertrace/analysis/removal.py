@@ -96,9 +96,7 @@ class LayerRemovalStage:
         """Add one batch (the dict the model takes, with ``labels`` for classifiers)."""
         a = self.adapter
         with autocast(self.precision, a.device):
-            states = [a.embed(batch)]
-            for layer in range(1, self.L + 1):
-                states.append(a.block(layer, states[-1]))
+            states = [state for _, state in a.iter_layers(batch)]  # layers 0..L, each block once
         targets, scored = self._targets(batch, states[0])
         if scored is not None:
             targets = targets[scored]
@@ -114,7 +112,7 @@ class LayerRemovalStage:
         self.correct[0] += correct
         for skipped in range(1, self.L + 1):
             state = states[skipped - 1]
-            with autocast(self.precision, a.device):
+            with autocast(self.precision, a.device):  # block `skipped` left out: not the plain layer loop
                 for layer in range(skipped + 1, self.L + 1):
                     state = a.block(layer, state)
             ce, correct = self._score(self._predictions(state, scored), targets)
