@@ -1,6 +1,6 @@
 """Self-speculative decoding vs full decoding vs HF ``assistant_early_exit`` vs CALM-style early exit.
 
-Claim checked (issue 15): on the aligned demo LM (``run_lm_track``'s ``corpus-gpt2-aligned``), our
+Claim checked (issue 15): on the aligned demo LM (``run_lm_track``'s ``corpus-<family>-aligned``), our
 self-speculative decoding (draft with blocks 1..k + the shared head, verify with the full model
 reusing the draft's KV cache; k and gamma chosen from the run's ``analysis.json``) decodes greedy
 text identical to full decoding at >= 1.3x its tokens/s at batch 1 and >= 1.15x at batch 8, and
@@ -15,8 +15,8 @@ full decoding (identical rows / all rows). Nothing else is timed (tokenisation, 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py --track /tmp/lm-track \
         --out benchmarks/results/speculative.md
 
-``--track`` is the folder of ``layertrace.demo.lm_track.run_lm_track`` (created with the quick preset when
-it does not hold ``lm.json`` yet).
+``--track`` is the folder of ``layertrace.demo.lm_track.run_lm_track``; a trained and analysed run
+folder of ``--mode`` in it is enough (the quick preset's track is created when there is none).
 """
 
 from __future__ import annotations
@@ -40,15 +40,20 @@ NAMES = {"full": "full decoding", "self-speculative": "self-speculative (ours)",
 
 def run(args) -> str:
     from layertrace.data import load_text_corpus
+    from layertrace.errors import LayertraceError
     from layertrace.demo.lm_track import find_run, make_prompts, run_lm_track
     from layertrace.lm.speculative import compare_decoders
     from layertrace.models import load_model
 
     track = Path(args.track)
-    if not (track / "lm.json").is_file():
+    try:  # a trained, analysed run of this mode is enough (the whole track is not needed)
+        run_dir = find_run(track, args.mode)
+        if not (run_dir / "analysis.json").is_file():
+            raise FileNotFoundError(run_dir / "analysis.json")
+    except (LayertraceError, FileNotFoundError):
         run_lm_track(track, "quick", threads=args.threads)
+        run_dir = find_run(track, args.mode)
     torch.set_num_threads(args.threads)
-    run_dir = find_run(track, args.mode)
     loaded = load_model(run_dir)
     adapter, tok = loaded.adapter.eval(), loaded.tokenizer
     docs = load_text_corpus(track / "lm-corpus", "test", shuffle=False)
@@ -56,7 +61,7 @@ def run(args) -> str:
     load = os.getloadavg()[0]
     res = compare_decoders(adapter, prompts, draft_layer=args.k, gamma=args.gamma, analysis=run_dir, tau=args.tau,
                            batch_sizes=[int(b) for b in args.batch_sizes.split(",")], repeats=args.repeats,
-                           max_new_tokens=args.new_tokens,
+                           max_new_tokens=args.new_tokens, confidence=args.confidence,
                            eos_token_id=None if args.no_eos else int(tok.eos_token_id))
     c = res["choice"]
     lines = [
@@ -71,7 +76,8 @@ def run(args) -> str:
         f"{args.new_tokens} new tokens ({'eos ignored: every row decodes all of them' if args.no_eos else 'eos stops a row'}); median of {args.repeats} interleaved repeats",
         f"- draft: k = {res['draft_layer']}, gamma = {res['gamma']} ({c['source']}: acceptance {c['acceptance']:.3f} "
         f"at layer k from the analysis pass, expected {c['expected_speedup']:.2f}x under the cost model of "
-        f"`choose_draft`); HF gets the same k (with its own draft-length schedule); CALM tau = {res['tau']}",
+        f"`choose_draft`); ours stops drafting below draft confidence {args.confidence} (0 = off); HF gets the same "
+        f"k (with its own draft-length schedule and confidence threshold); CALM tau = {res['tau']}",
     ]
     if res["hf_error"]:
         lines.append(f"- HF assistant_early_exit failed on this model: `{res['hf_error'][:200]}`")
@@ -96,6 +102,8 @@ def main() -> None:
     ap.add_argument("--mode", default="aligned", choices=["aligned", "standard"])
     ap.add_argument("--k", type=int, default=None, help="draft layer (default: chosen from analysis.json)")
     ap.add_argument("--gamma", type=int, default=None, help="draft length (default: chosen)")
+    ap.add_argument("--confidence", type=float, default=0.0,
+                    help="ours: stop a round's drafting when no row's draft probability reaches it (0 = off)")
     ap.add_argument("--tau", type=float, default=0.4, help="CALM-style exit threshold (softmax confidence)")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--prompt-tokens", type=int, default=16)

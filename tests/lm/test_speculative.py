@@ -56,6 +56,25 @@ def test_greedy_batch1_equals_full_greedy(lm, k, gamma):
         assert torch.equal(spec.new_tokens, full.new_tokens), row
 
 
+@pytest.mark.parametrize("quantile", [0.7, 0.95])
+def test_confidence_stops_drafting_early_and_stays_lossless(lm, quantile):
+    """Drafting stops when no row's draft is confident: fewer drafts, the same greedy tokens. The
+    threshold is a quantile of the draft layer's max probability on the prompts (so both happen)."""
+    batch = padded_batch(lm.config.vocab_size, "left")
+    with torch.no_grad():
+        logits = adapt(lm).trace(batch).logits[2]  # (B, T, V) at the draft layer
+    top = torch.softmax(logits.float(), -1).max(-1).values[batch["attention_mask"].bool()]
+    confidence = float(torch.quantile(top, quantile))
+    full = generate(lm, batch["input_ids"], batch["attention_mask"], max_new_tokens=16, sampling=GREEDY)
+    plain = self_speculative_generate(lm, batch["input_ids"], batch["attention_mask"], draft_layer=2, gamma=4,
+                                      max_new_tokens=16, sampling=GREEDY)
+    spec = self_speculative_generate(lm, batch["input_ids"], batch["attention_mask"], draft_layer=2, gamma=4,
+                                     max_new_tokens=16, sampling=GREEDY, confidence=confidence)
+    assert torch.equal(spec.new_tokens, full.new_tokens)
+    per_round = spec.stats["drafted"] / spec.stats["rounds"]
+    assert per_round < plain.stats["drafted"] / plain.stats["rounds"]  # some rounds stopped early
+
+
 def test_greedy_with_eos_stops_rows_like_full_decoding(lm):
     batch = padded_batch(lm.config.vocab_size, "left")
     free = generate(lm, batch["input_ids"], batch["attention_mask"], max_new_tokens=12, sampling=GREEDY)

@@ -2,7 +2,7 @@
 
 Examples::
 
-    layertrace generate --model lm-out/corpus-gpt2-aligned --prompt "The film is" --max_new_tokens 32
+    layertrace generate --model lm-out/corpus-llama-aligned --prompt "The film is" --max_new_tokens 32
     layertrace generate --model RUN --prompt "The film is" --decoder full --strategy nucleus
     layertrace generate --model RUN --prompt "a,b" --draft_layer 2 --gamma 4   # override the choice
 
@@ -37,6 +37,9 @@ class GenerateConfig:
     draft_layer: Optional[int] = field(default=None, metadata={
         "help": "k: blocks that draft (default: chosen from analysis.json or the prompts)", "check": ">= 1"})
     gamma: Optional[int] = field(default=None, metadata={"help": "drafted tokens per round (default: chosen)", "check": ">= 1"})
+    confidence: float = field(default=0.0, metadata={
+        "help": "stop a round's drafting when no row's draft probability reaches this (0 = off; lossless)",
+        "check": "[0, 1]"})
     analysis: Optional[str] = field(default=None, metadata={
         "help": "analysis.json (or its folder) giving per-layer acceptance (default: the model folder's)"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per prompt", "check": ">= 1"})
@@ -88,7 +91,7 @@ def generate_from_config(cfg: GenerateConfig) -> dict:
             analysis = str(found) if found.is_file() else None
         res = self_speculative_generate(adapter, enc["input_ids"], enc["attention_mask"], draft_layer=cfg.draft_layer,
                                         gamma=cfg.gamma, analysis=analysis, max_new_tokens=cfg.max_new_tokens,
-                                        sampling=sampling)
+                                        sampling=sampling, confidence=cfg.confidence)
     texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(res.new_tokens, res.new_mask)]
     body = {"decoder": cfg.decoder, "prompts": list(cfg.prompt), "texts": texts, "stats": res.stats,
             "seconds": res.seconds, "tokens_per_s": res.tokens_per_second}

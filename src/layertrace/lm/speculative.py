@@ -16,9 +16,9 @@ positions (the pending token and the drafts). The output is the full model's:
 KV reuse. The verify pass does not re-run blocks 1..k: the draft already ran them on the pending
 token and the drafts (one more single-token step feeds the last draft), left their keys / values in
 the cache and its layer-k hidden states are kept; the verify pass runs blocks k+1..L on those
-``gamma + 1`` hidden states only. One ``embed`` over the window serves the verify pass's masks and
-the first draft step (see the loop). Blocks 1..k cost ``gamma + 1`` single-token steps per round and
-blocks k+1..L one (gamma + 1)-token step.
+``gamma + 1`` hidden states only, with the masks of one ``embed`` over the window made before the
+draft (the adapter's decode path makes an embed cheap). Blocks 1..k cost ``gamma + 1`` single-token
+steps per round and blocks k+1..L one (gamma + 1)-token step.
 
 Batching: padding, not per-row cache lengths. All rows share one rectangular cache (one HF
 ``DynamicCache``). After verification a row that accepted fewer tokens than the batch's longest keeps
@@ -72,14 +72,14 @@ def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: 
     a readout (final norm + LM head) on one token costs ``readout_cost``; one ``adapter.embed`` call
     ``embed_cost`` (the discovery adapter's decode path, :class:`~layertrace.models.hf_auto.DecodeStep`:
     about 0.2 blocks on the 6 x 128 demo LM; a replayed embed costs about 2-3). Full decoding pays
-    ``embed_cost + n_layers + readout_cost`` per token; a round pays ``(gamma + 1) * embed_cost`` (the
-    window embed + one per later draft step) + ``(gamma + 1) * k`` (draft steps, the first over the
-    window, the last feeding the last draft) + ``gamma * readout_cost`` (draft readouts) +
+    ``embed_cost + n_layers + readout_cost`` per token; a round pays ``(gamma + 2) * embed_cost`` (the
+    verify window + one per draft step) + ``(gamma + 1) * k`` (single-token draft steps, the last
+    feeding the last draft) + ``gamma * readout_cost`` (draft readouts) +
     ``(n_layers - k + readout_cost) * (1 + position_cost * gamma)`` (the verify pass over gamma + 1 positions).
     """
     k, g, L = int(draft_layer), int(gamma), int(n_layers)
     wide = 1.0 + position_cost * g
-    round_cost = (g + 1) * (embed_cost + k) + g * readout_cost + (L - k + readout_cost) * wide
+    round_cost = (g + 2) * embed_cost + (g + 1) * k + g * readout_cost + (L - k + readout_cost) * wide
     return expected_tokens_per_round(acceptance, g) * (embed_cost + L + readout_cost) / round_cost
 
 
@@ -191,6 +191,7 @@ def self_speculative_generate(
     sampling: SamplingConfig | None = None,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
+    confidence: float = 0.0,
 ) -> GenerationResult:
     """Decode with self-speculation: draft with blocks 1..k + the shared readout, verify with all L.
 
@@ -206,6 +207,9 @@ def self_speculative_generate(
         max_new_tokens, sampling, eos_token_id, pad_token_id: as for ``generate``. Greedy output is
             full greedy decoding's; sampled output has full sampling's distribution (not its random
             stream: the draws differ).
+        confidence: stop a round's drafting early when no row's draft token has a (filtered)
+            probability >= this under the draft readout (0 = always draft ``gamma``). Lossless either
+            way: the decision depends on the draft only.
 
     Returns:
         :class:`GenerationResult`; ``stats`` holds ``draft_layer``, ``gamma``, ``rounds``,
@@ -267,12 +271,11 @@ def self_speculative_generate(
         g_now = max(g_now, 0)
         past = mask.shape[1]
         wide_mask = torch.cat([mask, mask.new_ones(b, g_now + 1)], dim=1)
-        # One embed over the whole window (the pending token, then placeholders where the drafts go)
-        # gives the verify pass's masks and positions for blocks k+1..L, whose cache still holds `past`
-        # tokens (embed derives them from the cache length, which the draft changes). The same state
-        # is the first draft step: blocks 1..k on the window, of which position 0 (the pending token)
-        # is exact by causality; the placeholders' keys / values are cropped from layers 1..k. That
-        # saves one embed per round, which costs several blocks with the discovery adapter.
+        # The verify pass's state (masks and positions of the window: the pending token, then the
+        # drafts) is embedded first, while every layer's cache still holds `past` tokens (embed reads
+        # the cache length, which the draft steps change); its layer-0 hidden is replaced below.
+        # Each draft step, the first included, embeds one token: with the adapter's decode path an
+        # embed costs ~0.2 block, less than running blocks 1..k over the whole window.
         verify = adapter.embed({"input_ids": pending[:, None].expand(b, g_now + 1), "attention_mask": wide_mask,
                                 "past_key_values": cache})
         hidden_k: list[Tensor] = []
@@ -280,29 +283,37 @@ def self_speculative_generate(
         draft_probs: list[Tensor] = []
         token = pending
         for j in range(g_now + 1):
-            st = verify if j == 0 else adapter.embed({
+            st = adapter.embed({
                 "input_ids": token[:, None], "attention_mask": wide_mask[:, :past + j + 1], "past_key_values": cache})
             for layer in range(1, k + 1):
                 st = adapter.block(layer, st)
-            if j == 0 and g_now:
-                for layer_cache in cache.layers[:k]:
-                    layer_cache.crop(-g_now)
-            hidden_k.append(st.hidden[:, j] if j == 0 else st.hidden[:, -1])
+            hidden_k.append(st.hidden[:, -1])
             if j == g_now:
                 break
             logits = adapter.readout(hidden_k[-1]).float()
             if sampling.do_sample:
                 q = _probs(logits, sampling)
                 token = _draw(q, generator)
-                draft_probs.append(q)
+                confident = q.max(-1).values >= confidence if confidence > 0 else None
             else:
                 token = logits.argmax(-1)
+                confident = torch.softmax(logits, -1).max(-1).values >= confidence if confidence > 0 else None
+            if confident is not None and not bool(confident.any()):
+                # no row's draft is confident: stop drafting (this draft is dropped; hidden_k already
+                # holds the last kept draft's layer-k state, so the verify pass gets g_eff + 1 positions)
+                break
+            if sampling.do_sample:
+                draft_probs.append(q)
             draft_tokens.append(token)
+        g_win, g_now = g_now, len(draft_tokens)  # the verify window was embedded for g_win + 1 positions
         blocks_run += (g_now + 1) * k * b + (n_layers - k) * b
-        st = verify.replace(torch.stack(hidden_k, dim=1))
+        # positions past g_now (a draft stopped early) are filler: causal attention keeps them out of
+        # the kept positions, their logits are not read and their cache entries are cropped below
+        hidden = torch.stack(hidden_k + hidden_k[-1:] * (g_win - g_now), dim=1)
+        st = verify.replace(hidden)
         for layer in range(k + 1, n_layers + 1):
             st = adapter.block(layer, st)
-        full_logits = adapter.readout(st.hidden).float()  # (b, g_now + 1, V)
+        full_logits = adapter.readout(st.hidden[:, :g_now + 1]).float()  # (b, g_now + 1, V)
         drafts = torch.stack(draft_tokens, dim=1) if draft_tokens else pending.new_zeros(b, 0)
         if sampling.do_sample:
             p = _probs(full_logits, sampling)
@@ -340,14 +351,15 @@ def self_speculative_generate(
         out[rows[:, None].expand_as(dest), dest.clamp(max=width)] = emitted
         count[rows] += n_ok + 1
         pending = emitted[torch.arange(b, device=device), n_ok]
-        # the cache holds pending + drafts (g_now + 1 positions) at every layer; a row keeps 0..n_ok
-        # (the pending token and its accepted drafts), rejected ones become holes; crop past the longest
-        mask = torch.cat([mask, keep_tok.long()], dim=1)
+        # the cache holds pending + drafts (g_now + 1 positions; g_win + 1 in blocks k+1..L); a row
+        # keeps 0..n_ok (the pending token and its accepted drafts), rejected ones become holes; every
+        # layer is cropped past the longest kept prefix
         longest = int(n_ok.max()) + 1
-        cut = (g_now + 1) - longest
-        if cut:
-            cache.crop(-cut)
-            mask = mask[:, :-cut]
+        mask = torch.cat([mask, keep_tok[:, :longest].long()], dim=1)
+        for layer_cache in cache.layers:
+            extra = layer_cache.get_seq_length() - (past + longest)
+            if extra:
+                layer_cache.crop(-extra)
     seconds = time.perf_counter() - start
 
     tokens = out[:, :max_new_tokens].clone()
@@ -388,7 +400,8 @@ def _hf_early_exit(model: Any, ids: Tensor, mask: Tensor, k: int, max_new_tokens
 @torch.no_grad()
 def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = None, gamma: int | None = None,
                      analysis: Any = None, tau: float = 0.4, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3,
-                     max_new_tokens: int = 32, eos_token_id: int | None = None, hf: bool = True) -> dict[str, Any]:
+                     max_new_tokens: int = 32, eos_token_id: int | None = None, hf: bool = True,
+                     confidence: float = 0.0) -> dict[str, Any]:
     """Greedy decoding side by side: full, self-speculative (ours), CALM-style early exit (ours, ``tau``)
     and, at batch 1, HF ``generate(..., assistant_early_exit=k)`` with the same k.
 
@@ -436,7 +449,8 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
     for batch in batch_sizes:
         decoders: dict[str, Any] = {
             "full": lambda i, m: generate(adapter, i, m, **common),
-            "self-speculative": lambda i, m: self_speculative_generate(adapter, i, m, draft_layer=k, gamma=g, **common),
+            "self-speculative": lambda i, m: self_speculative_generate(adapter, i, m, draft_layer=k, gamma=g,
+                                                                     confidence=confidence, **common),
             "calm": lambda i, m: early_exit_generate(adapter, i, m, tau=tau, **common),
         }
         if hf and hf_error is None and batch == 1:
