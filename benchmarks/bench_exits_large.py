@@ -12,9 +12,9 @@ the logits back.
 - BERT-base shape: 12 x 768, 12 heads, 128 tokens (HF BertForSequenceClassification).
 
 Full model = the faster of the model's own forward and the adapter's block-by-block forward,
-interleaved with the executor on the same batch (``measure_speedups``), medians over repeats, one
-torch thread, CPU time of this thread (``--clock cpu``, the default here: the machine is shared) or
-wall time.
+interleaved with the executor on the same batch in rounds (``measure_speedups``: paired medians of
+per-round ratios), one torch thread, CPU time of this thread (``--clock cpu``, the default here: the
+machine is shared) or wall time.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_exits_large.py --batch-sizes 1,64 --repeats 3 \
         --out benchmarks/results/exits_large.md
@@ -83,8 +83,8 @@ def run(args) -> str:
     lines = ["# Early exit at realistic size: DeiT-S- and BERT-base-shaped models (executor overhead)", "",
              f"Command: `python benchmarks/bench_exits_large.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: 2-core CPU, no GPU (x86_64), torch {torch.__version__}, {torch.get_num_threads()} torch "
-             f"thread(s), shared with other jobs (load average {os.getloadavg()[0]:.1f} at the start), interleaved "
-             f"medians; Python {platform.python_version()}; date {datetime.date.today()}.  ",
+             f"thread(s), shared with other jobs (load average {os.getloadavg()[0]:.1f} at the start), paired "
+             f"medians over {args.repeats} interleaved rounds; Python {platform.python_version()}; date {datetime.date.today()}.  ",
              f"Clock: `{args.clock}`. Random-init models built from config; exits drawn from fixed histograms "
              "(seeded) and enforced by a benchmark-only policy that still computes the confidence at every layer. "
              "Criterion: measured / layer speed-up >= 0.9.", "",

@@ -74,9 +74,11 @@ def run(args) -> str:
         f"- model: {run_dir} ({adapter.n_layers} layers, d={adapter.hidden_size}, vocab {adapter.num_outputs}, "
         f"{type(loaded.model).__name__}); greedy; {args.prompts} test prompts of {args.prompt_tokens} tokens, "
         f"{args.new_tokens} new tokens ({'eos ignored: every row decodes all of them' if args.no_eos else 'eos stops a row'}); median of {args.repeats} interleaved repeats",
-        f"- draft: k = {res['draft_layer']}, gamma = {res['gamma']} ({c['source']}: acceptance {c['acceptance']:.3f} "
-        f"at layer k from the analysis pass, expected {c['expected_speedup']:.2f}x under the cost model of "
-        f"`choose_draft`); ours stops drafting below draft confidence {args.confidence} (0 = off); HF gets the same "
+        f"- draft: k = {res['draft_layer']}, gamma = {res['gamma']} "
+        + ("(given with --k / --gamma)" if c["source"] == "given" else
+           f"({c['source']}: acceptance {c['acceptance']:.3f} at layer k from the analysis pass, expected "
+           f"{c['expected_speedup']:.2f}x under the cost model of `choose_draft`)")
+        + f"; ours stops drafting below draft confidence {args.confidence} (0 = off); HF gets the same "
         f"k (with its own draft-length schedule and confidence threshold); CALM tau = {res['tau']}",
     ]
     if res["hf_error"]:

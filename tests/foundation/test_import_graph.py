@@ -12,7 +12,7 @@ ROOT = SRC / "layertrace"
 
 # DESIGN.md section 1 (docs/architecture.md draws the same table)
 RANKS = {
-    "errors": 0, "layers": 0, "io": 0, "config": 0,
+    "errors": 0, "layers": 0, "io": 0, "config": 0, "run_folder": 0,
     "data": 1, "metrics": 1, "readout": 1, "trace": 1,
     "models": 2,
     "analysis": 3, "training": 3,

@@ -32,3 +32,20 @@ def test_generic_adapter_example_matches_model():
     with torch.no_grad():
         assert_close(adapter.trace({"x": x}).logits[-1], net(x))
         assert_close(adapter.model_logits({"x": x}), net(x))
+
+
+def test_layer_loop_and_readout_example():
+    blocks = python_blocks()
+    scope: dict = {}
+    exec(next(b for b in blocks if "adapt(model)" in b), scope)
+    with torch.no_grad():
+        exec(next(b for b in blocks if "LayerReadout.of(adapter)" in b), scope)
+    feats, read, adapter, batch = scope["feats"], scope["read"], scope["adapter"], scope["batch"]
+    assert scope["layer"] == 4 and scope["h"].shape == (8, 64)
+    assert [f.shape for f in feats] == [(8, 64), (8, 64)]
+    with torch.no_grad():
+        stacked = read.stacked([2, 4], feats)
+        assert stacked.shape == (2, 8, 10)
+        assert_close(stacked[0], read(2, feats[0]))                            # one call == per-layer calls
+        assert_close(stacked, adapter.trace(batch, layers=[2, 4]).logits)      # == the adapter's own trace
+        assert_close(stacked[1], adapter.model_logits(batch))                  # layer L == the model itself

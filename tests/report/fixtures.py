@@ -100,9 +100,18 @@ def exit_dict(n_layers: int, layer_acc: list[float], n_samples: int = 200, polic
             "params": params or {"shared_head": 100_000, "per_layer_heads": 100_000 + (n_layers - 1) * 650}}
 
 
-def metrics_rows(steps: int, final_loss: float) -> list[dict]:
-    return [{"step": s, "loss": float(2.3 * np.exp(-s / (steps / 3)) + final_loss), "lr": 1e-3}
-            for s in range(0, steps, 5)] + [{"step": steps, "val_accuracy": 0.8, "epoch": 1}]
+def metrics_rows(steps: int, final_loss: float, accuracy: list[float] | None = None) -> list[dict]:
+    """Training rows, then the layer-wise ``eval`` records the training loop writes (training/loop.py:
+    every ``eval_every`` steps and once at the end, ``final``), with accuracy rising to ``accuracy``."""
+    rows = [{"step": s, "loss": float(2.3 * np.exp(-s / (steps / 3)) + final_loss), "lr": 1e-3}
+            for s in range(0, steps, 5)]
+    final = accuracy or [0.1, 0.5, 0.8]
+    for s in (steps // 3, 2 * steps // 3, steps):
+        acc = [a * (0.6 + 0.4 * s / steps) for a in final]
+        row = {"step": s, "eval": {"layers": list(range(len(final))), "accuracy": acc,
+                                   "loss": [float(-np.log(max(a, 1e-3))) for a in acc], "n": 200}}
+        rows.append({**row, "final": True} if s == steps else row)
+    return rows
 
 
 def write_run(root: Path, name: str, n_layers: int, accuracy: list[float], cos: list[float], cka: list[float],
@@ -121,7 +130,7 @@ def write_run(root: Path, name: str, n_layers: int, accuracy: list[float], cos: 
             ex["readout"] = "shared"
         (d / "exit.json").write_text(json.dumps(ex))
     with open(d / "metrics.jsonl", "w") as fh:
-        for row in metrics_rows(60, 0.3 + 0.1 * seed):
+        for row in metrics_rows(60, 0.3 + 0.1 * seed, accuracy):
             fh.write(json.dumps(row) + "\n")
         fh.write('{"step": 61, "loss": 0.')  # a torn last line, as an interrupted run leaves
     (d / "train_summary.json").write_text(json.dumps({"steps": 60, "seconds": 12.5}))

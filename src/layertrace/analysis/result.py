@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import run_folder
 from ..errors import LayertraceError
 from ..io import read_json, read_json_dict, reading, write_json, write_npz
 
-JSON_NAME = "analysis.json"
-SAMPLES_NAME = "analysis_samples.npz"
+JSON_NAME = run_folder.ANALYSIS
+SAMPLES_NAME = run_folder.ANALYSIS_SAMPLES
 SCHEMA_VERSION = 1
 
 # Keys whose JSON lists become float64 numpy arrays (null -> NaN) when read back.

@@ -20,15 +20,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .. import run_folder
 from ..config import save_config
 from ..errors import LayertraceError
 from ..io import check_out_dir, result_set
-from .config import AnalyzeConfig
+from .config import AnalyzeConfig, analysis_options
 from .core import analyze
 from .dist import DistContext, init_from_env, shutdown
 from .result import JSON_NAME, SAMPLES_NAME, AnalysisResult
 
-CONFIG_FILE = "analyze-config.yaml"  # not config.yaml: a training run folder keeps its own
+CONFIG_FILE = run_folder.ANALYSIS_CONFIG  # not config.yaml: a training run folder keeps its own
 OWNED = (JSON_NAME, SAMPLES_NAME, CONFIG_FILE)  # what a re-run replaces (stale ones removed)
 
 
@@ -138,21 +139,13 @@ class _TokenBlocks:
 
 
 def _lm_batches(cfg: AnalyzeConfig, loaded, block: int) -> _TokenBlocks:
-    """Text corpus -> token stream (documents joined by blank lines) -> blocks of ``block`` tokens."""
-    from ..data import chunk_tokens, load_text_corpus
+    """Text corpus -> blocks of ``block`` tokens (:func:`layertrace.data.token_blocks`: documents joined by eos)."""
+    from ..data import load_text_corpus, token_blocks
 
     if loaded.tokenizer is None:
         raise LayertraceError(f"causal LM {cfg.model!r} has no tokenizer; analyse a run folder that saved one")
     docs = load_text_corpus(cfg.data_root or cfg.data, cfg.split, seed=cfg.seed, **cfg.loader_kwargs)
-    ids: list[int] = []
-    need = None if cfg.limit is None else cfg.limit * block
-    for doc in docs:
-        ids.extend(loaded.tokenizer(doc + "\n\n")["input_ids"])
-        if need is not None and len(ids) >= need:
-            break
-    blocks = chunk_tokens(np.asarray(ids, dtype=np.int64), block)
-    if cfg.limit is not None:
-        blocks = blocks[: cfg.limit]
+    blocks = token_blocks(loaded.tokenizer, docs, block, max_blocks=cfg.limit)
     if len(blocks) == 0:
         raise LayertraceError(f"corpus {cfg.data!r} split {cfg.split!r} gives no block of {block} tokens; "
                               f"lower --max_length or use a larger split")
@@ -177,17 +170,8 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
         loaded, batches, dataset = load_for_analysis(cfg)
         model = loaded.adapter.to(device)
         precision = resolve_precision(cfg.precision, device)
-        result = analyze(
-            model, batches, model_name=loaded.name or cfg.model, data_name=cfg.data,
-            layers=cfg.layers, similarity=cfg.similarity, center=cfg.center, cka=cfg.cka, cache=cfg.cache,
-            cache_ram_gb=cfg.cache_ram_gb, cache_dir=cfg.cache_dir, rbf_cka=cfg.rbf_cka,
-            procrustes=cfg.procrustes, extra_max_samples=cfg.extra_max_samples, theory=cfg.theory,
-            epsilons=tuple(cfg.epsilons), tokens_per_sample=cfg.tokens_per_sample, seed=cfg.seed,
-            per_sample=cfg.per_sample, save_logits=cfg.save_logits, precision=precision,
-            progress=cfg.progress, collapse=cfg.collapse, null_permutations=cfg.null_permutations,
-            null_max_samples=cfg.null_max_samples, layer_removal=cfg.layer_removal,
-            layer_removal_samples=cfg.layer_removal_samples,
-        )
+        result = analyze(model, batches, model_name=loaded.name or cfg.model, data_name=cfg.data,
+                         **analysis_options(cfg, precision=precision))
         result.config.update(split=cfg.split, limit=cfg.limit, shift=cfg.shift, shift_seed=cfg.shift_seed,
                              device=str(device), batch_size=cfg.batch_size,
                              model_source=getattr(loaded, "source", None))

@@ -4,7 +4,7 @@
 
 Early-exit sweep of a classifier: simulated over cached per-layer readouts (accuracy, the paper's
 layer-count speed-up, exit histogram, expected FLOPs, Pareto flags, oracle) and measured with the
-runtime executor (wall-clock speed-up at ``--batch_size`` and at batch 1). A run folder with
+runtime executor (measured speed-up at ``--batch_size`` and at batch 1). A run folder with
 ``heads.safetensors`` (multi-head training) is read through its per-layer heads. Writes ``exit.json``
 (schema: docs/exits.md) and the resolved ``config.yaml`` into ``--out``. With ``--compare`` it
 evaluates several runs under the same protocol (standard vs aligned vs per-layer heads: the

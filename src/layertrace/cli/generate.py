@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .. import run_folder
 from ..config import add_config_args, config_from_args
 from ..errors import LayertraceError
 
@@ -87,7 +88,7 @@ def generate_from_config(cfg: GenerateConfig) -> dict:
     else:
         analysis = cfg.analysis
         if analysis is None and cfg.draft_layer is None or analysis is None and cfg.gamma is None:
-            found = Path(cfg.model) / "analysis.json"
+            found = Path(cfg.model) / run_folder.ANALYSIS
             analysis = str(found) if found.is_file() else None
         res = self_speculative_generate(adapter, enc["input_ids"], enc["attention_mask"], draft_layer=cfg.draft_layer,
                                         gamma=cfg.gamma, analysis=analysis, max_new_tokens=cfg.max_new_tokens,

@@ -41,10 +41,9 @@ def drop_model_results(folder: Path) -> list[str]:
 
 
 def _is_run(folder: Path) -> bool:
-    from ..training.run import SUMMARY_FILE
+    from .. import run_folder
 
-    return ((folder / SUMMARY_FILE).is_file() or (folder / "checkpoints").is_dir()
-            or (folder / "model" / "config.json").is_file())
+    return run_folder.has_training_state(folder) or (folder / run_folder.MODEL_DIR / "config.json").is_file()
 
 
 def _is_export(folder: Path) -> bool:

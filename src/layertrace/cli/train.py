@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.config import TrainConfig
-    from ..training.run import SUMMARY_FILE, train_from_config
+    from .. import run_folder
+    from ..training.run import train_from_config
 
     from .outputs import claim_out, drop_model_results
 
@@ -41,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not cfg.train.resume:
             raise LayertraceError("--resume contradicts --train.resume false; drop one of them")
-        if not ((out / "checkpoints" / "latest.json").is_file() or (out / SUMMARY_FILE).is_file()):
+        if not ((out / "checkpoints" / "latest.json").is_file() or run_folder.is_trained(out)):
             raise LayertraceError(f"--resume: {out} holds no checkpoint to continue from; drop --resume to start a run")
-    has_run = (out / SUMMARY_FILE).is_file() or (out / "checkpoints").is_dir()
+    has_run = run_folder.has_training_state(out)
     if out.is_dir() and (args.force or (has_run and not cfg.train.resume)):
         gone = drop_model_results(out)  # they describe the model this run replaces
         if gone:

@@ -135,3 +135,42 @@ def chunk_tokens(token_ids: Iterable[int] | np.ndarray, block_size: int) -> np.n
         )
     n_blocks = len(ids) // block_size
     return ids[: n_blocks * block_size].astype(np.int64).reshape(n_blocks, block_size)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without the tokenizer's own special tokens (no BOS per document)."""
+    try:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    except TypeError:  # a plain callable ``text -> {"input_ids"}`` adds no special tokens anyway
+        return tokenizer(text)["input_ids"]
+
+
+def token_blocks(tokenizer, documents: Iterable[str], block_size: int, max_blocks: int | None = None) -> np.ndarray:
+    """The one corpus -> token-block builder (causal-LM training, analysis and the LM demo track).
+
+    Each document is encoded on its own (``add_special_tokens=False``) and followed by the
+    tokenizer's end-of-sequence token, the layout GPT-2 was trained with and the one the LM track's
+    numbers depend on; a tokenizer without one separates documents by a blank line (``"\\n\\n"``
+    appended to the document). The stream is cut by :func:`chunk_tokens`.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (``__call__`` with ``add_special_tokens``, ``eos_token_id``).
+        documents: the texts, in order.
+        block_size: tokens per block.
+        max_blocks: stop reading documents once this many blocks (plus one) are filled; ``None``: all.
+    Returns:
+        int64 ``(n_blocks, block_size)``, ``n_blocks <= max_blocks``.
+    """
+    eos = getattr(tokenizer, "eos_token_id", None)
+    stream: list[int] = []
+    need = None if max_blocks is None else block_size * (int(max_blocks) + 1)
+    for doc in documents:
+        if eos is not None:
+            stream.extend(_encode(tokenizer, doc))
+            stream.append(int(eos))
+        else:
+            stream.extend(_encode(tokenizer, doc + "\n\n"))
+        if need is not None and len(stream) >= need:
+            break
+    blocks = chunk_tokens(np.asarray(stream, dtype=np.int64), block_size)
+    return blocks if max_blocks is None else blocks[: int(max_blocks)]

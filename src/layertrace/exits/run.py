@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .. import run_folder
 from ..errors import LayertraceError
 from ..io import check_out_dir, reading, result_set
 from ..models.base import Adapter
@@ -34,13 +35,13 @@ from .executor import Readout, layer_logits, readout_layers
 from .policies import default_thresholds, get_policy
 from .simulate import ExitSweep, sweep
 
-EXIT_FILE = "exit.json"
+EXIT_FILE = run_folder.EXIT
 COMPARISON_FILE = "comparison.json"
-CONFIG_FILE = "exit-config.yaml"  # not config.yaml: a training run folder keeps its own
+CONFIG_FILE = run_folder.EXIT_CONFIG  # not config.yaml: a training run folder keeps its own
 SCHEMA = "layertrace-exit-1"
 COMPARISON_MD = "comparison.md"
 OWNED = (EXIT_FILE, COMPARISON_FILE, COMPARISON_MD, CONFIG_FILE)  # what a re-run replaces (stale ones removed)
-HEADS_FILE = "heads.safetensors"
+HEADS_FILE = run_folder.HEADS
 
 
 @dataclass
@@ -348,22 +349,8 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
 
 # ----------------------------------------------------------------------------- comparison
 def _run_mode(spec: str) -> str:
-    """Training mode of a run folder (train_summary.json, else config.yaml), else ``"model"``."""
-    from ..io import read_json_dict
-
-    folder = Path(spec)
-    if (folder / "train_summary.json").is_file():
-        mode = read_json_dict(folder / "train_summary.json").get("mode")
-        if mode:
-            return str(mode)
-    if (folder / "config.yaml").is_file():
-        from ..config import read_yaml
-
-        data = read_yaml(folder / "config.yaml")
-        mode = (data.get("train") or {}).get("mode") if isinstance(data.get("train"), dict) else data.get("mode")
-        if mode:
-            return str(mode)
-    return "model"
+    """Training mode of a run folder (:func:`layertrace.run_folder.training_mode`), else ``"model"``."""
+    return run_folder.training_mode(spec) or "model"
 
 
 def select_point(points: Sequence[dict], full_accuracy: float, target: Mapping[str, float]) -> int:
@@ -518,7 +505,7 @@ def sweep_analysis(path: str | Path, policy: str = "confidence", thresholds: Seq
         :class:`ExitSweep` over the traced layers >= 1 (layer L is always traced).
     """
     p = Path(path)
-    npz = p / "analysis_samples.npz" if p.is_dir() else p
+    npz = p / run_folder.ANALYSIS_SAMPLES if p.is_dir() else p
     if not npz.is_file():
         raise LayertraceError(f"{npz}: no analysis_samples.npz; run `layertrace analyze ... --out DIR` first")
     with reading(npz, f"re-run `layertrace analyze ... --out {npz.parent}`", what="per-sample arrays"), \

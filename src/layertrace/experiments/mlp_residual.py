@@ -29,9 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import run_folder
 from ..errors import LayertraceError
 
 DATA_SHORT = {"mnist-5k": "mnist", "mnist": "mnist", "fashion-mnist": "fmnist"}
@@ -128,10 +130,10 @@ def is_finished(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path) -
 def _is_finished(run_dir: Path, resolved: dict) -> bool:
     import yaml
 
-    if not (run_dir / "analysis.json").is_file() or not (run_dir / "config.yaml").is_file():
+    if not (run_dir / run_folder.ANALYSIS).is_file() or not (run_dir / run_folder.CONFIG).is_file():
         return False
     try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text()) == resolved
+        return yaml.safe_load((run_dir / run_folder.CONFIG).read_text()) == resolved
     except yaml.YAMLError:
         return False
 
@@ -171,6 +173,12 @@ def train_mlp(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     rows = []
     step = 0
+    # a few layer-wise evaluations on 256 test samples (the report's validation curve; no RNG drawn)
+    from ..training.evaluate import evaluate_layerwise
+
+    eval_batches = list(make_batches(test.subset(np.arange(min(256, len(test)))), 256, shuffle=False,
+                                     image_mean=mean, image_std=std))
+    eval_every = max(1, total // 4)
     model.train()
     while step < total:
         batches.set_epoch(step // steps_per_epoch)
@@ -186,6 +194,9 @@ def train_mlp(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path,
             step += 1
             if step % 10 == 0 or step == total:
                 rows.append({"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0]})
+            if step % eval_every == 0 or step == total:
+                ev = evaluate_layerwise(mlp_adapter(model), eval_batches).to_dict()
+                rows.append({"step": step, "eval": ev, **({"final": True} if step == total else {})})
     train_seconds = time.perf_counter() - t0
     model.eval()
 
@@ -193,18 +204,18 @@ def train_mlp(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path,
 
     with atomic_path(run_dir / "model" / "model.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    with atomic_path(run_dir / "metrics.jsonl") as tmp:
+    with atomic_path(run_dir / run_folder.METRICS) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     result = _analyze(model, test, mean, std, cfg)
     result.save(run_dir)
-    write_json(run_dir / "train_summary.json", {
+    write_json(run_dir / run_folder.TRAIN_SUMMARY, {
         "mode": resolved["mode"], "steps": total, "train_seconds": train_seconds,
         "n_params": sum(p.numel() for p in model.parameters()), "train_samples": len(train),
         "test_samples": len(test), "final_accuracy": float(result.accuracy[-1]),
     })
     # config.yaml last: its presence with analysis.json marks the run finished.
-    with atomic_path(run_dir / "config.yaml") as tmp:
+    with atomic_path(run_dir / run_folder.CONFIG) as tmp:
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
     log(f"{run_dir.name}: trained {total} steps in {train_seconds:.1f}s, final accuracy "
         f"{float(result.accuracy[-1]):.3f}")

@@ -434,6 +434,7 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
                               source="analysis" if analysis is not None else "prompts")
     else:
         choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
+        choice.acceptance, choice.expected_speedup = float("nan"), float("nan")
     k, g = choice.draft_layer, choice.gamma
     greedy = SamplingConfig("greedy")
     common = dict(max_new_tokens=max_new_tokens, sampling=greedy, eos_token_id=eos_token_id)

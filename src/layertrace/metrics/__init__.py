@@ -30,14 +30,8 @@ from .calibration import (
     linear_cka_null,
     seeded_permutations,
 )
-from .cka import (
-    MinibatchCKA,
-    StreamingLinearCKA,
-    linear_cka_matrix,
-    minibatch_cka_matrix,
-    rbf_cka_matrix,
-    unbiased_hsic_matrix,
-)
+from .cka import StreamingLinearCKA, linear_cka_matrix, unbiased_hsic_matrix
+from .cka_minibatch import MinibatchCKA, minibatch_cka_matrix
 from .cos import (
     CENTERS,
     CosAccumulator,
@@ -52,6 +46,7 @@ from .cos import (
 )
 from .knn import mutual_knn_matrix
 from .procrustes import procrustes_similarity_matrix
+from .rbf_cka import rbf_cka_matrix
 from .registry import METRIC_INFO, METRICS, MetricInfo, get_metric, metric_names
 
 __all__ = [

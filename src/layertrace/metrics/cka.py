@@ -1,4 +1,7 @@
-"""Centered kernel alignment (CKA) for every pair of layers: exact, minibatch, streaming and RBF.
+"""Centered kernel alignment (CKA) for every pair of layers: exact, the unbiased HSIC, streaming.
+
+:class:`MinibatchCKA` lives in :mod:`.cka_minibatch`, :func:`rbf_cka_matrix` in :mod:`.rbf_cka`; the
+shared helpers (centring, Gram inner products, precision) are here.
 
 Linear CKA (Kornblith et al. 2019) of column-centred X, Y (n, d)::
 
@@ -41,7 +44,7 @@ other layer and 1 with itself.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +59,6 @@ from ._input import (
     layer_means,
     warn_degenerate,
 )
-from .permutations import calibrate_scores, check_permutations, draw_permutations
 
 SPACES = ("auto", "feature", "sample")
 PRECISIONS = ("auto", "float64", "float32")
@@ -319,192 +321,6 @@ class PermutedGrams:
         return 2.0 * inner_products(self.upper, moved) + inner_products(self.diag, self.diag[:, perm])
 
 
-def _null_hsic(xc: torch.Tensor, perms: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Unbiased HSIC_1(K_l, K_m permuted) of one centred batch (L, b, d) for K row permutations (K, b).
-
-    Entry [k, l, m] is HSIC_1 between layer l and layer m with its samples reordered by ``perms[k]``
-    (``U(P K P^T) = P U(K) P^T``: the Gram stack is computed once and only gathered per permutation).
-    Returns (K, L, L) float64; only the upper triangle l < m is the null of pair (l, m).
-    """
-    n_layers, b, _ = xc.shape
-    x = xc.to(dtype)
-    grams = x @ x.transpose(1, 2)  # (L, b, b), held once per batch
-    grams.diagonal(dim1=1, dim2=2).zero_()  # K~
-    sq = xc.pow(2).sum(dim=2)
-    k_one = torch.einsum("lbd,ld->lb", xc, xc.sum(dim=1)) - sq  # K~ 1 (float64)
-    k_total = k_one.sum(dim=1)
-    permuted = PermutedGrams(grams)
-    out = torch.empty(len(perms), n_layers, n_layers, dtype=torch.float64, device=xc.device)
-    perms = perms.to(xc.device)
-    for k, perm in enumerate(perms):
-        out[k] = permuted.products(perm) + torch.outer(k_total, k_total) / ((b - 1) * (b - 2)) \
-            - 2.0 * (k_one @ k_one[:, perm].T) / (b - 2)
-    return out / (b * (b - 3))
-
-
-class MinibatchCKA:
-    """Minibatch linear CKA (Nguyen et al. 2021) for all layer pairs, accumulated batch by batch.
-
-    ``update(batch (L, b, d))`` adds the unbiased HSIC_1 (Song et al. 2012) of every layer pair of
-    the batch; ``compute() -> (L, L)``. Memory O(L^2) plus one (L, 256, b) Gram block, independent
-    of the number of samples; the cost per batch is the upper block triangle of the Gram products
-    (L b^2 d / 2) plus their flattened inner products (L^2 b^2 / 2), or the feature-space form when
-    that needs fewer multiply-adds (batches much larger than the width).
-
-    Args:
-        n_layers: L.
-        space: ``"auto"`` | ``"sample"`` | ``"feature"`` (same values, different cost).
-        precision: dtype of the large products: ``"auto"`` (float32 when a batch needs at least
-            FLOAT32_MIN_MACS multiply-adds), ``"float64"`` or ``"float32"``. Centring, the small
-            terms and every sum are float64 either way.
-        null_permutations: K > 0 also accumulates a permutation null (see :meth:`calibrated`):
-            per batch, K seeded within-batch row permutations of each later layer of a pair, so the
-            null is streamed like the estimate itself (memory: one (L, b, b) Gram stack per batch).
-        seed: seeds the null's permutations (one generator, drawn batch after batch), or pass
-            ``permutations=`` to :meth:`update`.
-
-    Values are symmetric, in [-1, 1] (Cauchy-Schwarz: the estimator is an inner product of U-centred
-    Gram matrices), diagonal 1. Summed cross terms may be negative for unrelated layers and are kept
-    (no NaN: self terms are >= 0; a layer whose self term is 0 is degenerate and gets 0).
-
-    The state is sums only (``state_dict``), so processes can all-reduce every entry with SUM, or
-    :meth:`merge` two accumulators; merging equals one pass over the union of the batches.
-    """
-
-    def __init__(self, n_layers: int, *, space: str = "auto", precision: str = "auto",
-                 null_permutations: int = 0, seed: int = 0):
-        self.n_layers = int(n_layers)
-        self.space = _check_space(space)
-        self.precision = _check_precision(precision)
-        self.hsic = torch.zeros(self.n_layers, self.n_layers, dtype=torch.float64)
-        self.raw_sq = torch.zeros(self.n_layers, dtype=torch.float64)
-        self.centred_sq = torch.zeros(self.n_layers, dtype=torch.float64)
-        self.n_batches = 0
-        self.n_samples = 0
-        if int(null_permutations) < 0:
-            raise LayertraceError(f"MinibatchCKA: null_permutations={null_permutations} must be >= 0")
-        self.null_permutations = int(null_permutations)
-        self.null_hsic = torch.zeros(self.null_permutations, self.n_layers, self.n_layers, dtype=torch.float64)
-        self._generator = torch.Generator().manual_seed(int(seed))
-
-    def update(self, batch_features: Any, permutations: Any = None) -> "MinibatchCKA":
-        """Add one batch (L, b, d), b >= 4 (torch or numpy, any float dtype, any device).
-
-        ``permutations``: (K, b) row permutations for the null (default: drawn from the seeded
-        generator, ``torch.randperm(b)`` K times); only with ``null_permutations=K``.
-        """
-        x = as_features(batch_features, name="batch_features")
-        check_layer_count(x, self.n_layers, "MinibatchCKA.update")
-        b = x.shape[1]
-        if b < 4:
-            raise LayertraceError(
-                f"MinibatchCKA.update: batch of {b} samples; the unbiased HSIC needs at least 4 "
-                f"(use a larger batch or fold the last small batch into the previous one)"
-            )
-        xc = fresh_float64(x)  # centred in place (mixed-dtype arithmetic is much slower than a copy first)
-        mean = xc.mean(dim=1, keepdim=True)
-        xc -= mean
-        centred_sq = torch.linalg.vector_norm(xc, dim=(1, 2)).square()
-        self.raw_sq += (centred_sq + b * mean.square().sum(dim=(1, 2))).cpu()
-        self.centred_sq += centred_sq.cpu()
-        self.hsic += _unbiased_hsic(xc, self.space, self.precision).cpu()
-        if self.null_permutations:
-            if permutations is None:
-                perms = draw_permutations(b, self.null_permutations, self._generator)
-            else:
-                perms = check_permutations(permutations, b, self.null_permutations, "MinibatchCKA.update")
-            dtype = _multiply_dtype(self.precision, self.n_layers * b * b * x.shape[2])
-            self.null_hsic += _null_hsic(xc, perms, dtype).cpu()
-        elif permutations is not None:
-            raise LayertraceError("MinibatchCKA.update: permutations given but the accumulator was built with "
-                                  "null_permutations=0; pass null_permutations=K")
-        self.n_batches += 1
-        self.n_samples += b
-        return self
-
-    def compute(self) -> np.ndarray:
-        """(L, L) float64 minibatch CKA over all batches so far."""
-        if self.n_batches == 0:
-            raise LayertraceError("MinibatchCKA.compute: no batch was added; call update() first")
-        degenerate = degenerate_layers(self.centred_sq, self.raw_sq)
-        warn_degenerate("MinibatchCKA", degenerate, "are constant within every batch")
-        return finish_similarity(self.hsic, degenerate, -1.0, 1.0)
-
-    def null(self) -> np.ndarray:
-        """(K, L, L) float64: minibatch CKA of every pair under each of the K streamed permutations
-        (pair (l, m), l < m, permutes layer m; the lower triangle mirrors it, the diagonal is 1)."""
-        if not self.null_permutations:
-            raise LayertraceError("MinibatchCKA.null: built with null_permutations=0; pass null_permutations=K")
-        if self.n_batches == 0:
-            raise LayertraceError("MinibatchCKA.null: no batch was added; call update() first")
-        degenerate = degenerate_layers(self.centred_sq, self.raw_sq)
-        diag = torch.diagonal(self.hsic)
-        upper = torch.triu(self.null_hsic, diagonal=1)
-        sums = upper + upper.transpose(1, 2) + torch.diag_embed(diag.expand(self.null_permutations, -1))
-        return np.stack([finish_similarity(s, degenerate, -1.0, 1.0) for s in sums])
-
-    def calibrated(self, alpha: float = 0.05) -> dict[str, Any]:
-        """Permutation-calibrated minibatch CKA: :func:`~layertrace.metrics.calibrate_scores` of
-        :meth:`compute` against :meth:`null` (keys ``score``, ``calibrated``, ``tau``, ``p_value``, ...)."""
-        return calibrate_scores(self.compute(), self.null(), alpha=alpha)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain-numpy state; every numeric entry is a sum (all-reduce with SUM works)."""
-        return {
-            "n_layers": self.n_layers,
-            "hsic": self.hsic.numpy().copy(),
-            "raw_sq": self.raw_sq.numpy().copy(),
-            "centred_sq": self.centred_sq.numpy().copy(),
-            "n_batches": self.n_batches,
-            "n_samples": self.n_samples,
-            "null_hsic": self.null_hsic.numpy().copy(),
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "MinibatchCKA":
-        null = np.asarray(state.get("null_hsic", np.zeros((0, state["n_layers"], state["n_layers"]))), dtype=np.float64)
-        acc = cls(state["n_layers"], null_permutations=null.shape[0])
-        acc.hsic = torch.as_tensor(np.asarray(state["hsic"], dtype=np.float64)).clone()
-        acc.raw_sq = torch.as_tensor(np.asarray(state["raw_sq"], dtype=np.float64)).clone()
-        acc.centred_sq = torch.as_tensor(np.asarray(state["centred_sq"], dtype=np.float64)).clone()
-        acc.null_hsic = torch.as_tensor(null).clone()
-        acc.n_batches = int(state["n_batches"])
-        acc.n_samples = int(state["n_samples"])
-        return acc
-
-    def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
-        """Add another accumulator's batches (same number of layers and permutations) into this one."""
-        if other.n_layers != self.n_layers or other.null_permutations != self.null_permutations:
-            raise LayertraceError(f"MinibatchCKA.merge: {other.n_layers} layers / {other.null_permutations} "
-                                  f"permutations vs {self.n_layers} / {self.null_permutations}")
-        self.hsic += other.hsic
-        self.raw_sq += other.raw_sq
-        self.centred_sq += other.centred_sq
-        self.null_hsic += other.null_hsic
-        self.n_batches += other.n_batches
-        self.n_samples += other.n_samples
-        return self
-
-
-def minibatch_cka_matrix(features: Any, batch_size: int = 256, *, precision: str = "auto") -> np.ndarray:
-    """Minibatch CKA over consecutive batches of ``batch_size`` samples (see :class:`MinibatchCKA`).
-
-    A last batch under 4 samples is folded into the previous one. (L, L) float64 in [-1, 1].
-    """
-    x = as_features(features, min_samples=4)
-    if batch_size < 4:
-        raise LayertraceError(f"batch_size={batch_size}: the unbiased HSIC needs batches of at least 4 samples")
-    n = x.shape[1]
-    starts = list(range(0, n, batch_size))
-    if n - starts[-1] < 4 and len(starts) > 1:
-        starts.pop()
-    acc = MinibatchCKA(x.shape[0], precision=precision)
-    for i, start in enumerate(starts):
-        stop = starts[i + 1] if i + 1 < len(starts) else n
-        acc.update(x[:, start:stop])
-    return acc.compute()
-
-
 # --------------------------------------------------------------------------- streaming exact linear CKA
 
 
@@ -609,105 +425,3 @@ class StreamingLinearCKA:
         self._add_moments(other.n_samples, other.mean.to(device).clone(),
                           lambda: self.comoment.add_(other.comoment.to(device)))
         return self
-
-
-# --------------------------------------------------------------------------- RBF CKA
-
-
-def _sq_distances(xc: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
-    """Squared Euclidean distances (L, r, n) between samples ``rows`` and all samples, per layer."""
-    d2 = sq[:, rows, None] + sq[:, None, :] - 2.0 * (xc[:, rows] @ xc.transpose(1, 2))
-    d2 = d2.clamp_min_(0.0)
-    idx = torch.arange(rows.start, rows.stop, device=xc.device)
-    d2[:, idx - rows.start, idx] = 0.0
-    return d2
-
-
-def _median_bandwidths(xc: torch.Tensor, sq: torch.Tensor, median_samples: int) -> tuple[np.ndarray, list[int]]:
-    """Per-layer median pairwise Euclidean distance (over i < j; an evenly spaced subset of at most
-    ``median_samples`` samples when n is larger). Returns medians (L,) and layers with no distance."""
-    n_layers, n = xc.shape[0], xc.shape[1]
-    idx = np.unique(np.linspace(0, n - 1, min(n, median_samples)).round().astype(np.int64))
-    sub = xc[:, torch.as_tensor(idx, device=xc.device)]
-    sub_sq = sq[:, torch.as_tensor(idx, device=xc.device)]
-    m = len(idx)
-    iu = torch.triu_indices(m, m, offset=1, device=xc.device)
-    medians, empty = np.zeros(n_layers), []
-    for l in range(n_layers):
-        d2 = _sq_distances(sub[l:l + 1], sub_sq[l:l + 1], slice(0, m))[0]
-        dist = torch.sqrt(d2[iu[0], iu[1]]).cpu().numpy()
-        med = float(np.median(dist))
-        if med == 0.0:  # most samples coincide: fall back to the median of the non-zero distances
-            nonzero = dist[dist > 0]
-            med = float(np.median(nonzero)) if nonzero.size else 0.0
-        if med == 0.0:
-            empty.append(l)
-            med = 1.0
-        medians[l] = med
-    return medians, empty
-
-
-def rbf_cka_matrix(features: Any, sigma: float | Sequence[float] | None = None, *, fraction: float = 0.8,
-                   median_samples: int = 4096) -> np.ndarray:
-    """Gaussian-kernel (RBF) CKA for every pair of layers (Kornblith et al. 2019), biased HSIC.
-
-    ``K_l[i, j] = exp(-|x_i - x_j|^2 / (2 sigma_l^2))``; ``CKA = <HKH, HLH> / (|HKH|_F |HLH|_F)``.
-
-    Args:
-        features: (layers L, samples n, dim d), torch or numpy, any float dtype, CPU or CUDA.
-        sigma: ``None`` (default): per layer, ``fraction`` x the median pairwise distance between
-            samples (over pairs i < j; Kornblith et al.'s code takes the median over the full matrix,
-            diagonal zeros included, which differs by O(1/n)); with n > ``median_samples`` the median
-            is taken over an evenly spaced subset of that many samples. A float: the same absolute
-            bandwidth for every layer; a sequence of L floats: one per layer.
-        fraction: bandwidth as a fraction of the median distance (default 0.8).
-
-    Returns:
-        (L, L) float64 numpy, symmetric, in [0, 1], diagonal 1. With the default (relative)
-        bandwidth: invariant to orthogonal transforms, isotropic scaling and translation of a layer.
-
-    Cost O(L n^2 d) time; memory stays under ~256 MiB by processing blocks of kernel rows (two passes
-    when L n^2 does not fit). Meant for moderate n (a few thousand samples).
-    """
-    x = as_features(features, min_samples=2)
-    n_layers, n, dim = x.shape
-    if fraction <= 0:
-        raise LayertraceError(f"rbf_cka_matrix: fraction={fraction} must be > 0")
-    stacked, centred_sq, raw_sq = _centred_stack(x)
-    xc = stacked.reshape(n, n_layers, dim).permute(1, 0, 2).contiguous()  # (L, n, d), centred
-    del stacked
-    sq = xc.pow(2).sum(dim=2)
-    degenerate = degenerate_layers(centred_sq, raw_sq)
-    if sigma is None:
-        medians, empty = _median_bandwidths(xc, sq, median_samples)
-        degenerate = sorted(set(degenerate) | set(empty))
-        sigmas = fraction * medians
-    else:
-        sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n_layers,)).copy()
-        if sigmas.shape != (n_layers,) or not np.all(sigmas > 0) or not np.all(np.isfinite(sigmas)):
-            raise LayertraceError(f"rbf_cka_matrix: sigma must be a positive float or {n_layers} positive floats, got {sigma!r}")
-    inv_two_var = torch.as_tensor(1.0 / (2.0 * sigmas**2), dtype=torch.float64, device=xc.device)
-
-    def kernel_rows(rows: slice) -> torch.Tensor:
-        return torch.exp(-_sq_distances(xc, sq, rows) * inv_two_var[:, None, None])
-
-    block = max(1, WORK_BYTES // (3 * 8 * n_layers * n))
-    gram = torch.zeros(n_layers, n_layers, dtype=torch.float64, device=xc.device)
-    if block >= n:  # everything fits: one kernel stack, double-centred, one product
-        k = kernel_rows(slice(0, n))
-        k = k - k.mean(dim=2, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean(dim=(1, 2), keepdim=True)
-        flat = k.reshape(n_layers, -1)
-        gram = flat @ flat.T
-    else:  # pass 1: row means (= column means, K is symmetric); pass 2: centred row blocks
-        row_means = torch.zeros(n_layers, n, dtype=torch.float64, device=xc.device)
-        for start in range(0, n, block):
-            rows = slice(start, min(n, start + block))
-            row_means[:, rows] = kernel_rows(rows).mean(dim=2)
-        grand = row_means.mean(dim=1)
-        for start in range(0, n, block):
-            rows = slice(start, min(n, start + block))
-            k = kernel_rows(rows) - row_means[:, rows, None] - row_means[:, None, :] + grand[:, None, None]
-            flat = k.reshape(n_layers, -1)
-            gram += flat @ flat.T
-    warn_degenerate("rbf_cka_matrix", degenerate)
-    return finish_similarity(gram, degenerate, 0.0, 1.0)

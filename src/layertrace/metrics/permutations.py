@@ -1,5 +1,5 @@
 """Seeded row permutations and the calibration rule of a permutation test (the primitives that
-:mod:`.calibration` and :class:`~layertrace.metrics.cka.MinibatchCKA`'s streamed null share).
+:mod:`.calibration` and :class:`~layertrace.metrics.cka_minibatch.MinibatchCKA`'s streamed null share).
 
 The permutations are ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))`` drawn K
 times in order, the sequence the ``calibrated-similarity`` package draws; the rule is its Algorithm 1

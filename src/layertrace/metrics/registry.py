@@ -14,7 +14,9 @@ import numpy as np
 
 from ..errors import LayertraceError, did_you_mean
 from .calibration import calibrated_cka_matrix, calibrated_cos_matrix
-from .cka import linear_cka_matrix, minibatch_cka_matrix, rbf_cka_matrix
+from .cka import linear_cka_matrix
+from .cka_minibatch import minibatch_cka_matrix
+from .rbf_cka import rbf_cka_matrix
 from .cos import cos_matrix
 from .knn import mutual_knn_matrix
 from .procrustes import procrustes_similarity_matrix

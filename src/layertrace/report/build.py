@@ -424,8 +424,8 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
             f"<p>Comparison in the style of the paper's ImageNet table. Each run is shown at its operating point: "
             f"the fastest threshold whose accuracy is within {100 * exit_tolerance:g} point(s) of its full-depth "
             f"accuracy. Parameters count the model with one shared head, or with one head per layer for "
-            f"multi-head runs. Speed-up (layers) is the paper's sum_i L m_i / sum_i i m_i; measured is wall-clock "
-            f"time of the batched executor.</p>"
+            f"multi-head runs. Speed-up (layers) is the paper's sum_i L m_i / sum_i i m_i; measured is the time of "
+            f"the batched executor against the full model (docs/exits.md, timing protocol).</p>"
             + table_html(*comparison_table(comparison), numeric=set(range(3, 20)))))
         blocks += figs.exit_curves()
         blocks += figs.exit_measured_curve()

@@ -27,18 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import run_folder as rf
 from ..errors import LayertraceError
 from ..io import read_json, reading
+from ..run_folder import EvalRecord, eval_records, split_name
 
 # Training modes as they appear at the end of a run folder name ``<data>-<model>-<mode>``.
-KNOWN_MODES = (
-    "aligned-alternating", "multi-head", "cos-reg", "standard", "aligned",
-    "residual", "plain",
-)
-SAMPLE_FILES = ("analysis_samples.npz", "analysis.npz")
-RESULT_FILES = ("analysis.json", "exit.json", "metrics.jsonl", "train_summary.json", "lm.json", "probe.json", "clip.json")
-CONFIG_FILES = ("config.yaml", "analyze-config.yaml", "exit-config.yaml")  # in order of preference
-VARIANTS_DIR = "variants"
+KNOWN_MODES = rf.MODES + rf.EXPERIMENT_VARIANTS
+SAMPLE_FILES = (rf.ANALYSIS_SAMPLES, "analysis.npz")
+RESULT_FILES = (rf.ANALYSIS, rf.EXIT, rf.METRICS, rf.TRAIN_SUMMARY, "lm.json", "probe.json", "clip.json")
+CONFIG_FILES = (rf.CONFIG, rf.ANALYSIS_CONFIG, rf.EXIT_CONFIG)  # in order of preference
+VARIANTS_DIR = rf.VARIANTS
 
 
 @dataclass
@@ -55,6 +54,8 @@ class RunResults:
         per_sample: arrays of ``analysis.npz`` as lists keyed by name (loaded lazily by the report).
         exits: ``{policy: exit.json}`` for every ``exit*.json`` in the folder.
         metrics: the rows of ``metrics.jsonl`` (training curves).
+        evals: the training loop's layer-wise evaluations among them, typed
+            (:class:`~layertrace.run_folder.EvalRecord`: step, per-layer accuracy / loss).
         train_summary: ``train_summary.json`` (``None`` if absent).
         lm: ``lm.json`` (``None`` if absent).
         probe: ``probe.json`` (``None`` if absent).
@@ -71,6 +72,7 @@ class RunResults:
     analysis: dict | None = None
     exits: dict[str, dict] = field(default_factory=dict)
     metrics: list[dict] = field(default_factory=list)
+    evals: list[EvalRecord] = field(default_factory=list)
     train_summary: dict | None = None
     lm: dict | None = None
     probe: dict | None = None
@@ -101,32 +103,6 @@ class RunResults:
         with reading(npz, f"re-run `layertrace analyze ... --out {self.path}`", what="per-sample arrays"):
             with np.load(npz, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """``fmnist-vit-multi-head`` -> (``fmnist-vit``, ``multi-head``); unknown mode -> (name, "")."""
-    for mode in KNOWN_MODES:
-        if name == mode:
-            return name, mode
-        if name.endswith("-" + mode):
-            return name[: -len(mode) - 1], mode
-    return name, ""
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            # A run interrupted mid-write leaves at most a torn last line: skip it, keep the rest.
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _read_yaml(path: Path) -> dict:
@@ -170,34 +146,30 @@ def load_run(path: str | Path) -> RunResults:
     p = Path(path)
     if not p.is_dir():
         raise LayertraceError(f"run folder {p} not found; pass folders written by train/analyze/exit/demo")
-    group, mode = split_name(p.name)
-    run = RunResults(path=p, name=p.name, group=group, mode=mode)
+    group, _ = split_name(p.name)
+    run = RunResults(path=p, name=p.name, group=group, mode=rf.training_mode(p) or "")
     # The training config when there is one; a folder written only by analyze / exit has theirs.
     config_path = next((p / n for n in CONFIG_FILES if (p / n).is_file()), None)
     if config_path is not None:
         run.config = _read_yaml(config_path)
-        train_section = run.config.get("train")
-        cfg_mode = train_section.get("mode") if isinstance(train_section, dict) else run.config.get("mode")
-        if not mode and isinstance(cfg_mode, str):
-            run.mode = cfg_mode
-    if (p / "analysis.json").is_file():
-        run.analysis = _check_analysis(read_json(p / "analysis.json", f"re-run `layertrace analyze ... --out {p}`"),
-                                       p / "analysis.json")
+    if (p / rf.ANALYSIS).is_file():
+        run.analysis = _check_analysis(read_json(p / rf.ANALYSIS, f"re-run `layertrace analyze ... --out {p}`"),
+                                       p / rf.ANALYSIS)
     for exit_path in sorted(p.glob("exit*.json")):
         data = _check_exit(read_json(exit_path, f"re-run `layertrace exit ... --out {p}`"), exit_path)
         run.exits[_exit_policy_name(exit_path, data)] = data
-    if (p / "metrics.jsonl").is_file():
-        run.metrics = _read_jsonl(p / "metrics.jsonl")
-    if (p / "train_summary.json").is_file():
-        run.train_summary = read_json(p / "train_summary.json")
+    run.metrics = rf.read_metrics(p)
+    run.evals = eval_records(run.metrics)
+    if rf.is_trained(p):
+        run.train_summary = read_json(p / rf.TRAIN_SUMMARY)
     if (p / "lm.json").is_file():
         run.lm = read_json(p / "lm.json")
     if (p / "probe.json").is_file():
         run.probe = read_json(p / "probe.json")
     if (p / "clip.json").is_file():
         run.clip = read_json(p / "clip.json", f"re-run `layertrace analyze-clip ... --out {p}`")
-    for v in sorted((p / VARIANTS_DIR).glob("*/analysis.json")) if (p / VARIANTS_DIR).is_dir() else []:
-        cfg_path = v.parent / "analyze-config.yaml"
+    for v in sorted((p / VARIANTS_DIR).glob(f"*/{rf.ANALYSIS}")) if (p / VARIANTS_DIR).is_dir() else []:
+        cfg_path = v.parent / rf.ANALYSIS_CONFIG
         run.variants[v.parent.name] = {
             "analysis": _check_analysis(read_json(v, f"re-run `layertrace analyze ... --out {v.parent}`"), v),
             "config": _read_yaml(cfg_path) if cfg_path.is_file() else {}}
@@ -247,8 +219,7 @@ def load_runs(paths: list[str | Path]) -> list[RunResults]:
     return runs
 
 
-MODE_RANK = {m: i for i, m in enumerate(
-    ("standard", "aligned", "aligned-alternating", "multi-head", "cos-reg", "residual", "plain"))}
+MODE_RANK = {m: i for i, m in enumerate(rf.MODES + rf.EXPERIMENT_VARIANTS)}
 
 
 def order_runs(runs: list[RunResults]) -> list[RunResults]:

@@ -15,21 +15,29 @@ from torch import Tensor
 
 from ..errors import LayertraceError
 
-_PRECISIONS = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+# The one precision vocabulary (analysis, probe, training): auto | fp32 | bf16 | fp16. "no" (Accelerate's
+# name for full precision, accepted in train.precision) and the torch dtype names are aliases.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_PRECISIONS = {"fp32": None, "float32": None, "no": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                "fp16": torch.float16, "float16": torch.float16}
+_CANONICAL = {"float32": "fp32", "no": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def resolve_precision(precision: str | None, device: torch.device | str) -> str:
-    """``"auto"`` -> ``"bf16"`` on a CUDA device that supports it (else ``"fp16"``), ``"fp32"`` on CPU."""
+def resolve_precision(precision: str | None, device: torch.device | str, fp16_fallback: bool = True) -> str:
+    """The canonical name (``fp32`` / ``bf16`` / ``fp16``) of ``precision`` on ``device``.
+
+    ``"auto"`` -> ``"bf16"`` on a CUDA device that supports it, else ``"fp16"`` on CUDA (``fp32`` with
+    ``fp16_fallback=False``, as training does: fp16 training needs loss scaling), ``"fp32"`` on CPU.
+    """
     device = torch.device(device)
     text = (precision or "fp32").lower()
     if text == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if torch.cuda.is_bf16_supported() else ("fp16" if fp16_fallback else "fp32")
         return "fp32"
     if text not in _PRECISIONS:
         raise LayertraceError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
-    return text
+    return _CANONICAL.get(text, text)
 
 
 def autocast(precision: str | None, device: torch.device | str) -> contextlib.AbstractContextManager:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import run_folder
 from ..errors import LayertraceError
 from ..io import atomic_path, read_json, read_json_dict, reading, write_json
 
@@ -161,7 +162,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: tor
     folder.mkdir(parents=True, exist_ok=True)
     save_module(model, folder / "model.safetensors")
     if heads is not None:
-        save_module(heads, folder / "heads.safetensors")
+        save_module(heads, folder / run_folder.HEADS)
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
     _save_tensors(opt_tensors, folder / "optimizer.safetensors", opt_meta)
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"} if scheduler is not None else None
@@ -321,7 +322,7 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     """Load a checkpoint folder into the given objects; returns the saved train state dict."""
     load_module(model, folder / "model.safetensors")
     if heads is not None:
-        load_module(heads, folder / "heads.safetensors")
+        load_module(heads, folder / run_folder.HEADS)
     opt_tensors, opt_meta = _load_tensors(folder / "optimizer.safetensors")
     with reading(folder / "optimizer.safetensors", "resume from an earlier checkpoint", what="optimizer state"):
         optimizer_from_tensors(optimizer, opt_tensors, opt_meta)

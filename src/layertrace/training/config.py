@@ -88,11 +88,15 @@ class TrainSection:
     gamma: float = field(default=0.1, metadata=_h("multistep: lr factor at each milestone", check="(0, 1]"))
     clip_grad: Optional[float] = field(default=1.0, metadata=_h("clip the global gradient norm (none = off)", check="> 0"))
     seed: int = field(default=0, metadata=_h("seed of the model init, data order, augmentation and dropout"))
-    precision: str = field(default="auto", metadata=_h("auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16",
-                                                               choices=("auto", "no", "bf16", "fp16")))
+    precision: str = field(default="auto", metadata=_h(
+        "auto (bf16 on a GPU that has it, else fp32) | fp32 (also: no) | bf16 | fp16",
+        choices=("auto", "fp32", "no", "bf16", "fp16")))
     device: str = field(default="auto", metadata=_h("auto | cpu | cuda", choices=("auto", "cpu", "cuda")))
     threads: Optional[int] = field(default=None, metadata=_h("torch CPU threads (default: torch's choice)", check=">= 1"))
     eval_every: int = field(default=0, metadata=_h("layer-wise evaluation every N steps (0 = only at the end)", check=">= 0"))
+    eval_every_limit: Optional[int] = field(default=None, metadata=_h(
+        "the periodic evaluations read at most N evaluation samples (none = all); the final one reads all",
+        check=">= 1"))
     eval_batch_size: int = field(default=256, metadata=_h("batch size of the evaluation", check=">= 1"))
     log_every: int = field(default=10, metadata=_h("write a metrics.jsonl line every N steps", check=">= 1"))
     checkpoint_every: int = field(default=200, metadata=_h("save a resume checkpoint every N steps (0 = only at the end)", check=">= 0"))
@@ -122,5 +126,5 @@ class TrainConfig:
 # interrupted run with other values of these is still the same run.
 COSMETIC_KEYS = {
     "train.progress", "train.log_every", "train.tensorboard", "train.keep_checkpoints", "train.checkpoint_every",
-    "train.resume", "train.threads", "train.eval_every", "train.eval_batch_size",
+    "train.resume", "train.threads", "train.eval_every", "train.eval_every_limit", "train.eval_batch_size",
 }

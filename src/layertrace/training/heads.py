@@ -17,10 +17,11 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import run_folder
 from ..errors import LayertraceError
 from ..io import atomic_path, reading
 
-HEADS_FILE = "heads.safetensors"
+HEADS_FILE = run_folder.HEADS
 
 
 class PerLayerHeads(nn.Module):

@@ -1,5 +1,8 @@
 """The training loop: one screen of labelled phases; its state is a dataclass a checkpoint saves.
 
+(Over ~450 lines on purpose: the loop and the helpers it calls read top to bottom in one file, the
+nanoGPT shape DESIGN.md section 4 asks for; checkpoints, batches and evaluation have their own modules.)
+
     1. set up      Accelerate (device, mixed precision, DDP under torchrun / accelerate launch),
                    objective of the mode, AdamW, schedule
     2. resume      from RUN_DIR/checkpoints/latest.json if present: weights, optimizer, schedule,
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import run_folder
 from ..errors import LayertraceError
 from ..config import validate_config
 from ..io import atomic_path, to_jsonable
@@ -47,7 +51,7 @@ from .heads import PerLayerHeads
 from .losses import weights_for_layers
 from .objective import TrainingObjective, check_mode, uses_layerwise_loss
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = run_folder.METRICS
 
 
 @dataclass
@@ -145,15 +149,18 @@ def make_optimizer(module: nn.Module, cfg: TrainSection) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(float(b) for b in cfg.adam_betas))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on a CUDA device that supports it, else ``no``; checks the other names."""
-    if precision not in ("auto", "no", "bf16", "fp16"):
-        raise LayertraceError(f"train.precision {precision!r}: use auto, no, bf16 or fp16")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    if precision == "fp16" and device.type != "cuda":
-        raise LayertraceError("train.precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
-    return precision
+def accelerate_precision(precision: str, device: torch.device) -> str:
+    """Accelerate's ``mixed_precision`` for ``train.precision`` (:func:`layertrace.trace.resolve_precision`'s
+    vocabulary, ``auto`` never picking fp16): ``"no"`` (fp32), ``"bf16"`` or ``"fp16"`` (CUDA only)."""
+    from ..trace import resolve_precision
+
+    try:
+        resolved = resolve_precision(precision, device, fp16_fallback=False)
+    except LayertraceError:
+        raise LayertraceError(f"train.precision {precision!r}: use auto, fp32 (or no), bf16 or fp16") from None
+    if resolved == "fp16" and device.type != "cuda":
+        raise LayertraceError("train.precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    return "no" if resolved == "fp32" else resolved
 
 
 def make_accelerator(cfg: TrainSection, find_unused: bool = False):
@@ -174,7 +181,7 @@ def make_accelerator(cfg: TrainSection, find_unused: bool = False):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.precision, device), kwargs_handlers=handlers)
+    return Accelerator(cpu=cpu, mixed_precision=accelerate_precision(cfg.precision, device), kwargs_handlers=handlers)
 
 
 def _seed_all(seed: int) -> None:
@@ -285,6 +292,7 @@ def fit(
     run_dir: str | Path,
     eval_batches: Callable[[], Iterable[dict]] | Sequence[dict] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    periodic_eval_batches: Sequence[dict] | None = None,
 ) -> FitResult:
     """Train ``adapter`` with ``cfg.mode``; checkpoints and ``metrics.jsonl`` go to ``run_dir``.
 
@@ -298,6 +306,8 @@ def fit(
         eval_batches: evaluation batches (a list, or a callable returning a fresh iterable), for the
             periodic and final layer-wise readout accuracy.
         augment: ``(pixel_values, generator) -> pixel_values`` applied to image batches.
+        periodic_eval_batches: a smaller evaluation set for the evaluations every ``cfg.eval_every``
+            steps (default ``eval_batches``); the final evaluation always reads ``eval_batches``.
 
     Returns:
         :class:`FitResult`; the adapter's weights are the trained ones.
@@ -353,10 +363,11 @@ def fit(
               f"precision={accelerator.mixed_precision}"
               + (f" resumed at step {state.step}" if latest is not None else ""), flush=True)
 
-    def run_eval() -> LayerwiseEval | None:
+    def run_eval(periodic: bool = False) -> LayerwiseEval | None:
         if eval_batches is None:
             return None
-        batches = eval_batches() if callable(eval_batches) else eval_batches
+        source = periodic_eval_batches if periodic and periodic_eval_batches is not None else eval_batches
+        batches = source() if callable(source) else source
         with accelerator.autocast():
             return evaluate_layerwise(adapter, batches, heads=heads)
 
@@ -436,7 +447,7 @@ def fit(
 
         if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
             if is_main:
-                result = run_eval()
+                result = run_eval(periodic=True)
                 if result is not None:
                     log.write({"step": step, "eval": result.to_dict()})
                     if progress is not None:

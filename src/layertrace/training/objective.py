@@ -22,10 +22,9 @@ from torch import Tensor, nn
 
 from ..errors import LayertraceError, did_you_mean
 from ..models.layer_readout import LayerReadout
+from ..run_folder import MODES  # the one mode list (also layertrace.training.MODES)
 from .heads import PerLayerHeads
 from .losses import LayerLosses, aligned_loss, causal_lm_labels, cosine_regularized_loss, readout_cross_entropy
-
-MODES = ("standard", "aligned", "aligned-alternating", "multi-head", "cos-reg")
 
 
 def check_mode(mode: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .. import run_folder
 from ..config import config_to_dict, load_config, save_config
 from ..errors import LayertraceError
 from ..io import read_json_dict, reading, write_json
@@ -34,7 +35,7 @@ from .config import COSMETIC_KEYS, TrainConfig
 from .heads import HEADS_FILE, save_heads
 from .loop import fit, micro_batch_size
 
-SUMMARY_FILE = "train_summary.json"
+SUMMARY_FILE = run_folder.TRAIN_SUMMARY
 
 
 @dataclass
@@ -111,14 +112,14 @@ def config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
 
 def _check_run_dir(cfg: TrainConfig, out: Path) -> RunSummary | None:
     """The summary of a finished identical run in ``out`` (reuse), None to train; error on a mismatch."""
-    saved_cfg = out / "config.yaml"
+    saved_cfg = out / run_folder.CONFIG
     if not saved_cfg.is_file():
         if (out / "checkpoints").is_dir() and cfg.train.resume:
             raise LayertraceError(f"{out} holds checkpoints but no config.yaml; choose a new --out or delete {out}")
         return None
     previous = load_config(TrainConfig, saved_cfg)
     diff = config_differences(cfg, previous)
-    has_state = (out / SUMMARY_FILE).is_file() or (out / "checkpoints" / "latest.json").is_file()
+    has_state = run_folder.is_trained(out) or (out / run_folder.CHECKPOINTS / "latest.json").is_file()
     if diff and has_state and cfg.train.resume:
         shown = ", ".join(f"{k}" for k in diff[:4])
         raise LayertraceError(
@@ -169,7 +170,7 @@ def _classification_tensors(ds, loaded, cfg: TrainConfig) -> dict[str, torch.Ten
 
 def _lm_tensors(loaded, cfg: TrainConfig, split: str, limit: int | None) -> dict[str, torch.Tensor]:
     """Token blocks (N, max_length) of a text corpus split for causal-LM training / evaluation."""
-    from ..data import chunk_tokens, load_text_corpus
+    from ..data import load_text_corpus, token_blocks
 
     tok = loaded.tokenizer
     if tok is None:
@@ -178,11 +179,7 @@ def _lm_tensors(loaded, cfg: TrainConfig, split: str, limit: int | None) -> dict
         )
     source = cfg.data.root or cfg.data.name
     docs = load_text_corpus(source, split, seed=cfg.train.seed, **cfg.data.loader_kwargs)
-    sep = tok.eos_token or "\n\n"
-    ids = tok(sep.join(docs))["input_ids"]
-    blocks = torch.from_numpy(chunk_tokens(ids, cfg.data.max_length))
-    if limit is not None:
-        blocks = blocks[:limit]
+    blocks = torch.from_numpy(token_blocks(tok, docs, cfg.data.max_length, max_blocks=limit))
     return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks)}
 
 
@@ -332,7 +329,7 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
         # heads.safetensors would be read as this run's per-layer heads)
         shutil.rmtree(out / "checkpoints")
         shutil.rmtree(out / "model", ignore_errors=True)
-        for name in (SUMMARY_FILE, HEADS_FILE, "metrics.jsonl"):
+        for name in (SUMMARY_FILE, HEADS_FILE, run_folder.METRICS):
             (out / name).unlink(missing_ok=True)
     save_config(cfg, out)
     start = time.perf_counter()
@@ -384,8 +381,13 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
     train_batches = TensorBatches(train_data, micro, seed=cfg.train.seed, shuffle=True,
                                   group_by_length=cfg.data.group_by_length)
     eval_batches = _eval_batches(eval_data, cfg.train.eval_batch_size)
+    periodic = None
+    if cfg.train.eval_every and cfg.train.eval_every_limit:  # the first N of the (seeded) evaluation samples
+        n = int(cfg.train.eval_every_limit)
+        periodic = _eval_batches({k: v[:n] for k, v in eval_data.items()}, cfg.train.eval_batch_size)
 
-    result = fit(adapter, train_batches, cfg.train, out, eval_batches=eval_batches, augment=augment)
+    result = fit(adapter, train_batches, cfg.train, out, eval_batches=eval_batches, augment=augment,
+                 periodic_eval_batches=periodic)
     if not result.is_main:
         return RunSummary(run_dir=str(out), mode=cfg.train.mode, model=cfg.model.spec, data=cfg.data.name,
                           task=_task_of(adapter, train_ds), steps=result.state.step,
