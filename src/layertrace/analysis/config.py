@@ -1,16 +1,39 @@
-"""``AnalyzeConfig``: the typed config of ``layertrace analyze`` (YAML keys = these field names)."""
+"""``AnalyzeConfig``: the typed config of ``layertrace analyze`` (YAML keys = these field names).
+
+Its analysis options are not declared here: they are the fields of
+:class:`~layertrace.analysis.options.AnalysisOptions` (help text, choices and checks included), so
+the library and the CLI can never disagree; only the inputs (model, data, device, ...) and the few
+defaults the CLI edge sets differently (``precision`` auto, a progress bar) are written here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any
 
-from .core import DEFAULT_EPSILONS
+from .options import DEFAULT_EPSILONS, AnalysisOptions
+
+# AnalysisOptions fields the CLI exposes, in --help order (the rest are library-only knobs:
+# token_chunk, cka_exact_max_gb, shard, tolerance, max_batches, chunk_rows).
+CLI_OPTIONS = (
+    "layers", "precision", "similarity", "center", "cka", "cache", "cache_ram_gb", "cache_dir", "rbf_cka",
+    "procrustes", "extra_max_samples", "epsilons", "tokens_per_sample", "theory", "per_sample", "save_logits",
+    "progress", "null_permutations", "null_max_samples", "layer_removal", "layer_removal_samples", "collapse",
+)
+# (type, default) where the CLI edge differs from the library: "auto" is resolved at the edge, the
+# CLI shows a progress bar, YAML gives lists and strings.
+_CLI_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "precision": (str, "auto"),
+    "progress": (bool, True),
+    "epsilons": (list[float], lambda: list(DEFAULT_EPSILONS)),
+    "save_logits": (str, "auto"),
+}
 
 
 @dataclass
-class AnalyzeConfig:
-    """Everything ``layertrace analyze`` needs; ``--config FILE.yaml`` plus ``--key value`` overrides."""
+class _AnalyzeInputs:
+    """What to analyse and where (the part of ``AnalyzeConfig`` that is not an analysis option)."""
 
     model: str = field(default="", metadata={
         "help": "preset name (vit-demo, minilm-cls, gpt2-tiny, ...), save_pretrained folder, or training run folder"})
@@ -20,8 +43,6 @@ class AnalyzeConfig:
     split: str = field(default="test", metadata={"help": "train | validation | test"})
     limit: int | None = field(default=None, metadata={"help": "analyse N examples (seeded, class-stratified subsample)", "check": ">= 1"})
     out: str = field(default="", metadata={"help": "output folder: analysis.json, analysis_samples.npz, analyze-config.yaml"})
-    layers: Any = field(default=None, metadata={
-        "help": "layer selector: all, an int, '1,4,-1' or a slice '0::2' (layer L is always added)"})
     num_classes: int | None = field(default=None, metadata={
         "help": "classes of the head (presets: default = the dataset's; folders: a different K means a fresh head)", "check": ">= 1"})
     pooling: str | None = field(default=None, metadata={"aliases": ["model.pooling"], "help": (
@@ -43,34 +64,35 @@ class AnalyzeConfig:
         "aliases": ("data.loader_kwargs",)})
     seed: int = field(default=0, metadata={"help": "seeds the limit subsample, preset init, token subsample"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16", "choices": ("auto", "fp32", "bf16", "fp16")})
-    similarity: bool = field(default=True, metadata={"help": "compute COS / CKA (false: readout-only, cheapest)"})
-    center: str = field(default="mean", metadata={"help": "COS centring: mean | none | feature", "choices": ("mean", "none", "feature")})
-    cka: str = field(default="auto", metadata={"help": "auto | exact | minibatch | none", "choices": ("auto", "exact", "minibatch", "none")})
-    cache: str = field(default="auto", metadata={
-        "help": "feature cache for exact mean-centred statistics: auto | ram | disk | none (none = second pass)", "choices": ("auto", "ram", "disk", "none")})
-    cache_ram_gb: float = field(default=2.0, metadata={"help": "RAM budget of cache=auto before it spills to disk", "check": ">= 0"})
-    cache_dir: str | None = field(default=None, metadata={"help": "folder of the disk cache (default: system temp)"})
-    rbf_cka: bool = field(default=False, metadata={"help": "also compute RBF CKA (on <= extra_max_samples samples)"})
-    procrustes: bool = field(default=False, metadata={"help": "also compute Procrustes similarity"})
-    extra_max_samples: int = field(default=2000, metadata={"help": "sample cap of RBF CKA / Procrustes", "check": ">= 2"})
-    epsilons: list[float] = field(default_factory=lambda: list(DEFAULT_EPSILONS), metadata={
-        "help": "effective-depth tolerances", "check": "[0, 1]", "each": True})
-    tokens_per_sample: int = field(default=8, metadata={
-        "help": "causal LMs: similarity tokens drawn per sequence (<= 0: all scored tokens)"})
-    theory: bool = field(default=True, metadata={"help": "run the theory checks (Theorems 2.1 / 2.2, straightness)"})
-    per_sample: bool = field(default=True, metadata={"help": "write analysis_samples.npz (per-sample arrays)"})
-    save_logits: str = field(default="auto", metadata={
-        "help": "classifiers: per-sample per-layer logits in the npz: auto (<= 64 MiB) | true | false", "choices": ("auto", "true", "false")})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    null_permutations: int = field(default=0, metadata={
-        "help": "K >= 19: calibrate COS / CKA against K seeded row permutations (score, tau, p-value per pair); 0: off"})
-    null_max_samples: int = field(default=1000, metadata={
-        "help": "samples (seeded subsample) of the exact-CKA / COS permutation null"})
-    layer_removal: bool = field(default=False, metadata={
-        "help": "skip each block in turn: change in final accuracy / cross-entropy beside block influence and "
-                "adjacent COS (~L/2 extra forwards)"})
-    layer_removal_samples: int | None = field(default=None, metadata={
-        "help": "layer removal on about N samples (every k-th batch; none = all)"})
-    collapse: bool = field(default=False, metadata={
-        "help": "classifiers: also measure neural collapse NC1-NC3 per layer through the shared head (docs/analysis.md)"})
+
+
+def _option_fields() -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(AnalysisOptions)
+    by_name = {f.name: f for f in fields(AnalysisOptions)}
+    out = []
+    for name in CLI_OPTIONS:
+        f = by_name[name]
+        kind, default = _CLI_DEFAULTS.get(name, (hints[name], f.default))
+        if callable(default):
+            spec = field(default_factory=default, metadata=f.metadata)
+        else:
+            spec = field(default=default if default is not MISSING else None, metadata=f.metadata)
+        out.append((name, kind, spec))
+    return out
+
+
+AnalyzeConfig = make_dataclass(
+    "AnalyzeConfig", _option_fields(), bases=(_AnalyzeInputs,),
+    namespace={"__module__": __name__, "__doc__": (
+        "Everything ``layertrace analyze`` needs; ``--config FILE.yaml`` plus ``--key value`` overrides. "
+        "The analysis options are AnalysisOptions' fields (analysis/options.py).")})
+
+
+def analysis_options(cfg: Any, **resolved: Any) -> dict[str, Any]:
+    """The :func:`~layertrace.analyze` keywords of an ``AnalyzeConfig`` (``epsilons`` as a tuple), with
+    ``resolved`` (e.g. the device's precision) replacing the config's values; ``seed`` included."""
+    out = {name: getattr(cfg, name) for name in CLI_OPTIONS}
+    out["epsilons"] = tuple(out["epsilons"])
+    out["seed"] = cfg.seed
+    out.update(resolved)
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import LayertraceError, did_you_mean
@@ -81,35 +81,46 @@ class AnalysisOptions:
             ``result.collapse``. Memory 8 * S * (K + d) * d bytes, no per-sample storage.
     """
 
-    layers: LayerSpec = None
-    similarity: bool = True
-    center: str = "mean"
-    cka: str = "auto"
-    cache: str = "auto"
-    cache_ram_gb: float = 2.0
-    cache_dir: str | None = None
+    layers: LayerSpec = field(default=None, metadata={
+        "help": "layer selector: all, an int, '1,4,-1' or a slice '0::2' (layer L is always added)"})
+    similarity: bool = field(default=True, metadata={"help": "compute COS / CKA (false: readout-only, cheapest)"})
+    center: str = field(default="mean", metadata={"help": "COS centring: mean | none | feature", "choices": ("mean", "none", "feature")})
+    cka: str = field(default="auto", metadata={"help": "auto | exact | minibatch | none", "choices": ("auto", "exact", "minibatch", "none")})
+    cache: str = field(default="auto", metadata={
+        "help": "feature cache for exact mean-centred statistics: auto | ram | disk | none (none = second pass)", "choices": ("auto", "ram", "disk", "none")})
+    cache_ram_gb: float = field(default=2.0, metadata={"help": "RAM budget of cache=auto before it spills to disk", "check": ">= 0"})
+    cache_dir: str | None = field(default=None, metadata={"help": "folder of the disk cache (default: system temp)"})
     cka_exact_max_gb: float = 1.0
-    rbf_cka: bool = False
-    procrustes: bool = False
-    extra_max_samples: int = 2000
-    theory: bool = True
-    epsilons: tuple = DEFAULT_EPSILONS
-    tokens_per_sample: int = 8
+    rbf_cka: bool = field(default=False, metadata={"help": "also compute RBF CKA (on <= extra_max_samples samples)"})
+    procrustes: bool = field(default=False, metadata={"help": "also compute Procrustes similarity"})
+    extra_max_samples: int = field(default=2000, metadata={"help": "sample cap of RBF CKA / Procrustes", "check": ">= 2"})
+    theory: bool = field(default=True, metadata={"help": "run the theory checks (Theorems 2.1 / 2.2, straightness)"})
+    epsilons: tuple = field(default=DEFAULT_EPSILONS, metadata={
+        "help": "effective-depth tolerances", "check": "[0, 1]", "each": True})
+    tokens_per_sample: int = field(default=8, metadata={
+        "help": "causal LMs: similarity tokens drawn per sequence (<= 0: all scored tokens)"})
     token_chunk: int = 1024
     seed: int = 0
-    per_sample: bool = True
-    save_logits: Any = "auto"
-    precision: str | None = None
-    progress: bool = False
+    per_sample: bool = field(default=True, metadata={"help": "write analysis_samples.npz (per-sample arrays)"})
+    save_logits: Any = field(default="auto", metadata={
+        "help": "classifiers: per-sample per-layer logits in the npz: auto (<= 64 MiB) | true | false", "choices": ("auto", "true", "false")})
+    precision: str | None = field(default=None, metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16", "choices": ("auto", "fp32", "bf16", "fp16")})
+    progress: bool = field(default=False, metadata={"help": "show a progress bar"})
     shard: Any = "auto"
     tolerance: float = THEORY_TOLERANCE
     max_batches: int | None = None
     chunk_rows: Any = "auto"
-    collapse: bool = False
-    null_permutations: int = 0
-    null_max_samples: int = 1000
-    layer_removal: bool = False
-    layer_removal_samples: int | None = None
+    collapse: bool = field(default=False, metadata={
+        "help": "classifiers: also measure neural collapse NC1-NC3 per layer through the shared head (docs/analysis.md)"})
+    null_permutations: int = field(default=0, metadata={
+        "help": "K >= 19: calibrate COS / CKA against K seeded row permutations (score, tau, p-value per pair); 0: off"})
+    null_max_samples: int = field(default=1000, metadata={
+        "help": "samples (seeded subsample) of the exact-CKA / COS permutation null"})
+    layer_removal: bool = field(default=False, metadata={
+        "help": "skip each block in turn: change in final accuracy / cross-entropy beside block influence and "
+                "adjacent COS (~L/2 extra forwards)"})
+    layer_removal_samples: int | None = field(default=None, metadata={
+        "help": "layer removal on about N samples (every k-th batch; none = all)"})
 
     def validate(self) -> None:
         for name, value, choices in (("center", self.center, _CENTERS), ("cka", self.cka, _CKA),

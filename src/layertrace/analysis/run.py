@@ -24,7 +24,7 @@ from .. import run_folder
 from ..config import save_config
 from ..errors import LayertraceError
 from ..io import check_out_dir, result_set
-from .config import AnalyzeConfig
+from .config import AnalyzeConfig, analysis_options
 from .core import analyze
 from .dist import DistContext, init_from_env, shutdown
 from .result import JSON_NAME, SAMPLES_NAME, AnalysisResult
@@ -170,17 +170,8 @@ def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResul
         loaded, batches, dataset = load_for_analysis(cfg)
         model = loaded.adapter.to(device)
         precision = resolve_precision(cfg.precision, device)
-        result = analyze(
-            model, batches, model_name=loaded.name or cfg.model, data_name=cfg.data,
-            layers=cfg.layers, similarity=cfg.similarity, center=cfg.center, cka=cfg.cka, cache=cfg.cache,
-            cache_ram_gb=cfg.cache_ram_gb, cache_dir=cfg.cache_dir, rbf_cka=cfg.rbf_cka,
-            procrustes=cfg.procrustes, extra_max_samples=cfg.extra_max_samples, theory=cfg.theory,
-            epsilons=tuple(cfg.epsilons), tokens_per_sample=cfg.tokens_per_sample, seed=cfg.seed,
-            per_sample=cfg.per_sample, save_logits=cfg.save_logits, precision=precision,
-            progress=cfg.progress, collapse=cfg.collapse, null_permutations=cfg.null_permutations,
-            null_max_samples=cfg.null_max_samples, layer_removal=cfg.layer_removal,
-            layer_removal_samples=cfg.layer_removal_samples,
-        )
+        result = analyze(model, batches, model_name=loaded.name or cfg.model, data_name=cfg.data,
+                         **analysis_options(cfg, precision=precision))
         result.config.update(split=cfg.split, limit=cfg.limit, shift=cfg.shift, shift_seed=cfg.shift_seed,
                              device=str(device), batch_size=cfg.batch_size,
                              model_source=getattr(loaded, "source", None))

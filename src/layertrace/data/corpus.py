@@ -137,6 +137,14 @@ def chunk_tokens(token_ids: Iterable[int] | np.ndarray, block_size: int) -> np.n
     return ids[: n_blocks * block_size].astype(np.int64).reshape(n_blocks, block_size)
 
 
+def _encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without the tokenizer's own special tokens (no BOS per document)."""
+    try:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    except TypeError:  # a plain callable ``text -> {"input_ids"}`` adds no special tokens anyway
+        return tokenizer(text)["input_ids"]
+
+
 def token_blocks(tokenizer, documents: Iterable[str], block_size: int, max_blocks: int | None = None) -> np.ndarray:
     """The one corpus -> token-block builder (causal-LM training, analysis and the LM demo track).
 
@@ -158,10 +166,10 @@ def token_blocks(tokenizer, documents: Iterable[str], block_size: int, max_block
     need = None if max_blocks is None else block_size * (int(max_blocks) + 1)
     for doc in documents:
         if eos is not None:
-            stream.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+            stream.extend(_encode(tokenizer, doc))
             stream.append(int(eos))
         else:
-            stream.extend(tokenizer(doc + "\n\n", add_special_tokens=False)["input_ids"])
+            stream.extend(_encode(tokenizer, doc + "\n\n"))
         if need is not None and len(stream) >= need:
             break
     blocks = chunk_tokens(np.asarray(stream, dtype=np.int64), block_size)

@@ -9,16 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..run_folder import EXPERIMENT_VARIANTS, MODES
+
 # Okabe & Ito (2008), "Color Universal Design"; black is kept for reference lines.
 # Yellow comes last: it is hard to read on white paper.
 OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
 LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 # Modes keep one colour across groups so "aligned" looks the same in every panel.
-MODE_ORDER = ["standard", "aligned", "aligned-alternating", "multi-head", "cos-reg", "residual", "plain"]
+MODE_ORDER = [*MODES, *EXPERIMENT_VARIANTS]
 # residual / plain (the MLP pair) take blue and vermillion like standard / aligned: they share no panel.
-MODE_COLOUR = {"standard": 0, "aligned": 1, "aligned-alternating": 2, "multi-head": 3, "cos-reg": 4,
-               "residual": 0, "plain": 1}
+MODE_COLOUR = {**{m: i for i, m in enumerate(MODES)}, **{v: i for i, v in enumerate(EXPERIMENT_VARIANTS)}}
 
 LAYER_AXIS = "layer index l (0 = embeddings, l = output of block l)"
 
