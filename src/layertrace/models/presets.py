@@ -8,7 +8,7 @@ with :func:`layertrace.models.load_model`.
 ==================  =================================================  ==========  =====================
 name                model                                              classes     meant for
 ==================  =================================================  ==========  =====================
-vit-demo            ViT 6 x 128, 4 heads, 28x28 grey, patch 7          10          CPU demo (Fashion-MNIST)
+vit-demo            ViT 6 x 128, 4 heads, 28x28 grey, patch 7          10          6-block CPU runs
 vit-demo-12         ViT 12 x 96, 4 heads, 28x28 grey, patch 7          10          CPU demo, deeper stack
 vit-demo-12s        ViT 12 x 64, 4 heads, 28x28 grey, patch 7          10          quick demo (paper's depth)
 vit-cifar-demo      ViT 6 x 128, 4 heads, 32x32 colour, patch 4        10          CIFAR-sized CPU runs
@@ -156,7 +156,7 @@ def _text(max_length: int) -> dict:
 _GREY28 = dict(image_size=28, patch_size=7, channels=1)
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("vit-demo", "ViTForImageClassification", "classifier",
-           "ViT 6 x 128 for 28x28 grey images (patch 7): the CPU demo model", 10,
+           "ViT 6 x 128 for 28x28 grey images (patch 7): 6-block CPU runs", 10,
            _vit("ViT", **_GREY28, hidden=128, layers=6, heads=4), _image(28, 1, FASHION_MNIST_STATS)),
     Preset("vit-demo-12", "ViTForImageClassification", "classifier",
            "ViT 12 x 96 for 28x28 grey images (patch 7): deeper CPU demo", 10,
