@@ -335,3 +335,12 @@ def test_measured_exit_curve_is_drawn_from_every_timed_point(demo_report):
     assert "Early exit: measured vs layer-count speed-up" in html
     figure = html.split("Early exit: measured vs layer-count speed-up")[0].rsplit("<figure", 1)[1]
     assert "data:image/png;base64," in figure
+
+
+def test_measured_curve_compares_with_the_layer_speedup_of_the_timed_samples():
+    """exit.json points carry the layer speed-up of the samples timed; older ones fall back to the split's."""
+    from layertrace.report.figures import timed_layer_speedup
+
+    assert timed_layer_speedup({"speedup": 4.65, "timed_layer_speedup": 4.99}) == 4.99
+    assert timed_layer_speedup({"speedup": 4.65, "timed_layer_speedup": None}) == 4.65
+    assert timed_layer_speedup({"speedup": 1.5}) == 1.5

@@ -32,6 +32,13 @@ class FigureItem:
     alt: str = ""
 
 
+def timed_layer_speedup(point: dict) -> float:
+    """The layer-count speed-up of the samples a point's measured speed-up was timed on (exit.json
+    ``timed_layer_speedup``); an older exit.json without it: the split's ``speedup``."""
+    timed = number(point.get("timed_layer_speedup"))
+    return float(timed if timed is not None else point["speedup"])
+
+
 def _render(fig: Any, title: str, caption: str) -> FigureItem:
     import matplotlib.pyplot as plt
 
@@ -372,17 +379,14 @@ class Figures:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5.6, 4.0))
-        def layer_x(p: dict) -> float:  # the layer speed-up of the samples timed (older exit.json: the split's)
-            return float(number(p.get("timed_layer_speedup")) or p["speedup"])
-
-        top = max(max(layer_x(p), float(p["measured_speedup"])) for _, _, pts in series for p in pts)
+        top = max(max(timed_layer_speedup(p), float(p["measured_speedup"])) for _, _, pts in series for p in pts)
         line = [1.0, max(1.0, top) * 1.05]
         ax.plot(line, line, color="#999999", linewidth=0.8, label="measured = layer speed-up")
         ax.plot(line, [0.85 * v for v in line], color="#999999", linewidth=0.8, linestyle="--", label="0.85x")
         for r, policy, pts in series:
             st = self.styles[r.name]
             kw = st.kwargs()
-            ax.plot([layer_x(p) for p in pts], [p["measured_speedup"] for p in pts],
+            ax.plot([timed_layer_speedup(p) for p in pts], [p["measured_speedup"] for p in pts],
                     label=r.name + ("" if len(r.exits) == 1 else f" / {policy}"), **kw)
         ax.set_xlabel("layer-count speed-up of the timed samples (x)")
         ax.set_ylabel("measured speed-up (x, batch 64)")
