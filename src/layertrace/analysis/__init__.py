@@ -6,7 +6,9 @@
     AnalysisResult.from_json("out/analysis.json")
 
 * :func:`analyze` - readout, saturation, effective depth, COS / CKA, norm ratio, theory checks.
-* :func:`layerwise_readout` - the cheap readout-only mode (evaluation during training).
+* :func:`layerwise_readout` - the cheap readout-only mode of the pass (the training loop's own
+  evaluation is :func:`layertrace.training.evaluate_layerwise`, which also reads per-layer heads;
+  a test keeps the two equal on the shared head).
 * :func:`analyze_from_config` / :class:`AnalyzeConfig` - what ``layertrace analyze`` runs.
 """
 

@@ -101,7 +101,9 @@ def analyze(model_or_adapter: Any, batches: Iterable[Mapping[str, Any]], *, mode
 
 def layerwise_readout(model_or_adapter: Any, batches: Iterable[Mapping[str, Any]], layers: LayerSpec = None,
                       precision: str | None = None, **options: Any) -> dict[str, Any]:
-    """The cheap mode for evaluation during training: readout statistics only, no similarity.
+    """The cheap mode of the pass: readout statistics only, no similarity (for a quick layer-wise
+    look at a model; the training loop evaluates with :func:`layertrace.training.evaluate_layerwise`,
+    which also reads per-layer heads and agrees with this on the shared head, tests/training/test_loop.py).
 
     Returns:
         ``{"layers", "accuracy", "cross_entropy", "true_class_prob", "max_prob", "entropy",
