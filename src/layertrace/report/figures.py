@@ -8,55 +8,21 @@ group put runs of the same data and model together (``fmnist-vit-standard`` besi
 
 from __future__ import annotations
 
-import io
 import math
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
+# FigureItem & co. live in figure_item.py and the exit / training sections in their own modules; the names
+# stay importable from here, where the report's modules and the tests import them.
+from .figure_item import LAYER_NOTE, FigureItem, _render, groups_of, timed_layer_speedup  # noqa: F401
+from .figures_exits import ExitFigures
+from .figures_training import LOSS_KEYS, TrainingFigures  # noqa: F401
 from .runs import RunResults
 from .series import (effective_depth, layer_series, matrix, norm_ratio_series, number, own_heads_accuracy,
                      row_to_last)
 from .style import LAYER_AXIS, LineStyle, run_styles, setup_matplotlib
 
-LAYER_NOTE = "Layer 0 is the embedding output and layer l the output of block l (L = last block)."
 
-
-@dataclass
-class FigureItem:
-    """One rendered figure: ``png`` holds the image bytes, ``caption`` says what to look for."""
-
-    title: str
-    png: bytes
-    caption: str
-    alt: str = ""
-
-
-def timed_layer_speedup(point: dict) -> float:
-    """The layer-count speed-up of the samples a point's measured speed-up was timed on (exit.json
-    ``timed_layer_speedup``); an older exit.json without it: the split's ``speedup``."""
-    timed = number(point.get("timed_layer_speedup"))
-    return float(timed if timed is not None else point["speedup"])
-
-
-def _render(fig: Any, title: str, caption: str) -> FigureItem:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return FigureItem(title=title, png=buf.getvalue(), caption=caption, alt=title)
-
-
-def groups_of(runs: list[RunResults]) -> "OrderedDict[str, list[RunResults]]":
-    """Runs grouped by their comparison (data + model), in first-seen order."""
-    out: OrderedDict[str, list[RunResults]] = OrderedDict()
-    for r in runs:
-        out.setdefault(r.group, []).append(r)
-    return out
-
-
-class Figures:
+class Figures(ExitFigures, TrainingFigures):
     """Builds the figures of a set of runs with one consistent style per run."""
 
     def __init__(self, runs: list[RunResults]):
@@ -322,191 +288,6 @@ class Figures:
             f"effective_depth{(' (' + eps + ')') if eps else ''}; grey bars show L. Look for: aligned runs "
             "reaching the threshold with fewer blocks, i.e. the blocks an elastic model could drop.")]
 
-    # ------------------------------------------------------------------ early exit
-    def exit_curves(self) -> list[FigureItem]:
-        groups = [(g, [r for r in rs if r.exits]) for g, rs in groups_of(self.runs).items()]
-        groups = [(g, rs) for g, rs in groups if rs]
-        if not groups:
-            return []
-        fig, axes = self._panels(groups, height=3.2, sharey=False)
-        for ax, (group, rs) in zip(axes, groups):
-            for r in rs:
-                st = self.styles[r.name]
-                for j, (policy, ex) in enumerate(sorted(r.exits.items())):
-                    pts = [p for p in ex["points"] if number(p.get("speedup")) is not None
-                           and number(p.get("accuracy")) is not None]
-                    pts.sort(key=lambda p: float(p["speedup"]))
-                    if not pts:
-                        continue
-                    label = (r.mode or r.name) + ("" if len(r.exits) == 1 else f" / {policy}")
-                    kw = st.kwargs()
-                    if j:
-                        kw["linestyle"] = [":", "-."][j % 2]
-                    ax.plot([p["speedup"] for p in pts], [p["accuracy"] for p in pts], label=label, **kw)
-                    meas = [p for p in pts if number(p.get("measured_speedup")) is not None]
-                    if meas:
-                        ax.plot([p["measured_speedup"] for p in meas], [p["accuracy"] for p in meas],
-                                color=st.color, marker=st.marker, markerfacecolor="none", linestyle=":",
-                                linewidth=0.9, markersize=4, label=f"{label} (measured)")
-                full = number(ex.get("full_accuracy")) if r.exits else None
-                if full is not None:
-                    ax.axhline(full, color=st.color, linewidth=0.6, linestyle="--", alpha=0.6)
-            ax.set_title(group)
-            ax.set_xlabel("speed-up (x, vs all L blocks)")
-            ax.set_ylabel("accuracy (fraction of test samples)")
-            ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7)
-        fig.tight_layout()
-        return [_render(
-            fig, "Early exit: accuracy vs speed-up",
-            "Each point is one threshold of the exit policy (exit at the first layer whose shared-head confidence "
-            "reaches it). Filled markers: the paper's layer-count speed-up sum_i L m_i / sum_i i m_i; hollow "
-            "markers: speed-up measured by the batched executor, when available (exit.json timing.clock: CPU time of "
-            "the one timing thread, or wall-clock). Dashed "
-            "horizontal lines: each run's full-depth accuracy. Look for: the aligned single head keeping its "
-            "accuracy to a higher speed-up than the standard model, and how close it comes to per-layer heads.")]
-
-    def exit_measured_curve(self) -> list[FigureItem]:
-        """Measured speed-up against the layer-count speed-up of the timed samples, every timed sweep point."""
-        series = []
-        for r in self.runs:
-            for policy, ex in sorted(r.exits.items()):
-                pts = [p for p in ex["points"] if number(p.get("speedup")) is not None
-                       and number(p.get("measured_speedup")) is not None]
-                if pts:
-                    series.append((r, policy, sorted(pts, key=lambda p: float(p["speedup"]))))
-        if not series:
-            return []
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.6, 4.0))
-        top = max(max(timed_layer_speedup(p), float(p["measured_speedup"])) for _, _, pts in series for p in pts)
-        line = [1.0, max(1.0, top) * 1.05]
-        ax.plot(line, line, color="#999999", linewidth=0.8, label="measured = layer speed-up")
-        ax.plot(line, [0.85 * v for v in line], color="#999999", linewidth=0.8, linestyle="--", label="0.85x")
-        for r, policy, pts in series:
-            st = self.styles[r.name]
-            kw = st.kwargs()
-            ax.plot([timed_layer_speedup(p) for p in pts], [p["measured_speedup"] for p in pts],
-                    label=r.name + ("" if len(r.exits) == 1 else f" / {policy}"), **kw)
-        ax.set_xlabel("layer-count speed-up of the timed samples (x)")
-        ax.set_ylabel("measured speed-up (x, batch 64)")
-        ax.legend(frameon=False, fontsize=7)
-        fig.tight_layout()
-        return [_render(
-            fig, "Early exit: measured vs layer-count speed-up",
-            "One marker per timed threshold: the measured speed-up of the batched executor over the full model "
-            "(exit.json measured_speedup, the evaluation batch size; timing.clock says CPU time of the one timing "
-            "thread or wall-clock) against the paper's layer-count speed-up of the same timed samples "
-            "(timed_layer_speedup). "
-            "Look for: points on or near the diagonal (the executor keeps what the exits promise); below the dashed "
-            "0.85x line the executor's fixed costs (small batches in deep blocks, per-layer readouts) eat it.")]
-
-    def exit_histograms(self, pick: Callable[[RunResults, dict], dict | None]) -> list[FigureItem]:
-        rows = []
-        for r in self.runs:
-            for policy, ex in sorted(r.exits.items()):
-                p = pick(r, ex)
-                if p is not None and p.get("exit_hist"):
-                    rows.append((r, policy, ex, p))
-        if not rows:
-            return []
-        fig, axes = self._panels([(r.name, [r]) for r, *_ in rows], height=2.6, ncols_max=4)
-        for ax, (r, policy, ex, p) in zip(axes, rows):
-            hist = [float(v) for v in p["exit_hist"]]
-            total = sum(hist) or 1.0
-            xs = list(range(1, len(hist) + 1))
-            ax.bar(xs, [h / total for h in hist], color=self.styles[r.name].color, edgecolor="#333333",
-                   linewidth=0.3)
-            ax.set_title(f"{r.name}\n{policy}, threshold {number(p.get('threshold')) or 0:.3g}", fontsize=8)
-            ax.set_xlabel("exit layer (block)")
-            ax.set_ylabel("fraction of samples")
-            if len(xs) <= 16:
-                ax.set_xticks(xs)
-        fig.tight_layout()
-        return [_render(
-            fig, "Where samples exit",
-            "Fraction of test samples leaving at each block, at the operating point shown in the comparison table "
-            "(the fastest threshold whose accuracy stays within the stated tolerance of the run's full-depth "
-            "accuracy). Exit layers are 1-based blocks (1 = after block 1, L = all blocks). Look for: mass at "
-            "shallow blocks, which is where the speed-up comes from.")]
-
-    # ------------------------------------------------------------------ training curves
-    def training_curves(self) -> list[FigureItem]:
-        groups = [(g, [r for r in rs if _loss_series(r)]) for g, rs in groups_of(self.runs).items()]
-        groups = [(g, rs) for g, rs in groups if rs]
-        if not groups:
-            return []
-        fig, axes = self._panels(groups, height=3.0, sharey=False)
-        for ax, (group, rs) in zip(axes, groups):
-            for r in rs:
-                (key, xs, ys) = _loss_series(r)
-                kw = self.styles[r.name].kwargs()
-                kw["marker"] = None
-                ax.plot(xs, ys, label=f"{r.mode or r.name} ({key})", **kw)
-            ax.set_title(group)
-            ax.set_xlabel("optimizer step")
-            ax.set_ylabel("training loss (nats)")
-            ax.legend(frameon=False, fontsize=7)
-        fig.tight_layout()
-        items = [_render(
-            fig, "Training curves",
-            "Training loss per logged optimizer step from each run's metrics.jsonl. Aligned runs log the "
-            "weighted sum of per-layer cross-entropies, so their loss is not directly comparable with the "
-            "standard run's last-layer loss. Look for: smooth convergence and no divergence.")]
-        groups = [(g, [r for r in rs if r.evals]) for g, rs in groups_of(self.runs).items()]
-        groups = [(g, rs) for g, rs in groups if rs]
-        if groups:  # the paper's Fig. 5b: last-layer validation accuracy vs step, one line per mode
-            fig, axes = self._panels(groups, height=3.0, sharey=False)
-            for ax, (group, rs) in zip(axes, groups):
-                for r in rs:
-                    ax.plot([e.step for e in r.evals], [e.last_layer_accuracy for e in r.evals],
-                            label=r.mode or r.name, **self.styles[r.name].kwargs())
-                ax.set_title(group)
-                ax.set_xlabel("optimizer step")
-                ax.set_ylabel("validation accuracy, last layer")
-                ax.legend(frameon=False, fontsize=7)
-            fig.tight_layout()
-            items.append(_render(fig, "Validation during training",
-                                 "Accuracy of the last layer (the model's own head) on the evaluation split, "
-                                 "from the layer-wise evaluations the training loop logs to metrics.jsonl "
-                                 "every train.eval_every steps and at the end (the paper's Fig. 5b). Look for: "
-                                 "the aligned and standard runs ending close together, and per-layer heads "
-                                 "not costing the last layer."))
-        return items
-
-    # ------------------------------------------------------------------ MLP: where CKA misleads
-    def mlp_residual(self, runs: Iterable[RunResults]) -> list[FigureItem]:
-        rs = [r for r in runs if r.analysis]
-        if not rs:
-            return []
-        fig, axes = self._panels([(r.name, [r]) for r in rs], height=3.1)
-        for ax, r in zip(axes, rs):
-            series = [
-                ("accuracy", layer_series(r.analysis, "accuracy"), "#000000", "-", "o"),
-                ("COS(l, L)", layer_series(r.analysis, "cos_to_last"), "#0072B2", "--", "s"),
-                ("CKA(l, L)", row_to_last(r.analysis, "cka_matrix"), "#D55E00", "-.", "^"),
-            ]
-            for label, s, color, ls, marker in series:
-                xs = sorted(s)
-                ax.plot(xs, [s[x] for x in xs], label=label, color=color, linestyle=ls, marker=marker,
-                        markersize=4, linewidth=1.6)
-            ax.set_title(r.name)
-            ax.set_xlabel(LAYER_AXIS)
-            ax.set_ylabel("accuracy / similarity to layer L")
-            ax.set_ylim(-0.05, 1.05)
-            if r.n_layers and r.n_layers <= 16:
-                ax.set_xticks(range(0, r.n_layers + 1))
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
-        fig.tight_layout(rect=(0, 0.07, 1, 1))
-        return [_render(
-            fig, "9-layer MLP with and without residual connections: where CKA misleads",
-            "Shared-head accuracy, COS to the last layer and linear CKA to the last layer for the same MLP trained "
-            "with and without skip connections. Look for: with residuals all three rise together; without them CKA "
-            "stays high while COS and the shared head's accuracy stay low, because CKA ignores the rotation "
-            "between layers that the final classifier cannot. Layer 0 is the input projection, l the output of "
-            "hidden block l.")]
-
 
 def _log_axis(ax: Any, values: list[float]) -> None:
     """Log-scale y axis with plain-number tick labels (0.2, 0.5, 1, 2, 5, ...) instead of 2x10^0."""
@@ -594,22 +375,3 @@ def _saturation_cumulative(r: RunResults, frac: dict[int, float]) -> dict[int, f
         acc += frac[k]
         out[k] = acc
     return out
-
-
-LOSS_KEYS = ("loss",)  # what the training loop and the MLP experiment write
-
-
-def _step_of(row: dict, i: int) -> float:
-    for key in ("step", "global_step", "iter"):
-        if number(row.get(key)) is not None:
-            return float(row[key])
-    return float(i)
-
-
-def _loss_series(r: RunResults) -> tuple[str, list[float], list[float]] | None:
-    for key in LOSS_KEYS:
-        pts = [(_step_of(row, i), float(row[key])) for i, row in enumerate(r.metrics)
-               if number(row.get(key)) is not None]
-        if pts:
-            return key, [p[0] for p in pts], [p[1] for p in pts]
-    return None
