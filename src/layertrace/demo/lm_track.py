@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,8 +30,11 @@ import numpy as np
 import torch
 
 from .. import run_folder
-from ..errors import LayertraceError, did_you_mean
+from ..errors import LayertraceError
 from ..io import read_json, write_json
+# The presets live in lm_presets.py; the names stay importable from here (the tests, the docs).
+from .lm_presets import MODES, PAPER_GPT2, PRESETS, LMTrackPreset, get_preset  # noqa: F401
+
 
 LM_JSON = "lm.json"
 SCHEMA = "layertrace.lm/1"
@@ -52,99 +55,6 @@ def find_run(track: str | Path, mode: str) -> Path:
         if folder.is_dir():
             return folder
     raise LayertraceError(f"{track} has no corpus-<family>-{mode} run; run `python -m layertrace.demo.lm_track --out {track}`")
-MODES = ("standard", "aligned")
-# The paper's GPT-2 small on WikiText-103 (PAPER.md section 7), next-token accuracy read off its plot.
-PAPER_GPT2 = {"layers": [1, 11, 12], "standard": [0.057, 0.186, 0.40], "aligned": [0.083, 0.335, 0.39]}
-
-
-@dataclass
-class LMTrackPreset:
-    """Sizes and budgets of one LM-track run.
-
-    Attributes:
-        train_docs / test_docs: documents of the embedded train / test splits used (seeded subset).
-        vocab_size: byte-level BPE vocabulary.
-        family: ``"gpt2"`` (GPT2LMHeadModel, learned positions) or ``"llama"`` (LlamaForCausalLM: rotary
-            positions, RMSNorm, SwiGLU MLP of width 8/3 d, tied embeddings); the run folders are
-            ``corpus-<family>-<mode>``.
-        n_layers, hidden, heads, block_size: the shape (block_size = positions = training block).
-        steps, batch_size, lr: training budget (AdamW, cosine, 5% warmup) for each mode.
-        eval_blocks: test blocks of ``block_size`` tokens for the per-layer metrics.
-        n_prompts, prompt_tokens, new_tokens: generation from every layer (nucleus p = 0.95).
-        exit_prompts, exit_batch_size, exit_repeats, taus: the early-exit decoding sweep (nucleus
-            sampling with the same seed as full decoding, so tau > 1 reproduces it).
-        decoding, decode_batch_sizes: greedy decoders side by side on the aligned model (full,
-            self-speculative, CALM-style exit at the sweep's selected tau, HF's early-exit assistant at
-            batch 1; :func:`~layertrace.lm.speculative.compare_decoders`) on the ``exit_prompts`` prompts.
-    """
-
-    name: str = "custom"
-    family: str = "gpt2"
-    train_docs: int = 4000
-    test_docs: int = 600
-    vocab_size: int = 1024
-    n_layers: int = 6
-    hidden: int = 128
-    heads: int = 4
-    block_size: int = 64
-    steps: int = 600
-    batch_size: int = 8
-    lr: float = 3e-3
-    eval_blocks: int = 128
-    n_prompts: int = 32
-    prompt_tokens: int = 16
-    new_tokens: int = 32
-    top_p: float = 0.95
-    exit_prompts: int = 12
-    exit_batch_size: int = 1
-    exit_repeats: int = 2
-    taus: tuple = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
-    decoding: bool = True
-    decode_batch_sizes: tuple = (1, 8)
-    seed: int = 0
-
-
-PRESETS: dict[str, LMTrackPreset] = {
-    # the LM track of `layertrace demo --with-lm`. History: 600 steps of 8 x 64 tokens (GPT-2 layout,
-    # 4000 documents) stopped at test loss 5.32, a near-unigram model (perplexity ~220 at every layer
-    # of the aligned run: depth did nothing). The gap between layer 1 and layer L of the aligned run
-    # opens only late: with the Llama layout, all 12052 training documents and 8 x 128 tokens, the
-    # training-loss gap grew 0.02 (step 500) -> 0.24 (1000) -> 0.41 (1500), test perplexity 86.4 at
-    # layer 1 vs 59.4 at layer 6 (1.45x) after 1500 steps (the gap was still growing: more steps
-    # should pass 1.5x, not measured: the shared machine ran ~5x slower than idle that day); the
-    # standard run: 72.0 -> 47.3 (1.52x), better than the aligned one at every layer. The Llama
-    # layout also lets HF's `assistant_early_exit` run beside our decoders (it fails on GPT-2).
-    "quick": LMTrackPreset("quick", family="llama", train_docs=12052, block_size=128, steps=1500),
-    # a longer CPU run (~1 h): all the training text, a deeper and wider model, more steps
-    "full": LMTrackPreset("full", train_docs=12052, test_docs=1489, vocab_size=2048, n_layers=8, hidden=192,
-                          heads=6, block_size=128, steps=3000, batch_size=16, lr=2e-3, eval_blocks=256,
-                          n_prompts=64, prompt_tokens=24, new_tokens=48, exit_prompts=16, exit_repeats=3),
-    # GPU: the paper's GPT-2 small shape (12 x 768) trained from scratch on the embedded corpus (the
-    # paper fine-tunes the pretrained GPT-2 on WikiText-103, which is not available offline)
-    "paper": LMTrackPreset("paper", train_docs=12052, test_docs=1489, vocab_size=8192, n_layers=12, hidden=768,
-                           heads=12, block_size=256, steps=20000, batch_size=32, lr=6e-4, eval_blocks=512,
-                           n_prompts=128, prompt_tokens=32, new_tokens=64, exit_prompts=32, exit_repeats=3,
-                           taus=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
-    # seconds: exercises every stage (tests)
-    "smoke": LMTrackPreset("smoke", train_docs=200, test_docs=60, vocab_size=300, n_layers=2, hidden=32, heads=2,
-                           block_size=32, steps=2, batch_size=4, eval_blocks=4, n_prompts=3, prompt_tokens=6,
-                           new_tokens=5, exit_prompts=2, exit_repeats=1, taus=(0.0, 2.0), decode_batch_sizes=(1, 2)),
-}
-
-
-def get_preset(preset: str | Path | LMTrackPreset) -> LMTrackPreset:
-    """A copy of a preset by name (``quick``, ``full``, ``paper``, ``smoke``), a YAML file of preset
-    fields (``configs/lm-quick.yaml``), or the preset itself."""
-    if isinstance(preset, LMTrackPreset):
-        return preset
-    if str(preset).endswith((".yaml", ".yml")):
-        from ..config import load_config
-
-        return load_config(LMTrackPreset, preset)
-    if preset not in PRESETS:
-        raise LayertraceError(f"unknown LM-track preset {preset!r}{did_you_mean(preset, PRESETS)}; "
-                              f"choose one of {', '.join(PRESETS)} or a .yaml file")
-    return replace(PRESETS[preset])
 
 
 def _reporter(progress: Any) -> Callable[[str], None]:
