@@ -1,5 +1,9 @@
 """Any Hugging Face transformer, found by introspection: the discovery adapter.
 
+(Just over ~450 lines: what is left is the one class :class:`HFAutoAdapter`, whose recording, replay and
+cache methods share its discovered state; recording, heads, the decode path and the self-check have their
+own modules.)
+
 How it works (docs/models.md has the long form):
 
 1. **Blocks.** The stack of residual blocks is the ``nn.ModuleList`` holding the most parameters
