@@ -26,12 +26,12 @@ _LAZY = {
     "stage_flops": "layertrace.exits.costs",
     "param_summary": "layertrace.exits.costs",
     "measure_speedups": "layertrace.exits.timing",
-    "ExitConfig": "layertrace.exits.run",
+    "ExitConfig": "layertrace.exits.config",
     "exit_from_config": "layertrace.exits.run",
     "evaluate_exits": "layertrace.exits.run",
     "compare_runs": "layertrace.exits.run",
     "comparison_markdown": "layertrace.exits.run",
-    "sweep_analysis": "layertrace.exits.run",
+    "sweep_analysis": "layertrace.exits.simulate",
 }
 
 __all__ = [

@@ -11,14 +11,17 @@ FLOPs including the cost of applying the head at every visited layer, and Pareto
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .. import run_folder
 from ..errors import LayertraceError
-from .policies import ExitPolicy, OraclePolicy, get_policy
+from ..io import reading
+from .policies import ExitPolicy, OraclePolicy, default_thresholds, get_policy
 
 
 def speedup(exit_layers: Sequence[int] | np.ndarray | Tensor, n_layers: int) -> float:
@@ -248,3 +251,32 @@ def sweep(logits: Any, policy: str | ExitPolicy, thresholds: Sequence[float], la
     return ExitSweep(policy=policy.name, n_layers=n_layers, n_samples=n_samples, full_accuracy=full_acc,
                      layer_accuracy=layer_acc, points=points, exit_layers=exit_np,
                      predictions=predictions.cpu().numpy(), layers=layer_numbers)
+
+
+def sweep_analysis(path: str | Path, policy: str = "confidence", thresholds: Sequence[float] | None = None,
+                   costs: Any = None) -> ExitSweep:
+    """Simulate a sweep from the per-sample arrays of ``layertrace analyze`` (no model needed).
+
+    Args:
+        path: an analysis output folder or its ``analysis_samples.npz``; it must hold ``logits``
+            (classifiers; ``analyze --save_logits true`` keeps them whatever their size) and ``labels``.
+        policy, thresholds: as in :func:`~layertrace.exits.simulate.sweep` (default: the policy's sweep).
+        costs: optional :class:`~layertrace.exits.simulate.LayerCosts` for expected FLOPs.
+    Returns:
+        :class:`ExitSweep` over the traced layers >= 1 (layer L is always traced).
+    """
+    p = Path(path)
+    npz = p / run_folder.ANALYSIS_SAMPLES if p.is_dir() else p
+    if not npz.is_file():
+        raise LayertraceError(f"{npz}: no analysis_samples.npz; run `layertrace analyze ... --out DIR` first")
+    with reading(npz, f"re-run `layertrace analyze ... --out {npz.parent}`", what="per-sample arrays"), \
+            np.load(npz, allow_pickle=False) as data:
+        if "logits" not in data or "labels" not in data:
+            raise LayertraceError(f"{npz} has no per-layer logits; re-run `layertrace analyze` with --save_logits true")
+        traced = [int(l) for l in data["layers"]]
+        keep = [i for i, l in enumerate(traced) if l >= 1]
+        logits = torch.from_numpy(np.ascontiguousarray(data["logits"][:, keep].transpose(1, 0, 2)))
+        labels = torch.from_numpy(data["labels"].astype(np.int64))
+    layers = [traced[i] for i in keep]
+    values = list(thresholds) if thresholds else default_thresholds(policy, layers[-1])
+    return sweep(logits, policy, values, labels, costs, layers)
