@@ -40,6 +40,9 @@ ANALYSIS_CONFIG = "analyze-config.yaml"   # not config.yaml: a training run fold
 EXIT = "exit.json"
 EXIT_CONFIG = "exit-config.yaml"          # likewise
 LM_EVAL = "lm_eval.json"
+LM_TRACK = "lm.json"                      # the causal-LM track (`layertrace demo --with-lm`)
+PROBE = "probe.json"                      # `layertrace probe`
+CLIP = "clip.json"                        # `layertrace analyze-clip`
 VARIANTS = "variants"                     # variants/NAME/: re-readings of the model (analysis.json + its config)
 
 #: The training modes (``layertrace train --train.mode``; PAPER.md section 5), in the report's order.

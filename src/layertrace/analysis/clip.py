@@ -28,8 +28,9 @@ import torch
 from ..errors import LayertraceError
 from ..io import read_json, write_json
 from ..metrics import DegenerateLayerWarning, cos_matrix
+from ..run_folder import CLIP
 
-CLIP_NAME = "clip.json"
+CLIP_NAME = CLIP
 CLIP_PARTS = ("vision_model", "text_model", "visual_projection", "text_projection")
 # A layer whose features vary across samples by less than this (relative to their mean's norm) is
 # input-independent up to float32 rounding (a ViT's [CLS] at layer 0): its rounding noise, which differs

@@ -30,10 +30,11 @@ import torch
 from ..errors import LayertraceError
 from ..io import read_json, write_json
 from ..layers import LayerSpec, resolve_layers
+from ..run_folder import PROBE
 from ..readout.probe import DEFAULT_L2, DEFAULT_MAX_ITER, DEFAULT_TOL, fit_linear_probe
 from ..trace import trace_batch
 
-PROBE_NAME = "probe.json"
+PROBE_NAME = PROBE
 FEATURE_RULE = ("per-sample prediction-token feature of each layer (adapter.pool(adapter.features(state)), "
                 "before the head's final norm), standardised with the train split's mean and std")
 

@@ -30,13 +30,14 @@ import numpy as np
 import torch
 
 from .. import run_folder
+from ..run_folder import LM_TRACK
 from ..errors import LayertraceError
 from ..io import read_json, write_json
 # The presets live in lm_presets.py; the names stay importable from here (the tests, the docs).
 from .lm_presets import MODES, PAPER_GPT2, PRESETS, LMTrackPreset, get_preset  # noqa: F401
 
 
-LM_JSON = "lm.json"
+LM_JSON = LM_TRACK
 SCHEMA = "layertrace.lm/1"
 DATA_NAME = "rt-bbc-corpus"
 RUN_NAME = "corpus-{family}-{mode}"

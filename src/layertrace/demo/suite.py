@@ -34,7 +34,7 @@ from ..config import add_config_args, load_config, overrides_from_args, save_con
 from ..errors import LayertraceError, did_you_mean
 from ..experiments.mlp_residual import MLPExperimentConfig
 from .. import run_folder
-from ..run_folder import MODES
+from ..run_folder import LM_TRACK, MODES
 # The config (sections, presets, resolve_config) lives in settings.py and the stage / progress display in
 # progress.py; the names stay importable from here, where the CLI, the docs and the tests import them.
 from .progress import DEFAULT_RATE, DEFAULT_RATES, Progress, Stage, _fmt_s  # noqa: F401
@@ -239,7 +239,7 @@ class Demo:
         s = self.probe_settings(track, run_dir)
         n = (_n_samples(s["data"], "train", s["limit_train"], None) + _n_samples(s["data"], "test", s["limit_test"], None))
         return Stage(f"probe:{track.name}", f"probe {run_dir.name} on {track.probe_data} ({n} samples)", run,
-                     lambda: _stamped(stamp, self.probe_settings(track, run_dir), run_dir / "probe.json"),
+                     lambda: _stamped(stamp, self.probe_settings(track, run_dir), run_dir / run_folder.PROBE),
                      units=n / 1000)
 
     # -- early exit ------------------------------------------------------------------------------
@@ -318,7 +318,7 @@ class Demo:
             lm_dir = self.out / "lm"
             out.append(Stage("lm", f"causal-LM track ({cfg.lm_preset})",
                              lambda: _run_lm(lm_dir, cfg.lm_preset, cfg.threads, cfg.device),
-                             lambda: (lm_dir / "lm.json").is_file()))
+                             lambda: (lm_dir / LM_TRACK).is_file()))
         out.append(Stage("report", "report.html + summary.md", self.report))
         return out
 

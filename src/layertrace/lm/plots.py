@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..io import read_json
+from ..run_folder import LM_TRACK
 
 COLORS = {"standard": "#4C72B0", "aligned": "#DD8452"}
 
@@ -22,7 +23,7 @@ COLORS = {"standard": "#4C72B0", "aligned": "#DD8452"}
 def _load(lm_json: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
     if isinstance(lm_json, (str, Path)):
         path = Path(lm_json)
-        return read_json(path / "lm.json" if path.is_dir() else path)
+        return read_json(path / LM_TRACK if path.is_dir() else path)
     return lm_json
 
 

@@ -35,7 +35,7 @@ from ..run_folder import EvalRecord, eval_records, split_name
 # Training modes as they appear at the end of a run folder name ``<data>-<model>-<mode>``.
 KNOWN_MODES = rf.MODES + rf.EXPERIMENT_VARIANTS
 SAMPLE_FILES = (rf.ANALYSIS_SAMPLES, "analysis.npz")
-RESULT_FILES = (rf.ANALYSIS, rf.EXIT, rf.METRICS, rf.TRAIN_SUMMARY, "lm.json", "probe.json", "clip.json")
+RESULT_FILES = (rf.ANALYSIS, rf.EXIT, rf.METRICS, rf.TRAIN_SUMMARY, rf.LM_TRACK, rf.PROBE, rf.CLIP)
 CONFIG_FILES = (rf.CONFIG, rf.ANALYSIS_CONFIG, rf.EXIT_CONFIG)  # in order of preference
 VARIANTS_DIR = rf.VARIANTS
 
@@ -162,12 +162,12 @@ def load_run(path: str | Path) -> RunResults:
     run.evals = eval_records(run.metrics)
     if rf.is_trained(p):
         run.train_summary = read_json(p / rf.TRAIN_SUMMARY)
-    if (p / "lm.json").is_file():
-        run.lm = read_json(p / "lm.json")
-    if (p / "probe.json").is_file():
-        run.probe = read_json(p / "probe.json")
-    if (p / "clip.json").is_file():
-        run.clip = read_json(p / "clip.json", f"re-run `layertrace analyze-clip ... --out {p}`")
+    if (p / rf.LM_TRACK).is_file():
+        run.lm = read_json(p / rf.LM_TRACK)
+    if (p / rf.PROBE).is_file():
+        run.probe = read_json(p / rf.PROBE)
+    if (p / rf.CLIP).is_file():
+        run.clip = read_json(p / rf.CLIP, f"re-run `layertrace analyze-clip ... --out {p}`")
     for v in sorted((p / VARIANTS_DIR).glob(f"*/{rf.ANALYSIS}")) if (p / VARIANTS_DIR).is_dir() else []:
         cfg_path = v.parent / rf.ANALYSIS_CONFIG
         run.variants[v.parent.name] = {
