@@ -151,13 +151,16 @@ def train_config(base: Path, corpus_dir: Path, mode: str, p: LMTrackPreset, thre
 
 
 def _train_one(base: Path, corpus_dir: Path, run_dir: Path, mode: str, p: LMTrackPreset, threads: int | None,
-               device: str) -> Any:
-    """One mode's training (also the worker of :func:`train_modes`' processes): its ``RunSummary``."""
+               device: str) -> tuple[Any, float]:
+    """One mode's training (also the worker of :func:`train_modes`' processes): its ``RunSummary`` and
+    the CPU seconds this process spent on it (on a shared machine the wall time overstates the cost)."""
     from ..training import train_from_config
 
     if threads is not None:
         torch.set_num_threads(int(threads))
-    return train_from_config(train_config(base, corpus_dir, mode, p, threads, device), run_dir)
+    cpu = time.process_time()
+    summary = train_from_config(train_config(base, corpus_dir, mode, p, threads, device), run_dir)
+    return summary, time.process_time() - cpu
 
 
 def train_modes(base: Path, corpus_dir: Path, out: Path, p: LMTrackPreset, threads: int | None, device: str,
@@ -167,6 +170,7 @@ def train_modes(base: Path, corpus_dir: Path, out: Path, p: LMTrackPreset, threa
     With ``p.train_parallel`` on CPU the two modes train at once in two spawned processes with half
     of ``threads`` (default: torch's current setting) each, at least 1; ``seconds["train_<mode>"]``
     is then the wall time of both together. Otherwise one after the other, in this process.
+    ``seconds["train_<mode>_cpu"]``: the CPU time of that mode's training process (all its threads).
     """
     say(f"training {' and '.join(MODES)} ({p.steps} steps, batch {p.batch_size} x {p.block_size} tokens"
         + (", both at once" if p.train_parallel and device == "cpu" else "") + ")")
@@ -181,13 +185,15 @@ def train_modes(base: Path, corpus_dir: Path, out: Path, p: LMTrackPreset, threa
         with ProcessPoolExecutor(len(MODES), mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {mode: pool.submit(_train_one, base, corpus_dir, dirs[mode], mode, p, each, device)
                        for mode in MODES}
-            summaries = {mode: f.result() for mode, f in futures.items()}
+            for mode, future in futures.items():
+                summaries[mode], seconds[f"train_{mode}_cpu"] = future.result()
         for mode in MODES:
             seconds[f"train_{mode}"] = time.perf_counter() - t0
         return summaries
     for mode in MODES:
         t0 = time.perf_counter()
-        summaries[mode] = _train_one(base, corpus_dir, dirs[mode], mode, p, threads, device)
+        summaries[mode], seconds[f"train_{mode}_cpu"] = _train_one(base, corpus_dir, dirs[mode], mode, p, threads,
+                                                                    device)
         seconds[f"train_{mode}"] = time.perf_counter() - t0
     return summaries
 
