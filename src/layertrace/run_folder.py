@@ -16,17 +16,29 @@ A run folder ``<data>-<model>-<mode>`` (``fmnist-vit-aligned``) holds, written b
 
 ``metrics.jsonl`` records are read as typed :class:`EvalRecord` s by :func:`eval_records`: the
 layer-wise evaluation the training loop runs every ``train.eval_every`` steps and once at the end
-(``{"step", "eval": {"layers", "accuracy", "loss", "n"}, "final"?}``).
+(``{"step", "eval": {"layers", "accuracy", "loss", "n"}, "final"?}``); ``train_summary.json`` as a
+:class:`TrainSummary` by :func:`read_train_summary`. The other typed records live with the classes
+they are (the rank rule below): ``analysis.json`` -> ``layertrace.analysis.AnalysisResult.from_json``,
+``exit.json`` -> ``layertrace.exits.ExitRecord.from_json`` (its points are ``ExitPoint`` s).
+
+Whether a stage is finished is ONE check, :func:`stage_done`: a stage that finishes writes a small
+marker ``.done-<stage>.json`` holding a hash of the settings it ran with (:func:`running_stage` removes
+the marker first and writes it only when the stage's block completes). A re-run with the same settings
+and every output present skips; changed settings, a missing output or an interrupted stage re-run.
+The demo's stages and the MLP experiment use it; :func:`is_trained` (``train_summary.json`` is
+there) is what ``layertrace train`` itself resumes from.
 
 Rank 0 (DESIGN.md section 1): it imports only errors / io / config, so every stage may use it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 CONFIG = "config.yaml"
 MODEL_DIR = "model"
@@ -85,6 +97,59 @@ def training_mode(folder: str | Path) -> str | None:
 def is_trained(folder: str | Path) -> bool:
     """Whether the folder holds a finished training run (``train_summary.json`` is written last)."""
     return (Path(folder) / TRAIN_SUMMARY).is_file()
+
+
+def done_marker(folder: str | Path, stage: str) -> Path:
+    """The marker a finished ``stage`` leaves in ``folder``: ``.done-<stage>.json``."""
+    return Path(folder) / f".done-{stage}.json"
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A short, order-independent hash of a stage's settings (JSON; other values by ``str``)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def mark_done(folder: str | Path, stage: str, settings: dict[str, Any]) -> Path:
+    """Record that ``stage`` finished in ``folder`` with ``settings`` (call once its outputs are written;
+    :func:`running_stage` does). Written atomically; returns the marker's path."""
+    from .io import write_json
+
+    path = done_marker(folder, stage)
+    write_json(path, {"stage": stage, "settings_sha1": settings_hash(settings), "settings": settings})
+    return path
+
+
+def stage_done(folder: str | Path, stage: str, settings: dict[str, Any], outputs: Iterable[str | Path] = ()) -> bool:
+    """Whether ``stage`` finished in ``folder`` with these ``settings`` and its ``outputs`` are all there.
+
+    Args:
+        folder: the folder the stage writes (a run folder, or a variant's folder inside one).
+        stage: the stage's name (``train``, ``analyze``, ``exit``, ``probe``, ``mlp``, ...).
+        settings: what decides the stage's result (JSON-able; compared by :func:`settings_hash`).
+        outputs: files the stage writes, relative to ``folder`` (or absolute); each must exist.
+    Returns:
+        False when the marker is missing or unreadable, records other settings, or an output is missing.
+    """
+    folder = Path(folder)
+    if not all((folder / o).is_file() for o in outputs):
+        return False
+    path = done_marker(folder, stage)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or torn by a crash: not done
+        return False
+    return isinstance(record, dict) and record.get("settings_sha1") == settings_hash(settings)
+
+
+@contextmanager
+def running_stage(folder: str | Path, stage: str, settings: dict[str, Any]) -> Iterator[Path]:
+    """Run a stage's block: its marker is removed first and written only when the block completes, so
+    an interrupted stage (or one that raised) is never taken for done. Yields ``folder``."""
+    folder = Path(folder)
+    done_marker(folder, stage).unlink(missing_ok=True)
+    yield folder
+    folder.mkdir(parents=True, exist_ok=True)
+    mark_done(folder, stage, settings)
 
 
 def has_training_state(folder: str | Path) -> bool:
@@ -151,3 +216,92 @@ def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+@dataclass
+class TrainSummary:
+    """What a finished training run reports (``train_summary.json``, written last by the training
+    loop and by the MLP experiment; ``layertrace.training.RunSummary`` is this class).
+
+    Attributes:
+        run_dir: the run folder.
+        mode: training mode; ``layers`` / ``layer_weights``: the layers in the loss and their weights.
+        model, data: the model spec and dataset name.
+        task: ``image-classification`` | ``text-classification`` | ``causal-lm``.
+        steps: optimizer steps; ``samples_seen``: training samples consumed.
+        wall_time_s: training time over all sessions (resumes included), without evaluation and saving.
+        final_eval: ``{"layers": [0..L], "accuracy": [...], "loss": [...], "n": N}`` on the eval split
+            (per-layer heads read their own layers in multi-head runs).
+        params: ``{"model": ..., "per_layer_heads": ...}`` parameter counts.
+        resumed_from: checkpoint step the last session resumed from (None: trained in one go).
+        reused: True when this call found the run finished and did not train.
+    """
+
+    run_dir: str
+    mode: str
+    model: str
+    data: str
+    task: str
+    steps: int
+    samples_seen: int
+    wall_time_s: float
+    final_eval: dict[str, Any] | None
+    layers: list[int]
+    layer_weights: list[float]
+    params: dict[str, int] = field(default_factory=dict)
+    resumed_from: int | None = None
+    reused: bool = False
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the summary (atomically)."""
+        from .io import write_json
+
+        write_json(path, asdict(self))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "TrainSummary":
+        """Read ``train_summary.json`` (a file or its run folder); a file that is not one is a one-line
+        error naming it. Keys this class does not know are ignored."""
+        from .errors import LayertraceError
+        from .io import read_json_dict
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / TRAIN_SUMMARY
+        fix = (f"delete it, then re-run the training (`layertrace train --config {path.parent / CONFIG} "
+               f"--out {path.parent}` resumes from its checkpoints; the demo re-runs its stage)")
+        data = read_json_dict(path, fix)
+        if "wall_time_s" not in data and "train_seconds" in data:
+            # train_summary.json of the MLP experiment before it wrote this record (the previous
+            # session's demo outputs, e.g. docs/demo.md's example folder): same facts, older keys.
+            data = _legacy_mlp_summary(path.parent, data)
+        known = {f for f in cls.__dataclass_fields__}
+        missing = [f for f in ("mode", "steps", "wall_time_s") if f not in data]
+        if missing:
+            raise LayertraceError(f"{path}: missing key(s) {', '.join(missing)}; it is not a train_summary.json, {fix}")
+        defaults = {"run_dir": str(path.parent), "model": "", "data": "", "task": "", "samples_seen": 0,
+                    "final_eval": None, "layers": [], "layer_weights": []}
+        return cls(**{**defaults, **{k: v for k, v in data.items() if k in known}})
+
+    def table(self) -> str:
+        """A short text table of the final layer-wise accuracy."""
+        lines = [f"run {self.run_dir}: {self.mode}, {self.steps} steps, {self.wall_time_s:.1f} s"
+                 + (" (reused)" if self.reused else "")]
+        if self.final_eval:
+            lines.append("layer     " + " ".join(f"{l:>6d}" for l in self.final_eval["layers"]))
+            lines.append("accuracy  " + " ".join(f"{a:6.3f}" for a in self.final_eval["accuracy"]))
+        return "\n".join(lines)
+
+
+def _legacy_mlp_summary(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of an old MLP-experiment summary (``train_seconds``, ``n_params``) as TrainSummary's."""
+    out = {"mode": data.get("mode", split_name(folder.name)[1]), "steps": data.get("steps", 0),
+           "wall_time_s": data["train_seconds"], "task": "image-classification"}
+    if "n_params" in data:
+        out["params"] = {"model": int(data["n_params"])}
+    return out
+
+
+def read_train_summary(folder: str | Path) -> TrainSummary | None:
+    """The folder's :class:`TrainSummary`, ``None`` when it holds no finished training run."""
+    return TrainSummary.from_json(folder) if is_trained(folder) else None

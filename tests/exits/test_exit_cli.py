@@ -23,6 +23,7 @@ def make_run(folder: Path, multi_head: bool, seed: int = 0) -> Path:
     holding vit-demo with random weights (a sharpened head, so confidences spread)."""
     from layertrace.io import write_json
     from layertrace.models import load_model
+    from layertrace.run_folder import TrainSummary
     from layertrace.training.heads import PerLayerHeads, save_heads
 
     loaded = load_model("vit-demo", seed=seed)
@@ -30,7 +31,10 @@ def make_run(folder: Path, multi_head: bool, seed: int = 0) -> Path:
         loaded.model.classifier.weight.mul_(20.0)
     loaded.save_pretrained(folder / "model")
     write_json(folder / "preprocess.json", loaded.preprocess)
-    write_json(folder / "train_summary.json", {"mode": "multi-head" if multi_head else "aligned"})
+    mode = "multi-head" if multi_head else "aligned"
+    TrainSummary(run_dir=str(folder), mode=mode, model="vit-demo", data="fashion-mnist", task="image-classification",
+                 steps=0, samples_seen=0, wall_time_s=0.0, final_eval=None, layers=[], layer_weights=[]
+                 ).to_json(folder / "train_summary.json")  # what training writes last (random weights: 0 steps)
     if multi_head:
         heads = PerLayerHeads(loaded.adapter, range(1, loaded.adapter.n_layers + 1))
         torch.manual_seed(seed + 1)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from layertrace.run_folder import TrainSummary
+
 
 def _sim_matrix(profile: np.ndarray, sharp: float) -> np.ndarray:
     """Symmetric (S, S) similarity with unit diagonal, decaying with layer distance."""
@@ -133,7 +135,10 @@ def write_run(root: Path, name: str, n_layers: int, accuracy: list[float], cos: 
         for row in metrics_rows(60, 0.3 + 0.1 * seed, accuracy):
             fh.write(json.dumps(row) + "\n")
         fh.write('{"step": 61, "loss": 0.')  # a torn last line, as an interrupted run leaves
-    (d / "train_summary.json").write_text(json.dumps({"steps": 60, "seconds": 12.5}))
+    # what the training loop writes last (run_folder.TrainSummary, its own writer)
+    TrainSummary(run_dir=str(d), mode=mode, model=name.split("-")[1], data=name.split("-")[0], task="image-classification",
+                 steps=60, samples_seen=60 * 32, wall_time_s=12.5, final_eval=None, layers=list(range(1, n_layers + 1)),
+                 layer_weights=[], params={"model": 100_000}).to_json(d / "train_summary.json")
     return d
 
 

@@ -106,6 +106,7 @@ def test_summary_per_layer_numbers_equal_the_json(demo_report):
 
 
 def test_summary_comparison_numbers_equal_the_json(demo_report):
+    from layertrace.exits import ExitRecord
     from layertrace.report.tables import operating_point
 
     root, paths = demo_report
@@ -116,7 +117,7 @@ def test_summary_comparison_numbers_equal_the_json(demo_report):
     assert len(rows) == 5  # every run with an exit.json
     for row in rows:
         ex = json.loads((root / row[col["run"]] / "exit.json").read_text())
-        point = operating_point(ex, 0.01)
+        point = operating_point(ExitRecord.from_dict(ex), 0.01).to_dict()  # the typed reader, back to the JSON keys
         # the chosen point is the fastest within one point of full accuracy (checked by a naive loop)
         ok = [p for p in ex["points"] if p["accuracy"] >= ex["full_accuracy"] - 0.01]
         assert ok, "the fixture sweep includes the full-depth point"
@@ -339,8 +340,12 @@ def test_measured_exit_curve_is_drawn_from_every_timed_point(demo_report):
 
 def test_measured_curve_compares_with_the_layer_speedup_of_the_timed_samples():
     """exit.json points carry the layer speed-up of the samples timed; older ones fall back to the split's."""
+    from layertrace.exits import ExitPoint
     from layertrace.report.figures import timed_layer_speedup
 
-    assert timed_layer_speedup({"speedup": 4.65, "timed_layer_speedup": 4.99}) == 4.99
-    assert timed_layer_speedup({"speedup": 4.65, "timed_layer_speedup": None}) == 4.65
-    assert timed_layer_speedup({"speedup": 1.5}) == 1.5
+    def point(**keys):  # an exit.json point as the report reads it (the rest of the point is irrelevant here)
+        return ExitPoint.from_dict({"threshold": 0.9, "accuracy": 0.8, "exit_hist": [3, 1], **keys}, "confidence")
+
+    assert timed_layer_speedup(point(speedup=4.65, timed_layer_speedup=4.99)) == 4.99
+    assert timed_layer_speedup(point(speedup=4.65, timed_layer_speedup=None)) == 4.65
+    assert timed_layer_speedup(point(speedup=1.5)) == 1.5

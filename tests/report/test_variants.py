@@ -53,7 +53,7 @@ def test_variant_is_read_and_checked_like_its_own_comparison(tmp_path):
     # aligned keeps its advantage at every layer but 2 under the shift
     a = _run(tmp_path, "fmnist-vit-aligned", ALI, {"shift": ([0.1, 0.5, 0.25, 0.6, 0.62, 0.63, 0.64], shift)})
     runs = load_runs([s, a])
-    assert set(runs[0].variants) == {"shift"} and runs[0].variants["shift"]["config"]["shift"] == shift["shift"]
+    assert set(runs[0].variants) == {"shift"} and runs[0].variants["shift"].config["shift"] == shift["shift"]
     found = {f.claim.split(":")[0]: f for f in check_variants(runs)}
     layerwise = found["Aligned training makes intermediate layers readable"]
     assert layerwise.scope == "fmnist-vit [shift]: fmnist-vit-aligned [shift] vs fmnist-vit-standard [shift]"

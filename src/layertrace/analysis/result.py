@@ -31,6 +31,7 @@ _FLOAT_ARRAYS = (
     "rbf_cka_matrix", "procrustes_matrix",
 )
 _INT_ARRAYS = ("saturation_hist", "zero_norm_per_layer")
+_REQUIRED = ("n_layers", "layers", "n_samples")
 
 
 @dataclass
@@ -104,7 +105,7 @@ class AnalysisResult:
     def from_dict(cls, data: dict[str, Any], samples: dict[str, np.ndarray] | None = None) -> "AnalysisResult":
         """Rebuild a result from its JSON content (lists -> numpy arrays, null -> NaN)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        missing = [k for k in ("n_layers", "layers", "n_samples") if k not in data]
+        missing = [k for k in _REQUIRED if k not in data]
         if missing:
             raise LayertraceError(f"analysis result is missing {missing}; re-run 'layertrace analyze'")
         kwargs = {k: v for k, v in data.items() if k in known and k != "samples"}
@@ -145,6 +146,9 @@ class AnalysisResult:
             samples = load_samples_npz(npz)
         fix = f"re-run `layertrace analyze ... --out {path.parent}`"
         data = read_json_dict(path, fix)
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise LayertraceError(f"{path}: missing key(s) {', '.join(missing)}; it is not an analysis.json, {fix}")
         with reading(path, fix, what="analysis result"):
             return cls.from_dict(data, samples=samples)
 

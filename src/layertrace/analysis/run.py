@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
-
-import numpy as np
 import torch
 
 from .. import run_folder
@@ -69,15 +66,24 @@ def _is_classifier_preset(spec: str) -> bool:
 
 
 def load_for_analysis(cfg: AnalyzeConfig):
-    """``(loaded_model, batches, data_description)`` for a config (no analysis yet)."""
+    """``(loaded_model, batches, data_description)`` for a config (no analysis yet).
+
+    The data loading itself lives in data/ (:mod:`layertrace.data.run_batches`: the split or corpus as
+    the batches the model takes); this function stays here because it loads the model too (models/ is
+    rank 2, above data/) and checks the two against each other: a classifier preset gets its head
+    sized by the dataset's classes, a causal LM reads a corpus, a classifier's classes must match.
+    """
     from ..data import load_dataset
     from ..models.loading import load_model
+
+    def split():
+        return load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
+                            shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
 
     dataset = None
     num_classes = cfg.num_classes
     if _is_classifier_preset(cfg.model):
-        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
-                               shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
+        dataset = split()
         if num_classes is None:
             num_classes = dataset.num_classes
     loaded = load_model(cfg.model, num_classes=num_classes, final_norm=cfg.final_norm, seed=cfg.seed,
@@ -90,8 +96,7 @@ def load_for_analysis(cfg: AnalyzeConfig):
             raise LayertraceError(f"shift {cfg.shift!r} applies to image datasets, not a causal LM's corpus: drop --shift")
         return loaded, _lm_batches(cfg, loaded, max_length), None
     if dataset is None:
-        dataset = load_dataset(cfg.data, cfg.split, root=cfg.data_root, seed=cfg.seed, limit=cfg.limit,
-                               shift=cfg.shift, shift_seed=cfg.shift_seed, **cfg.loader_kwargs)
+        dataset = split()
     if len(dataset) == 0:
         raise LayertraceError(f"dataset {cfg.data!r} split {cfg.split!r} is empty; pick another split or data_root")
     if adapter.kind == "classifier" and dataset.num_classes != adapter.num_outputs:
@@ -102,54 +107,23 @@ def load_for_analysis(cfg: AnalyzeConfig):
 
 
 def dataset_batches(dataset, loaded, batch_size: int, max_length: int, model: str, data: str):
-    """Re-iterable batches of a classification ``dataset`` in the form ``loaded`` (a
-    :func:`~layertrace.models.loading.load_model` result) takes: tokenised with its tokenizer, or
-    images normalised with its preprocessing. Raises on a text / image mismatch."""
-    from ..data import make_batches
+    """:func:`layertrace.data.run_batches.input_batches` of ``dataset`` with the tokenizer and
+    preprocessing of ``loaded`` (a :func:`~layertrace.models.loading.load_model` result)."""
+    from ..data.run_batches import input_batches
 
-    pre = loaded.preprocess or {}
-    modality = pre.get("modality")
-    is_text = hasattr(dataset, "texts")
-    if modality and modality != ("text" if is_text else "image"):
-        raise LayertraceError(f"model {model!r} takes {modality} inputs but dataset {data!r} is "
-                              f"{'text' if is_text else 'images'}; pick a matching model and dataset")
-    if is_text:
-        if loaded.tokenizer is None:
-            raise LayertraceError(f"model {model!r} has no tokenizer; save one in its folder to analyse text")
-        batches = make_batches(dataset, batch_size, tokenizer=loaded.tokenizer, max_length=max_length)
-    else:
-        batches = make_batches(dataset, batch_size, image_mean=pre.get("image_mean"), image_std=pre.get("image_std"))
-    return batches
+    return input_batches(dataset, batch_size, tokenizer=loaded.tokenizer, preprocess=loaded.preprocess,
+                         max_length=max_length, model=model, data=data)
 
 
-class _TokenBlocks:
-    """Re-iterable causal-LM batches of consecutive token blocks (no padding)."""
-
-    def __init__(self, blocks: np.ndarray, batch_size: int):
-        self.blocks = blocks
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.blocks) // self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for start in range(0, len(self.blocks), self.batch_size):
-            ids = torch.from_numpy(self.blocks[start:start + self.batch_size].copy())
-            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
-def _lm_batches(cfg: AnalyzeConfig, loaded, block: int) -> _TokenBlocks:
-    """Text corpus -> blocks of ``block`` tokens (:func:`layertrace.data.token_blocks`: documents joined by eos)."""
-    from ..data import load_text_corpus, token_blocks
+def _lm_batches(cfg: AnalyzeConfig, loaded, block: int):
+    """The config's corpus as token blocks of ``block`` tokens for ``loaded``'s tokenizer
+    (:func:`layertrace.data.run_batches.corpus_batches`)."""
+    from ..data.run_batches import corpus_batches
 
     if loaded.tokenizer is None:
         raise LayertraceError(f"causal LM {cfg.model!r} has no tokenizer; analyse a run folder that saved one")
-    docs = load_text_corpus(cfg.data_root or cfg.data, cfg.split, seed=cfg.seed, **cfg.loader_kwargs)
-    blocks = token_blocks(loaded.tokenizer, docs, block, max_blocks=cfg.limit)
-    if len(blocks) == 0:
-        raise LayertraceError(f"corpus {cfg.data!r} split {cfg.split!r} gives no block of {block} tokens; "
-                              f"lower --max_length or use a larger split")
-    return _TokenBlocks(blocks, cfg.batch_size)
+    return corpus_batches(loaded.tokenizer, cfg.data_root or cfg.data, cfg.split, block, cfg.batch_size,
+                          seed=cfg.seed, max_blocks=cfg.limit, name=cfg.data, **cfg.loader_kwargs)
 
 
 def analyze_from_config(cfg: AnalyzeConfig, write: bool = True) -> AnalysisResult:

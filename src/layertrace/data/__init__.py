@@ -7,6 +7,7 @@
     rt = load_dataset("rotten-tomatoes", "test")                      # TextClassificationData
     docs = load_text_corpus("embedded", "train")                      # list[str] for causal LMs
     blocks = token_blocks(tokenizer, docs, 128)                       # (n, 128), documents joined by eos
+    batches = input_batches(rt, 32, tokenizer=tok, max_length=128)    # a split as a model takes it
 
 Datasets, splits and exact counts: ``docs/data.md``. Nothing here imports transformers or
 matplotlib; tokenizers are passed in (:func:`layertrace.data.tokenizer.train_bpe_tokenizer` trains a
@@ -24,12 +25,14 @@ from .assets import embedded_assets, minilm_checkpoint_dir
 from .base import SPLITS, ImageClassificationData, TextClassificationData, clear_cache
 from .batches import Batches, make_batches
 from .corpus import chunk_tokens, load_text_corpus, token_blocks
+from .run_batches import TokenBlockBatches, corpus_batches, input_batches
 from .shift import SHIFT_KINDS, apply_shift, parse_shift
 
 __all__ = [
     "load_dataset", "dataset_names", "make_batches", "Batches", "ImageClassificationData",
     "TextClassificationData", "load_text_corpus", "chunk_tokens", "token_blocks", "embedded_assets",
     "minilm_checkpoint_dir", "clear_cache", "SPLITS", "apply_shift", "parse_shift", "SHIFT_KINDS",
+    "input_batches", "corpus_batches", "TokenBlockBatches",
 ]
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -48,25 +47,8 @@ HELP = ("train, analyze and early-exit the paper's comparisons on the embedded d
 
 
 # ---------------------------------------------------------------------------------------- stages
-def _stamp(path: Path, settings: dict) -> None:
-    from ..io import write_json
-
-    write_json(path, {"settings_sha1": _sha(settings), "settings": settings})
-
-
-def _sha(settings: dict) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _stamped(path: Path, settings: dict, *outputs: Path) -> bool:
-    if not path.is_file() or not all(o.is_file() for o in outputs):
-        return False
-    try:
-        return json.loads(path.read_text()).get("settings_sha1") == _sha(settings)
-    except (json.JSONDecodeError, OSError):
-        return False
-
-
+# Every stage is done when run_folder.stage_done says so: its marker records the settings it ran with
+# (run_folder.running_stage writes it when the stage's block completes).
 class Demo:
     """Plans and runs the demo's stages for one resolved :class:`DemoConfig`."""
 
@@ -122,30 +104,21 @@ class Demo:
         return self.train_config(track, run_dir.name[len(track.name) + 1:])
 
     def _train_stage(self, track: TrackSection, mode: str, layer_weights: str | None = None) -> Stage:
-        from ..training.run import SUMMARY_FILE
+        from ..training.run import training_settings
 
         cfg = self.train_config(track, mode, layer_weights)
         run_dir = self.run_dir(track, mode) if layer_weights is None else self.ablation_dir(track, layer_weights)
+        settings = training_settings(cfg)
 
         def run() -> None:
             from ..training.run import train_from_config
 
-            train_from_config(cfg, run_dir)
+            # train_from_config reuses a finished run of this config and resumes an interrupted one
+            with run_folder.running_stage(run_dir, "train", settings):
+                train_from_config(cfg, run_dir)
 
-        def done() -> bool:
-            from ..training.run import config_differences
-
-            if not (run_dir / SUMMARY_FILE).is_file() or not (run_dir / "config.yaml").is_file():
-                return False
-            from ..training.config import TrainConfig
-
-            try:
-                saved = load_config(TrainConfig, run_dir / "config.yaml")
-            except LayertraceError:
-                return False
-            return not config_differences(saved, cfg)
-
-        return Stage(f"train:{track.name}", f"train {run_dir.name} ({_train_steps(cfg)} steps)", run, done,
+        return Stage(f"train:{track.name}", f"train {run_dir.name} ({_train_steps(cfg)} steps)", run,
+                     lambda: run_folder.stage_done(run_dir, "train", settings, [run_folder.TRAIN_SUMMARY, run_folder.CONFIG]),
                      units=_train_steps(cfg))
 
     # -- analysis --------------------------------------------------------------------------------
@@ -158,12 +131,10 @@ class Demo:
                 "null_permutations": a.null_permutations, "null_max_samples": a.null_max_samples,
                 "layer_removal": a.layer_removal, "layer_removal_samples": track.layer_removal_samples,
                 "collapse": a.collapse,
-                # the recipe's loader options too (only when set: the stamps of earlier demos stay valid)
+                # the recipe's loader options too (only when set: the done-markers of earlier demos stay valid)
                 **({"loader_kwargs": dict(train_cfg.data.loader_kwargs)} if train_cfg.data.loader_kwargs else {})}
 
     def _analyze_stage(self, track: TrackSection, run_dir: Path) -> Stage:
-        stamp = run_dir / ".demo-analyze.json"
-
         def run() -> None:
             from ..analysis import analyze_from_config
             from ..analysis.config import AnalyzeConfig
@@ -171,13 +142,14 @@ class Demo:
             settings = self.analyze_settings(track, run_dir)
             cfg = AnalyzeConfig(**settings, out=str(run_dir), progress=False)
             # Writes analysis.json, analysis_samples.npz and analyze-config.yaml beside the training config.
-            analyze_from_config(cfg)
-            _stamp(stamp, settings)
+            with run_folder.running_stage(run_dir, "analyze", settings):
+                analyze_from_config(cfg)
 
         settings = self.analyze_settings(track, run_dir)
         n = _n_samples(settings["data"], settings["split"], settings["limit"], settings["data_root"])
         return Stage(f"analyze:{track.name}", f"analyze {run_dir.name} ({n} {self.cfg.analysis.split} samples)", run,
-                     lambda: _stamped(stamp, self.analyze_settings(track, run_dir), run_dir / run_folder.ANALYSIS),
+                     lambda: run_folder.stage_done(run_dir, "analyze", self.analyze_settings(track, run_dir),
+                                                   [run_folder.ANALYSIS]),
                      units=n / 1000)
 
     # -- re-readings of the trained runs: a shifted test set, another pooling ----------------------
@@ -200,7 +172,6 @@ class Demo:
         from ..report.runs import VARIANTS_DIR
 
         out_dir = run_dir / VARIANTS_DIR / variant
-        stamp = out_dir / ".demo-analyze.json"
 
         def run() -> None:
             from ..analysis import analyze_from_config
@@ -208,15 +179,15 @@ class Demo:
 
             settings = self.variant_settings(track, run_dir, variant)
             out_dir.mkdir(parents=True, exist_ok=True)
-            analyze_from_config(AnalyzeConfig(**settings, out=str(out_dir), progress=False))
-            _stamp(stamp, settings)
+            with run_folder.running_stage(out_dir, "analyze", settings):
+                analyze_from_config(AnalyzeConfig(**settings, out=str(out_dir), progress=False))
 
         settings = self.variant_settings(track, run_dir, variant)
         n = _n_samples(settings["data"], settings["split"], settings["limit"], settings["data_root"])
         what = f"shift {track.shift}" if variant == "shift" else f"pooling={track.counter_pooling}"
         return Stage(f"variant:{track.name}", f"re-analyze {run_dir.name} ({what}, {n} samples)", run,
-                     lambda: _stamped(stamp, self.variant_settings(track, run_dir, variant),
-                                      out_dir / "analysis.json"),
+                     lambda: run_folder.stage_done(out_dir, "analyze", self.variant_settings(track, run_dir, variant),
+                                                   [run_folder.ANALYSIS]),
                      units=n / 1000)
 
     # -- task transfer: linear probes on a second data set ---------------------------------------
@@ -227,19 +198,18 @@ class Demo:
                 "batch_size": self.cfg.analysis.batch_size, "device": self.cfg.device}
 
     def _probe_stage(self, track: TrackSection, run_dir: Path) -> Stage:
-        stamp = run_dir / ".demo-probe.json"
-
         def run() -> None:
             from ..analysis.probe_run import ProbeConfig, probe_from_config
 
             settings = self.probe_settings(track, run_dir)
-            probe_from_config(ProbeConfig(**settings, out=str(run_dir)))
-            _stamp(stamp, settings)
+            with run_folder.running_stage(run_dir, "probe", settings):
+                probe_from_config(ProbeConfig(**settings, out=str(run_dir)))
 
         s = self.probe_settings(track, run_dir)
         n = (_n_samples(s["data"], "train", s["limit_train"], None) + _n_samples(s["data"], "test", s["limit_test"], None))
         return Stage(f"probe:{track.name}", f"probe {run_dir.name} on {track.probe_data} ({n} samples)", run,
-                     lambda: _stamped(stamp, self.probe_settings(track, run_dir), run_dir / run_folder.PROBE),
+                     lambda: run_folder.stage_done(run_dir, "probe", self.probe_settings(track, run_dir),
+                                                   [run_folder.PROBE]),
                      units=n / 1000)
 
     # -- early exit ------------------------------------------------------------------------------
@@ -254,8 +224,6 @@ class Demo:
                 **({"loader_kwargs": s["loader_kwargs"]} if "loader_kwargs" in s else {})}
 
     def _exit_stage(self, track: TrackSection, run_dir: Path) -> Stage:
-        stamp = run_dir / ".demo-exit.json"
-
         def run() -> None:
             from ..exits.run import CONFIG_FILE, EXIT_FILE, ExitConfig, compare_runs, select_point
             from ..io import write_json
@@ -275,14 +243,15 @@ class Demo:
             rows = table["rows"]
             body["operating_point"] = rows[select_point(rows, rows[0]["full_accuracy"], target)] if rows else None
             body["config"] = {**dataclasses.asdict(cfg), "measured_at": "every point", "target": target}
-            write_json(run_dir / EXIT_FILE, body)
-            save_config(cfg, run_dir, name=CONFIG_FILE)
-            _stamp(stamp, settings)
+            with run_folder.running_stage(run_dir, "exit", settings):  # the marker last, after both files
+                write_json(run_dir / EXIT_FILE, body)
+                save_config(cfg, run_dir, name=CONFIG_FILE)
 
         settings = self.exit_settings(track, run_dir)
         n = _n_samples(settings["data"], settings["split"], settings["limit"], settings["data_root"])
         return Stage(f"exit:{track.name}", f"early-exit sweep {run_dir.name}", run,
-                     lambda: _stamped(stamp, self.exit_settings(track, run_dir), run_dir / run_folder.EXIT),
+                     lambda: run_folder.stage_done(run_dir, "exit", self.exit_settings(track, run_dir),
+                                                   [run_folder.EXIT]),
                      units=1 + n / 1000)
 
     # -- the plan --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
   signature shared by the simulation and the runtime executor.
 * :mod:`.simulate`: sweeps over cached per-layer logits; the paper's :func:`speedup`, exit
   histograms, expected FLOPs, Pareto flags.
+* :mod:`.record`: :class:`ExitRecord`, ``exit.json`` read back typed (its points are ``ExitPoint`` s).
 * :mod:`.executor`: batched runtime early exit that drops finished samples at every layer.
 * :mod:`.costs`, :mod:`.timing`: FLOPs per stage, parameter counts, measured wall-clock speed-up.
 * :mod:`.run`: the ``layertrace exit`` pipeline (``ExitConfig``, ``exit_from_config``) and
@@ -19,6 +20,7 @@ from .executor import (ExitResult, Readout, layer_logits, run_early_exit, run_ea
                        run_early_exit_stream, shared_readout)
 from .policies import (POLICIES, ConfidencePolicy, EntropyPolicy, ExitPolicy, FixedLayerPolicy, OraclePolicy,
                        PatiencePolicy, default_thresholds, get_policy)
+from .record import ExitRecord
 from .simulate import (ExitPoint, ExitSweep, LayerCosts, exit_histogram, pareto_flags, simulate_exits, speedup,
                        speedup_from_hist, sweep)
 
@@ -36,7 +38,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "speedup", "speedup_from_hist", "exit_histogram", "simulate_exits", "sweep", "pareto_flags", "ExitPoint",
+    "speedup", "speedup_from_hist", "exit_histogram", "simulate_exits", "sweep", "pareto_flags", "ExitPoint", "ExitRecord",
     "ExitSweep", "LayerCosts", "ExitPolicy", "ConfidencePolicy", "EntropyPolicy", "PatiencePolicy",
     "FixedLayerPolicy", "OraclePolicy", "POLICIES", "get_policy", "default_thresholds", "run_early_exit",
     "run_early_exit_batches", "run_early_exit_stream", "layer_logits", "shared_readout", "ExitResult", "Readout", *_LAZY,

@@ -173,11 +173,33 @@ class ExitPoint:
     runtime_agreement: float | None = None
     measured_speedup_per_batch: float | None = None  # executor "both": the batch-by-batch executor, same samples
     pareto: bool = False
+    # keys of an exit.json point this class does not declare (a newer writer's), kept as read
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
-        return asdict(self)
+        out = asdict(self)
+        return {**out.pop("extra"), **out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], policy: str = "") -> "ExitPoint":
+        """A point of ``exit.json``'s ``points`` (``policy``: the sweep's, when the point has none).
+        ``mean_exit_layer`` follows from ``exit_hist`` when absent; unknown keys go to ``extra``."""
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)} - {"extra"}
+        missing = [k for k in ("threshold", "accuracy", "speedup", "exit_hist") if k not in data]
+        if missing:
+            raise LayertraceError(f"exit point is missing key(s) {', '.join(missing)}")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs.setdefault("policy", policy)
+        hist = [int(v) for v in kwargs["exit_hist"] or []]
+        kwargs["exit_hist"] = hist
+        if "mean_exit_layer" not in kwargs:
+            total = sum(hist)
+            kwargs["mean_exit_layer"] = (sum((i + 1) * m for i, m in enumerate(hist)) / total) if total else float("nan")
+        return cls(**kwargs, extra={k: v for k, v in data.items() if k not in known})
 
 
 @dataclass

@@ -122,20 +122,14 @@ def _resolved(cfg: MLPExperimentConfig, residual: bool) -> dict:
     return d
 
 
+STAGE = "mlp"  # the run folder's done-marker (run_folder.stage_done)
+OUTPUTS = (run_folder.CONFIG, run_folder.ANALYSIS, run_folder.TRAIN_SUMMARY, f"{run_folder.MODEL_DIR}/model.safetensors")
+
+
 def is_finished(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds this variant's finished run (its analysis and the same resolved config)."""
-    return _is_finished(Path(run_dir), _resolved(cfg, residual))
-
-
-def _is_finished(run_dir: Path, resolved: dict) -> bool:
-    import yaml
-
-    if not (run_dir / run_folder.ANALYSIS).is_file() or not (run_dir / run_folder.CONFIG).is_file():
-        return False
-    try:
-        return yaml.safe_load((run_dir / run_folder.CONFIG).read_text()) == resolved
-    except yaml.YAMLError:
-        return False
+    """Whether ``run_dir`` holds this variant's finished run: its files, marked done with the same
+    resolved config (:func:`layertrace.run_folder.stage_done`)."""
+    return run_folder.stage_done(run_dir, STAGE, _resolved(cfg, residual), OUTPUTS)
 
 
 def train_mlp(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path,
@@ -145,19 +139,27 @@ def train_mlp(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path,
     Returns:
         The run folder.
     """
-    import yaml
-
-    from ..data import load_dataset, make_batches
-    from ..io import atomic_path, write_json
-
     run_dir = Path(run_dir)
     resolved = _resolved(cfg, residual)
-    if _is_finished(run_dir, resolved):
+    if is_finished(cfg, residual, run_dir):
         log(f"{run_dir.name}: finished run reused")
         return run_dir
     if cfg.n_layers < 2 or cfg.width < 2:
         raise LayertraceError(f"mlp.n_layers={cfg.n_layers} and mlp.width={cfg.width} must both be >= 2")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder.running_stage(run_dir, STAGE, resolved):  # marked done once every file below is written
+        _train(cfg, residual, run_dir, resolved, log)
+    return run_dir
+
+
+def _train(cfg: MLPExperimentConfig, residual: bool, run_dir: Path, resolved: dict,
+           log: Callable[[str], None]) -> None:
+    """Train, analyze and write the run folder of one variant (what :func:`train_mlp` marks done)."""
+    import yaml
+
+    from ..data import load_dataset, make_batches
+    from ..io import atomic_path
+
     t0 = time.perf_counter()
     train = load_dataset(cfg.data, "train", seed=cfg.seed, limit=cfg.train_limit)
     test = load_dataset(cfg.data, "test", seed=cfg.seed, limit=cfg.test_limit)
@@ -209,17 +211,16 @@ def train_mlp(cfg: MLPExperimentConfig, residual: bool, run_dir: str | Path,
 
     result = _analyze(model, test, mean, std, cfg)
     result.save(run_dir)
-    write_json(run_dir / run_folder.TRAIN_SUMMARY, {
-        "mode": resolved["mode"], "steps": total, "train_seconds": train_seconds,
-        "n_params": sum(p.numel() for p in model.parameters()), "train_samples": len(train),
-        "test_samples": len(test), "final_accuracy": float(result.accuracy[-1]),
-    })
-    # config.yaml last: its presence with analysis.json marks the run finished.
+    final = next((row["eval"] for row in reversed(rows) if row.get("final")), None)
+    run_folder.TrainSummary(
+        run_dir=str(run_dir), mode=resolved["mode"], model=f"mlp-{cfg.n_layers}x{cfg.width}", data=cfg.data,
+        task="image-classification", steps=total, samples_seen=total * cfg.batch_size, wall_time_s=train_seconds,
+        final_eval=final, layers=[], layer_weights=[],  # plain last-layer cross-entropy: no layer in a layer-wise loss
+        params={"model": sum(p.numel() for p in model.parameters())}).to_json(run_dir / run_folder.TRAIN_SUMMARY)
     with atomic_path(run_dir / run_folder.CONFIG) as tmp:
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
     log(f"{run_dir.name}: trained {total} steps in {train_seconds:.1f}s, final accuracy "
         f"{float(result.accuracy[-1]):.3f}")
-    return run_dir
 
 
 def _analyze(model: DeepMLP, test: Any, mean: float, std: float, cfg: MLPExperimentConfig) -> Any:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import LayertraceError
-from ..run_folder import LM_TRACK
 from .collapse import COLLAPSE_PLOTS, CAPTION as COLLAPSE_CAPTION, collapse_figures, has_collapse
 from .figures import Figures, FigureItem, groups_of
 from .clip import CURVES_CAPTION as CLIP_CAPTION, clip_figures, clip_rows
@@ -281,7 +280,7 @@ def build_sections(runs: list[RunResults], findings: list[Finding], comparison: 
 
 def _lm_items(runs: list[RunResults], extra: Sequence[Path]) -> list[FigureItem]:
     """LM figures from ``layertrace.lm.plots.lm_figures`` for every lm.json found."""
-    paths = [r.path / LM_TRACK for r in runs if r.lm is not None] + list(extra)
+    paths = [r.lm for r in runs if r.lm is not None] + list(extra)
     if not paths:
         return []
     try:
@@ -324,7 +323,7 @@ def build_report(run_dirs: Sequence[str | Path], out_html: str | Path, *, title:
     title = title or "layertrace report"
     findings = all_findings(runs, exit_tolerance)
     comparison = comparison_rows(runs, exit_tolerance)
-    lm_extra = [r.path / LM_TRACK for r in lm_only]
+    lm_extra = [r.lm for r in lm_only]
     sections = build_sections(runs, findings, comparison, exit_tolerance, _lm_items(runs, lm_extra), notes)
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     subtitle = (f"{len(runs)} run(s) in {len(groups_of(runs))} comparison group(s); generated {esc(stamp)} by "

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from .figures import FigureItem, Figures
 from .runs import RunResults
-from .series import layer_series
+from ..analysis.result import AnalysisResult
+from .series import by_layer
 
-# (key in analysis["collapse"], title, y label, log scale)
+# (key in AnalysisResult.collapse, title, y label, log scale)
 COLLAPSE_PLOTS = (
     ("nc1", "NC1: within- vs between-class variability", "NC1 = tr(S_W S_B^+) / K", True),
     ("nc2_equinorm", "NC2: equinorm of the class means", "CV of centred class-mean norms", False),
@@ -19,12 +20,12 @@ CAPTION = ("Measured on the input of the shared head's final linear layer (after
            "and an aligned run reaching low values at shallower layers than the standard one (the paper's Fig. 16).")
 
 
-def collapse_series(analysis: dict | None, key: str) -> dict[int, float]:
+def collapse_series(analysis: AnalysisResult | None, key: str) -> dict[int, float]:
     """``{layer: value}`` of one neural-collapse measure (``{}`` when the run has none)."""
-    nc = (analysis or {}).get("collapse")
-    if not isinstance(nc, dict) or key not in nc:
+    nc = analysis.collapse if analysis is not None else None
+    if not nc or key not in nc:
         return {}
-    return layer_series({"layers": analysis.get("layers"), key: nc[key]}, key)
+    return by_layer(analysis.layers, nc[key])
 
 
 def has_collapse(runs: list[RunResults]) -> bool:

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from ..exits.simulate import ExitPoint
 from .runs import RunResults
 from .series import number
 
@@ -24,11 +25,11 @@ class FigureItem:
     alt: str = ""
 
 
-def timed_layer_speedup(point: dict) -> float:
+def timed_layer_speedup(point: ExitPoint) -> float:
     """The layer-count speed-up of the samples a point's measured speed-up was timed on (exit.json
-    ``timed_layer_speedup``); an older exit.json without it: the split's ``speedup``."""
-    timed = number(point.get("timed_layer_speedup"))
-    return float(timed if timed is not None else point["speedup"])
+    ``timed_layer_speedup``); an older exit.json without it (tests/report keeps one): the split's ``speedup``."""
+    timed = number(point.timed_layer_speedup)
+    return float(timed if timed is not None else point.speedup)
 
 
 def _render(fig: Any, title: str, caption: str) -> FigureItem:

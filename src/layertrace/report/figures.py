@@ -1,4 +1,4 @@
-"""The report's figures, drawn only from the runs' JSON (see :mod:`layertrace.report.runs`).
+"""The report's figures, drawn only from the runs' typed results (see :mod:`layertrace.report.runs`).
 
 Every function returns a list of :class:`FigureItem` (title, PNG bytes, caption); an empty list when
 the runs lack the data (the page then says what is missing). Figures with one panel per comparison
@@ -91,7 +91,7 @@ class Figures(ExitFigures, TrainingFigures):
             "layers well above the standard run while the last layer stays close, and how near the single "
             "shared head comes to the per-layer heads. " + LAYER_NOTE,
             "accuracy (fraction of test samples)",
-            lambda r: layer_series(r.analysis, "accuracy") if r.analysis else {},
+            lambda r: layer_series(r.analysis, "accuracy"),
             ylim=(0.0, 1.02), extra=lambda r: own_heads_accuracy(r.exits))
 
     def cos_to_last_curves(self) -> list[FigureItem]:
@@ -101,7 +101,7 @@ class Figures(ExitFigures, TrainingFigures):
             "(COS(l, L), 1 at l = L). Look for: a curve that rises with depth (Theorem 2.1), and an aligned run "
             "whose curve lies above the standard one at every layer below L. " + LAYER_NOTE,
             "COS(l, L) (cosine, mean-centred)",
-            lambda r: layer_series(r.analysis, "cos_to_last") if r.analysis else {},
+            lambda r: layer_series(r.analysis, "cos_to_last"),
             hline=0.0)
 
     def cka_to_last_curves(self) -> list[FigureItem]:
@@ -111,7 +111,7 @@ class Figures(ExitFigures, TrainingFigures):
             "runs as in the COS figure; CKA is invariant to rotations, so it can stay high where COS is low "
             "(see the MLP comparison). " + LAYER_NOTE,
             "linear CKA(l, L)",
-            lambda r: row_to_last(r.analysis, "cka_matrix") if r.analysis else {},
+            lambda r: row_to_last(r.analysis, "cka_matrix"),
             ylim=(0.0, 1.02))
 
     def probability_curves(self) -> list[FigureItem]:
@@ -120,7 +120,7 @@ class Figures(ExitFigures, TrainingFigures):
             "Mean softmax probability of the true class under R(h_l). Look for: increases with depth that "
             "coincide with increases of COS to the last layer (Theorem 2.2). " + LAYER_NOTE,
             "mean p(true class) (probability)",
-            lambda r: layer_series(r.analysis, "true_class_prob") if r.analysis else {},
+            lambda r: layer_series(r.analysis, "true_class_prob"),
             ylim=(0.0, 1.02))
         items += self._layer_curve_figure(
             "Prediction entropy per layer",
@@ -128,7 +128,7 @@ class Figures(ExitFigures, TrainingFigures):
             "shared head is still undecided (high entropy) in the standard run but confident after aligned "
             "training. " + LAYER_NOTE,
             "mean entropy (nats)",
-            lambda r: layer_series(r.analysis, "entropy") if r.analysis else {})
+            lambda r: layer_series(r.analysis, "entropy"))
         return items
 
     def adjacent_and_norm_curves(self) -> list[FigureItem]:
@@ -137,7 +137,7 @@ class Figures(ExitFigures, TrainingFigures):
             "COS(l-1, l): how much one block turns the (centred) features, plotted at l. Look for: values close "
             "to 1 in residual networks, the reason COS needs no alignment step between layers. " + LAYER_NOTE,
             "COS(l-1, l) (cosine)",
-            lambda r: layer_series(r.analysis, "adjacent_cos") if r.analysis else {},
+            lambda r: layer_series(r.analysis, "adjacent_cos"),
             hline=0.0)
         items += self._layer_curve_figure(
             "Norm ratio of the skip path over the residual branch",
@@ -146,7 +146,7 @@ class Figures(ExitFigures, TrainingFigures):
             "Look for: values above 1 (the paper measured about 2 to 9 in DeiT-S), meaning each block only "
             "nudges the representation. " + LAYER_NOTE,
             "norm ratio (unitless, log scale)",
-            lambda r: norm_ratio_series(r.analysis) if r.analysis else {},
+            lambda r: norm_ratio_series(r.analysis),
             logy=True, hline=1.0, xlabel="block l (ratio of its input ||h_(l-1)|| over its update)")
         return items
 
@@ -163,7 +163,7 @@ class Figures(ExitFigures, TrainingFigures):
             import numpy as np
 
             cos_a, cka_a = np.asarray(cos), np.asarray(cka)
-            layers = list(r.analysis.get("layers") or range(len(cos)))
+            layers = list(r.analysis.layers)
             fig, axes = self.plt.subplots(1, 3, figsize=(11.5, 3.4),
                                           gridspec_kw={"width_ratios": [1, 1, 1.05]})
             lo = min(0.0, float(np.nanmin(cos_a)))
@@ -182,7 +182,7 @@ class Figures(ExitFigures, TrainingFigures):
             ax = axes[2]
             ax.scatter(cka_a[iu], cos_a[iu], s=12, color=self.styles[r.name].color,
                        marker=self.styles[r.name].marker, alpha=0.8)
-            agree = r.analysis.get("cos_cka_agreement") or {}
+            agree = r.analysis.cos_cka_agreement or {}
             pear, spear = number(agree.get("pearson")), number(agree.get("spearman"))
             ax.set_title(f"agreement: Pearson {pear:.2f}, Spearman {spear:.2f}" if pear is not None and
                          spear is not None else "agreement over layer pairs")
@@ -228,7 +228,7 @@ class Figures(ExitFigures, TrainingFigures):
 
     # ------------------------------------------------------------------ saturation and depth
     def saturation(self) -> list[FigureItem]:
-        groups = [(g, [r for r in rs if r.analysis and layer_series(r.analysis, "saturation_hist")])
+        groups = [(g, [r for r in rs if layer_series(r.analysis, "saturation_hist")])
                   for g, rs in groups_of(self.runs).items()]
         groups = [(g, rs) for g, rs in groups if rs]
         if not groups:
@@ -307,39 +307,25 @@ def _log_axis(ax: Any, values: list[float]) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-# ---------------------------------------------------------------------- helpers reading the JSON
+# ---------------------------------------------------------------------- helpers reading the results
+# AnalysisResult.cos_box's columns (layertrace.metrics.box_stats, one entry per layer) -> matplotlib's bxp keys
+_BOX_KEYS = {"q0": "whislo", "q25": "q1", "q50": "med", "q75": "q3", "q100": "whishi", "mean": "mean"}
+
+
 def _box_stats(r: RunResults) -> dict[int, dict]:
-    """``{layer: matplotlib bxp stats}`` from analysis.json's box statistics or analysis.npz samples."""
-    a = r.analysis or {}
-    layers = list(a.get("layers") or [])
-    box = a.get("cos_box") or a.get("cos_to_last_box")
+    """``{layer: matplotlib bxp stats}`` from the analysis's ``cos_box`` (or analysis_samples.npz samples)."""
+    if r.analysis is None:
+        return {}
+    layers = list(r.analysis.layers)
+    box = r.analysis.cos_box
     out: dict[int, dict] = {}
-    if isinstance(box, dict):  # columnar: {"q25": [...], "q50": [...], ...} (metrics.box_stats) or q1/median/q3
-        keys = {"q1": "q1", "q25": "q1", "median": "med", "med": "med", "q50": "med", "q3": "q3", "q75": "q3",
-                "whislo": "whislo", "q0": "whislo", "whishi": "whishi", "q100": "whishi", "mean": "mean"}
-        n = len(layers)
-        for i, layer in enumerate(layers[:n]):
-            s = {}
-            for src, dst in keys.items():
-                vals = box.get(src)
-                if isinstance(vals, list) and i < len(vals) and number(vals[i]) is not None:
-                    s[dst] = float(vals[i])
-            counts = box.get("count")
-            if isinstance(counts, list) and i < len(counts) and not counts[i]:
-                continue  # no valid sample at this layer
-            if {"q1", "med", "q3", "whislo", "whishi"} <= set(s):
+    if box:
+        counts = box.get("count") or [1] * len(layers)
+        for i, layer in enumerate(layers):
+            s = {dst: number(box[src][i]) for src, dst in _BOX_KEYS.items() if src in box and i < len(box[src])}
+            s = {k: v for k, v in s.items() if v is not None}
+            if counts[i] and {"q1", "med", "q3", "whislo", "whishi"} <= set(s):  # count 0: no valid sample
                 out[int(layer)] = s
-        if out:
-            return out
-    if isinstance(box, list):  # one dict per layer
-        for i, entry in enumerate(box):
-            if not isinstance(entry, dict):
-                continue
-            layer = int(entry.get("layer", layers[i] if i < len(layers) else i))
-            s = {"med": entry.get("median", entry.get("med")), "q1": entry.get("q1"), "q3": entry.get("q3"),
-                 "whislo": entry.get("whislo", entry.get("low")), "whishi": entry.get("whishi", entry.get("high"))}
-            if all(number(v) is not None for v in s.values()):
-                out[layer] = {k: float(v) for k, v in s.items()}
         if out:
             return out
     arrays = r.per_sample_arrays()
@@ -358,16 +344,14 @@ def _box_stats(r: RunResults) -> dict[int, dict]:
 
 
 def _saturation_fractions(r: RunResults) -> dict[int, float]:
-    counts = layer_series(r.analysis or {}, "saturation_hist")
+    """``{layer: fraction of samples saturating there}`` from the ``saturation_hist`` counts."""
+    counts = layer_series(r.analysis, "saturation_hist")
     total = sum(counts.values())
-    if total <= 0:
-        return counts
-    # Counts or fractions: fractions already sum to 1.
-    return counts if abs(total - 1.0) < 1e-6 else {k: v / total for k, v in counts.items()}
+    return {k: v / total for k, v in counts.items()} if total > 0 else counts
 
 
 def _saturation_cumulative(r: RunResults, frac: dict[int, float]) -> dict[int, float]:
-    stored = layer_series(r.analysis or {}, "saturation_cumulative")
+    stored = layer_series(r.analysis, "saturation_cumulative")
     if stored:
         return stored
     out, acc = {}, 0.0

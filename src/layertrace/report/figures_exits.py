@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .figure_item import FigureItem, _render, groups_of, timed_layer_speedup
+from ..exits.record import ExitRecord
+from ..exits.simulate import ExitPoint
 from .runs import RunResults
 from .series import number
 
@@ -23,22 +25,21 @@ class ExitFigures:
             for r in rs:
                 st = self.styles[r.name]
                 for j, (policy, ex) in enumerate(sorted(r.exits.items())):
-                    pts = [p for p in ex["points"] if number(p.get("speedup")) is not None
-                           and number(p.get("accuracy")) is not None]
-                    pts.sort(key=lambda p: float(p["speedup"]))
+                    pts = [p for p in ex.points if number(p.speedup) is not None and number(p.accuracy) is not None]
+                    pts.sort(key=lambda p: p.speedup)
                     if not pts:
                         continue
                     label = (r.mode or r.name) + ("" if len(r.exits) == 1 else f" / {policy}")
                     kw = st.kwargs()
                     if j:
                         kw["linestyle"] = [":", "-."][j % 2]
-                    ax.plot([p["speedup"] for p in pts], [p["accuracy"] for p in pts], label=label, **kw)
-                    meas = [p for p in pts if number(p.get("measured_speedup")) is not None]
+                    ax.plot([p.speedup for p in pts], [p.accuracy for p in pts], label=label, **kw)
+                    meas = [p for p in pts if number(p.measured_speedup) is not None]
                     if meas:
-                        ax.plot([p["measured_speedup"] for p in meas], [p["accuracy"] for p in meas],
+                        ax.plot([p.measured_speedup for p in meas], [p.accuracy for p in meas],
                                 color=st.color, marker=st.marker, markerfacecolor="none", linestyle=":",
                                 linewidth=0.9, markersize=4, label=f"{label} (measured)")
-                full = number(ex.get("full_accuracy")) if r.exits else None
+                full = number(ex.full_accuracy) if r.exits else None
                 if full is not None:
                     ax.axhline(full, color=st.color, linewidth=0.6, linestyle="--", alpha=0.6)
             ax.set_title(group)
@@ -60,23 +61,22 @@ class ExitFigures:
         series = []
         for r in self.runs:
             for policy, ex in sorted(r.exits.items()):
-                pts = [p for p in ex["points"] if number(p.get("speedup")) is not None
-                       and number(p.get("measured_speedup")) is not None]
+                pts = [p for p in ex.points if number(p.speedup) is not None and number(p.measured_speedup) is not None]
                 if pts:
-                    series.append((r, policy, sorted(pts, key=lambda p: float(p["speedup"]))))
+                    series.append((r, policy, sorted(pts, key=lambda p: p.speedup)))
         if not series:
             return []
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5.6, 4.0))
-        top = max(max(timed_layer_speedup(p), float(p["measured_speedup"])) for _, _, pts in series for p in pts)
+        top = max(max(timed_layer_speedup(p), p.measured_speedup) for _, _, pts in series for p in pts)
         line = [1.0, max(1.0, top) * 1.05]
         ax.plot(line, line, color="#999999", linewidth=0.8, label="measured = layer speed-up")
         ax.plot(line, [0.85 * v for v in line], color="#999999", linewidth=0.8, linestyle="--", label="0.85x")
         for r, policy, pts in series:
             st = self.styles[r.name]
             kw = st.kwargs()
-            ax.plot([timed_layer_speedup(p) for p in pts], [p["measured_speedup"] for p in pts],
+            ax.plot([timed_layer_speedup(p) for p in pts], [p.measured_speedup for p in pts],
                     label=r.name + ("" if len(r.exits) == 1 else f" / {policy}"), **kw)
         ax.set_xlabel("layer-count speed-up of the timed samples (x)")
         ax.set_ylabel("measured speed-up (x, batch 64)")
@@ -91,23 +91,23 @@ class ExitFigures:
             "Look for: points on or near the diagonal (the executor keeps what the exits promise); below the dashed "
             "0.85x line the executor's fixed costs (small batches in deep blocks, per-layer readouts) eat it.")]
 
-    def exit_histograms(self, pick: Callable[[RunResults, dict], dict | None]) -> list[FigureItem]:
+    def exit_histograms(self, pick: Callable[[RunResults, ExitRecord], ExitPoint | None]) -> list[FigureItem]:
         rows = []
         for r in self.runs:
             for policy, ex in sorted(r.exits.items()):
                 p = pick(r, ex)
-                if p is not None and p.get("exit_hist"):
+                if p is not None and p.exit_hist:
                     rows.append((r, policy, ex, p))
         if not rows:
             return []
         fig, axes = self._panels([(r.name, [r]) for r, *_ in rows], height=2.6, ncols_max=4)
         for ax, (r, policy, ex, p) in zip(axes, rows):
-            hist = [float(v) for v in p["exit_hist"]]
+            hist = [float(v) for v in p.exit_hist]
             total = sum(hist) or 1.0
             xs = list(range(1, len(hist) + 1))
             ax.bar(xs, [h / total for h in hist], color=self.styles[r.name].color, edgecolor="#333333",
                    linewidth=0.3)
-            ax.set_title(f"{r.name}\n{policy}, threshold {number(p.get('threshold')) or 0:.3g}", fontsize=8)
+            ax.set_title(f"{r.name}\n{policy}, threshold {number(p.threshold) or 0:.3g}", fontsize=8)
             ax.set_xlabel("exit layer (block)")
             ax.set_ylabel("fraction of samples")
             if len(xs) <= 16:

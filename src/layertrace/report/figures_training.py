@@ -96,10 +96,9 @@ LOSS_KEYS = ("loss",)  # what the training loop and the MLP experiment write
 
 
 def _step_of(row: dict, i: int) -> float:
-    for key in ("step", "global_step", "iter"):
-        if number(row.get(key)) is not None:
-            return float(row[key])
-    return float(i)
+    """The row's optimizer ``step`` (training/loop.py, the MLP experiment); its line number without one."""
+    step = number(row.get("step"))
+    return float(i) if step is None else step
 
 
 def _loss_series(r: RunResults) -> tuple[str, list[float], list[float]] | None:

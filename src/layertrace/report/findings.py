@@ -1,4 +1,4 @@
-"""The paper's qualitative findings, checked on the runs at hand from their JSON.
+"""The paper's qualitative findings, checked on the runs at hand from their typed results.
 
 Each check states the claim as a test with an explicit tolerance, and returns a :class:`Finding`
 that says whether it holds on these runs, with the numbers that decide it. The report prints every
@@ -90,7 +90,7 @@ def check_aligned_vs_standard(group: str, runs: list[RunResults]) -> list[Findin
 
 def check_cos_rises(r: RunResults) -> Finding | None:
     """Theorem 2.1's consequence: COS to the last layer increases with depth (l = 1..L)."""
-    s = layer_series(r.analysis or {}, "cos_to_last")
+    s = layer_series(r.analysis, "cos_to_last")
     layers = [l for l in range(1, (r.n_layers or 0) + 1) if l in s]
     if len(layers) < 3:
         return None
@@ -106,7 +106,7 @@ def check_cos_rises(r: RunResults) -> Finding | None:
 
 def check_accuracy_monotone(r: RunResults) -> Finding | None:
     """Layer-wise accuracy rises with depth: no drop of more than half a point between consecutive layers 1..L."""
-    s = layer_series(r.analysis or {}, "accuracy")
+    s = layer_series(r.analysis, "accuracy")
     layers = [l for l in range(1, (r.n_layers or 0) + 1) if l in s]
     if len(layers) < 3:
         return None
@@ -144,7 +144,7 @@ def check_minimal_depth(group: str, runs: list[RunResults]) -> list[Finding]:
 
 def check_agreement(r: RunResults) -> Finding | None:
     """COS tracks CKA across layer pairs (the paper shows it visually; we set Spearman >= 0.8)."""
-    agree = (r.analysis or {}).get("cos_cka_agreement") or {}
+    agree = (r.analysis.cos_cka_agreement if r.analysis else None) or {}
     sp, pe = number(agree.get("spearman")), number(agree.get("pearson"))
     if sp is None:
         return None
@@ -158,7 +158,7 @@ def check_agreement(r: RunResults) -> Finding | None:
 
 def check_norm_ratio(r: RunResults) -> Finding | None:
     """The skip path dominates each block's update (norm ratio > 1; paper: ~2-9 in DeiT-S)."""
-    s = norm_ratio_series(r.analysis or {})
+    s = norm_ratio_series(r.analysis)
     if not s:
         return None
     below = [l for l in sorted(s) if s[l] <= 1.0]
@@ -172,8 +172,8 @@ def check_norm_ratio(r: RunResults) -> Finding | None:
 
 
 def check_theory(r: RunResults) -> list[Finding]:
-    """Theorems 2.1 and 2.2 on this run, from analysis.json's ``theory`` entry."""
-    theory = (r.analysis or {}).get("theory") or {}
+    """Theorems 2.1 and 2.2 on this run, from its analysis's ``theory`` entry (readout/theory.py)."""
+    theory = r.analysis.theory if r.analysis else {}
     out = []
     t21 = theory.get("theorem_2_1") or {}
     rate = number(t21.get("cos_matrix_violation_rate"))
@@ -211,7 +211,7 @@ def check_early_exit(group: str, runs: list[RunResults], tolerance: float) -> li
         p = operating_point(ex, tolerance)
         if p is None:
             return None
-        return r, float(p["speedup"]), float(p["accuracy"])
+        return r, float(p.speedup), float(p.accuracy)
 
     std, ali, multi = best("standard"), best("aligned"), best("multi-head")
     out = []
@@ -302,17 +302,17 @@ def check_probe(group: str, runs: list[RunResults]) -> list[Finding]:
     """Task transfer (App. B.4): aligned layers stay as useful to a linear probe on another task."""
     std = next((r for r in runs if r.mode == "standard" and r.probe), None)
     ali = next((r for r in runs if r.mode == "aligned" and r.probe), None)
-    if std is None or ali is None or std.probe.get("data") != ali.probe.get("data"):
+    if std is None or ali is None or std.probe.data != ali.probe.data:
         return []
-    acc_s = dict(zip(std.probe.get("layers", []), std.probe.get("accuracy", [])))
-    acc_a = dict(zip(ali.probe.get("layers", []), ali.probe.get("accuracy", [])))
+    acc_s = dict(zip(std.probe.layers, std.probe.accuracy))
+    acc_a = dict(zip(ali.probe.layers, ali.probe.accuracy))
     layers = [l for l in sorted(acc_a) if l >= 1 and number(acc_a[l]) is not None and number(acc_s.get(l)) is not None]
     if not layers:
         return []
     worse = [l for l in layers if acc_a[l] < acc_s[l] - PROBE_TOLERANCE]
     listed = ", ".join(f"l={l}: {_pct(acc_a[l])} vs {_pct(acc_s[l])}" for l in (worse or layers))
     return [Finding(
-        claim=f"Aligned training keeps transferability: a linear probe on {ali.probe.get('data')} reads every "
+        claim=f"Aligned training keeps transferability: a linear probe on {ali.probe.data} reads every "
               f"layer 1..L of the aligned model within {100 * PROBE_TOLERANCE:.0f} points of the standard one",
         scope=f"{group}: {ali.name} vs {std.name}",
         status="does not hold" if worse else "holds",
@@ -324,7 +324,7 @@ def check_trained_pooling(group: str, runs: list[RunResults], name: str) -> list
     """The [CLS] counter-example's claim: "the pooling the model was trained with reads the shallow half
     better" holds iff, in every mode, the mean accuracy over layers 1..floor(L/2) of the run's own reading
     is strictly higher than through the ``pooling-<p>`` variant's token."""
-    pairs = [(r, layer_series(r.analysis or {}, "accuracy"), layer_series(r.variants[name]["analysis"], "accuracy"))
+    pairs = [(r, layer_series(r.analysis, "accuracy"), layer_series(r.variants[name].analysis, "accuracy"))
              for r in runs if name in r.variants and r.analysis]
     if not pairs:
         return []

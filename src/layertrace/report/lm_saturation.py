@@ -22,7 +22,7 @@ CAPTION = ("Bars: scored tokens whose saturation layer is l (the first layer fro
 
 def lm_runs(runs: list[RunResults]) -> list[RunResults]:
     """Runs whose analysis is of a causal LM with a saturation histogram."""
-    return [r for r in runs if r.analysis and r.analysis.get("kind") == "causal_lm"
+    return [r for r in runs if r.analysis and r.analysis.kind == "causal_lm"
             and layer_series(r.analysis, "saturation_hist")]
 
 

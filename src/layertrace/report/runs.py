@@ -14,23 +14,32 @@ A run folder (written by ``train``, ``analyze``, ``exit`` or ``demo``) may hold
     variants/NAME/       re-readings of the same trained model (the demo's ``shift`` on a shifted test
                          set, ``pooling-cls`` through another token): analysis.json + analyze-config.yaml
 
-:func:`load_runs` reads them into :class:`RunResults` (plain JSON values, nothing recomputed), and
-expands a demo output folder into its run folders. Missing optional files are simply absent; a
-folder with none of them is a one-line error.
+:func:`load_runs` reads them into :class:`RunResults` as the typed records of the stages that
+wrote them (nothing recomputed): :class:`~layertrace.analysis.AnalysisResult`,
+:class:`~layertrace.exits.ExitRecord` (points: :class:`~layertrace.exits.ExitPoint`),
+:class:`~layertrace.run_folder.TrainSummary`, :class:`~layertrace.run_folder.EvalRecord`,
+:class:`~layertrace.analysis.probe.ProbeResult`, :class:`~layertrace.analysis.clip.ClipSimilarityResult`;
+the figures, tables and findings read their attributes. It expands a demo output folder into its run
+folders. Missing optional files are simply absent; a file that is not what its name says is a one-line
+error naming it and the stage to re-run; a folder with none of them is a one-line error.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from .. import run_folder as rf
+from ..analysis.clip import ClipSimilarityResult
+from ..analysis.probe import ProbeResult
+from ..analysis.result import AnalysisResult
 from ..errors import LayertraceError
-from ..io import read_json, reading
-from ..run_folder import EvalRecord, eval_records, split_name
+from ..exits.record import ExitRecord
+from ..io import reading
+from ..run_folder import EvalRecord, TrainSummary, eval_records, split_name
+
+T = TypeVar("T")
 
 # Training modes as they appear at the end of a run folder name ``<data>-<model>-<mode>``.
 KNOWN_MODES = rf.MODES + rf.EXPERIMENT_VARIANTS
@@ -41,8 +50,17 @@ VARIANTS_DIR = rf.VARIANTS
 
 
 @dataclass
+class Variant:
+    """A re-reading of a run's model (``<run>/variants/<name>/``): its analysis and the analyze config
+    that made it (``shift``: the shifted test set, ``pooling``: another token)."""
+
+    analysis: AnalysisResult
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
 class RunResults:
-    """The JSON results of one run folder.
+    """The typed results of one run folder.
 
     Attributes:
         path: the run folder.
@@ -50,18 +68,19 @@ class RunResults:
         group: the comparison it belongs to (``fmnist-vit``): runs of one group share data and model.
         mode: the training mode (``standard``, ``aligned``, ``multi-head``, ...) or ``""``.
         config: the resolved ``config.yaml`` as a dict (``{}`` if absent).
-        analysis: ``analysis.json`` (``None`` if absent).
-        per_sample: arrays of ``analysis.npz`` as lists keyed by name (loaded lazily by the report).
-        exits: ``{policy: exit.json}`` for every ``exit*.json`` in the folder.
+        analysis: ``analysis.json`` as an :class:`~layertrace.analysis.AnalysisResult` (``None`` if
+            absent; its per-sample arrays are read lazily by :meth:`per_sample_arrays`).
+        exits: ``{policy: ExitRecord}`` for every ``exit*.json`` in the folder.
         metrics: the rows of ``metrics.jsonl`` (training curves).
         evals: the training loop's layer-wise evaluations among them, typed
             (:class:`~layertrace.run_folder.EvalRecord`: step, per-layer accuracy / loss).
-        train_summary: ``train_summary.json`` (``None`` if absent).
-        lm: ``lm.json`` (``None`` if absent).
-        probe: ``probe.json`` (``None`` if absent).
-        clip: ``clip.json`` (``None`` if absent).
-        variants: ``{name: {"analysis": analysis.json, "config": analyze-config.yaml}}`` of every
-            ``variants/<name>/`` folder (re-readings of this run's model: a shifted test set, another pooling).
+        train_summary: ``train_summary.json`` as a :class:`~layertrace.run_folder.TrainSummary`
+            (``None``: no finished training run here).
+        lm: the path of ``lm.json`` (``None`` if absent); :func:`layertrace.lm.plots.lm_figures` reads it.
+        probe: ``probe.json`` as a :class:`~layertrace.analysis.probe.ProbeResult` (``None`` if absent).
+        clip: ``clip.json`` as a :class:`~layertrace.analysis.clip.ClipSimilarityResult` (``None`` if absent).
+        variants: ``{name: Variant}`` of every ``variants/<name>/`` folder (re-readings of this run's
+            model: a shifted test set, another pooling).
     """
 
     path: Path
@@ -69,15 +88,15 @@ class RunResults:
     group: str
     mode: str
     config: dict = field(default_factory=dict)
-    analysis: dict | None = None
-    exits: dict[str, dict] = field(default_factory=dict)
+    analysis: AnalysisResult | None = None
+    exits: dict[str, ExitRecord] = field(default_factory=dict)
     metrics: list[dict] = field(default_factory=list)
     evals: list[EvalRecord] = field(default_factory=list)
-    train_summary: dict | None = None
-    lm: dict | None = None
-    probe: dict | None = None
-    clip: dict | None = None
-    variants: dict[str, dict] = field(default_factory=dict)
+    train_summary: TrainSummary | None = None
+    lm: Path | None = None
+    probe: ProbeResult | None = None
+    clip: ClipSimilarityResult | None = None
+    variants: dict[str, Variant] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -87,11 +106,8 @@ class RunResults:
     @property
     def n_layers(self) -> int | None:
         if self.analysis is not None:
-            return int(self.analysis["n_layers"])
-        for ex in self.exits.values():
-            if "n_layers" in ex:
-                return int(ex["n_layers"])
-        return None
+            return int(self.analysis.n_layers)
+        return next((int(ex.n_layers) for ex in self.exits.values() if ex.n_layers is not None), None)
 
     def per_sample_arrays(self) -> dict[str, Any]:
         """Arrays of ``analysis.npz`` (empty dict if the file is absent)."""
@@ -115,30 +131,22 @@ def _read_yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _exit_policy_name(path: Path, data: dict) -> str:
-    policy = data.get("policy")
-    if isinstance(policy, dict):
-        policy = policy.get("name") or policy.get("kind")
-    if policy:
-        return str(policy)
-    match = re.fullmatch(r"exit-(.+)\.json", path.name)
-    return match.group(1) if match else "confidence"
+def _read(path: Path, reader: Callable[[Path], T], fix: str) -> T:
+    """``reader(path)``, every failure a one-line error naming ``path`` and ``fix``."""
+    try:
+        with reading(path, fix):
+            return reader(path)
+    except LayertraceError as exc:
+        if str(path) in str(exc):
+            raise
+        raise LayertraceError(f"{path}: {exc}") from None
+    except (KeyError, TypeError) as exc:  # a file of the right name without the record's shape
+        raise LayertraceError(f"{path}: not the record its name says ({exc!r} missing or wrong); {fix}") from None
 
 
-def _check_analysis(data: Any, path: Path) -> dict:
-    if not isinstance(data, dict):
-        raise LayertraceError(f"{path}: expected a JSON object; re-run `layertrace analyze`")
-    missing = [k for k in ("n_layers", "layers", "accuracy") if k not in data]
-    if missing:
-        raise LayertraceError(
-            f"{path}: missing key(s) {', '.join(missing)}; it is not an analysis.json, re-run `layertrace analyze`")
-    return data
-
-
-def _check_exit(data: Any, path: Path) -> dict:
-    if not isinstance(data, dict) or "points" not in data or not isinstance(data["points"], list):
-        raise LayertraceError(f"{path}: no 'points' list; it is not an exit.json, re-run `layertrace exit`")
-    return data
+def _analysis(path: Path) -> AnalysisResult:
+    return _read(path, lambda p: AnalysisResult.from_json(p, load_samples=False),
+                 f"re-run `layertrace analyze ... --out {path.parent}`")
 
 
 def load_run(path: str | Path) -> RunResults:
@@ -153,26 +161,23 @@ def load_run(path: str | Path) -> RunResults:
     if config_path is not None:
         run.config = _read_yaml(config_path)
     if (p / rf.ANALYSIS).is_file():
-        run.analysis = _check_analysis(read_json(p / rf.ANALYSIS, f"re-run `layertrace analyze ... --out {p}`"),
-                                       p / rf.ANALYSIS)
+        run.analysis = _analysis(p / rf.ANALYSIS)
     for exit_path in sorted(p.glob("exit*.json")):
-        data = _check_exit(read_json(exit_path, f"re-run `layertrace exit ... --out {p}`"), exit_path)
-        run.exits[_exit_policy_name(exit_path, data)] = data
+        record = _read(exit_path, ExitRecord.from_json, f"re-run `layertrace exit ... --out {p}`")
+        run.exits[record.policy] = record
     run.metrics = rf.read_metrics(p)
     run.evals = eval_records(run.metrics)
-    if rf.is_trained(p):
-        run.train_summary = read_json(p / rf.TRAIN_SUMMARY)
+    run.train_summary = rf.read_train_summary(p)
     if (p / rf.LM_TRACK).is_file():
-        run.lm = read_json(p / rf.LM_TRACK)
+        run.lm = p / rf.LM_TRACK
     if (p / rf.PROBE).is_file():
-        run.probe = read_json(p / rf.PROBE)
+        run.probe = _read(p / rf.PROBE, ProbeResult.from_json, f"re-run `layertrace probe ... --out {p}`")
     if (p / rf.CLIP).is_file():
-        run.clip = read_json(p / rf.CLIP, f"re-run `layertrace analyze-clip ... --out {p}`")
+        run.clip = _read(p / rf.CLIP, ClipSimilarityResult.from_json, f"re-run `layertrace analyze-clip ... --out {p}`")
     for v in sorted((p / VARIANTS_DIR).glob(f"*/{rf.ANALYSIS}")) if (p / VARIANTS_DIR).is_dir() else []:
         cfg_path = v.parent / rf.ANALYSIS_CONFIG
-        run.variants[v.parent.name] = {
-            "analysis": _check_analysis(read_json(v, f"re-run `layertrace analyze ... --out {v.parent}`"), v),
-            "config": _read_yaml(cfg_path) if cfg_path.is_file() else {}}
+        run.variants[v.parent.name] = Variant(analysis=_analysis(v),
+                                              config=_read_yaml(cfg_path) if cfg_path.is_file() else {})
     return run
 
 

@@ -1,15 +1,20 @@
-"""Read per-layer series out of result JSON without guessing: index by the file's own ``layers``.
+"""Per-layer series out of the typed results, indexed by the result's own ``layers``.
 
-``analysis.json`` stores per-layer lists that run over its ``layers`` (0..L by default). A few
-statistics exist only between layers (adjacent COS: pairs (l-1, l); norm ratio: blocks 1..L): they
-are stored either with one entry per traced layer (``null`` where undefined) or with one entry per
-block; :func:`layer_series` maps both onto layer indices.
+An :class:`~layertrace.analysis.AnalysisResult` stores per-layer arrays over its ``layers`` (0..L by
+default; ``NaN`` where a value is undefined). A few statistics exist only between layers (adjacent
+COS: pairs (l-1, l); norm ratio: blocks 1..L): they are stored with one entry per traced layer
+(``NaN`` where undefined) or with one entry per block; :func:`layer_series` maps both onto layer
+indices.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from ..analysis.result import AnalysisResult
+    from ..exits.record import ExitRecord
 
 
 def _num(x: Any) -> float | None:
@@ -22,27 +27,16 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(v) or math.isinf(v) else v
 
 
-def layer_series(analysis: dict, key: str) -> dict[int, float]:
-    """``{layer index: value}`` of the per-layer list ``analysis[key]`` (missing/null entries dropped).
+def by_layer(layers: Sequence[int], values: Any) -> dict[int, float]:
+    """``{layer index: value}`` of a per-layer sequence over ``layers`` (missing / NaN entries dropped).
 
-    A list as long as ``layers`` is indexed by ``layers``; a list one shorter (statistics between
-    consecutive traced layers, or per block) is indexed by ``layers[1:]``.
+    A sequence as long as ``layers`` is indexed by ``layers``; one shorter (statistics between
+    consecutive traced layers, or per block) by ``layers[1:]``.
     """
-    values = analysis.get(key)
-    if isinstance(values, dict):  # {"values": [...]} or {"<layer>": value}
-        if "values" in values:
-            values = values["values"]
-        else:
-            out = {}
-            for k, v in values.items():
-                try:
-                    out[int(k)] = _num(v)
-                except ValueError:
-                    continue
-            return {k: v for k, v in out.items() if v is not None}
-    if not isinstance(values, (list, tuple)):
+    if values is None:
         return {}
-    layers = list(analysis.get("layers") or range(len(values)))
+    values = list(values)
+    layers = list(layers)
     if len(values) == len(layers):
         xs = layers
     elif len(values) == len(layers) - 1:
@@ -53,17 +47,24 @@ def layer_series(analysis: dict, key: str) -> dict[int, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def norm_ratio_series(analysis: dict) -> dict[int, float]:
+def layer_series(analysis: "AnalysisResult | None", key: str) -> dict[int, float]:
+    """``{layer index: value}`` of the per-layer array ``analysis.<key>`` (``{}`` without an analysis
+    or when the pass did not compute it); see :func:`by_layer`."""
+    if analysis is None:
+        return {}
+    return by_layer(analysis.layers, getattr(analysis, key))
+
+
+def norm_ratio_series(analysis: "AnalysisResult | None") -> dict[int, float]:
     """``{block l: ||h_(l-1)|| / ||h_l - h_(l-1)||}``.
 
-    analysis.json stores ``norm_ratio`` per traced layer: entry i is the ratio of the transition
-    ``layers[i] -> layers[i+1]`` (null at the last layer), so entry i belongs to block ``layers[i+1]``.
-    A list one shorter than ``layers`` is already per block (``layers[1:]``).
+    ``norm_ratio`` is stored per traced layer: entry i is the ratio of the transition
+    ``layers[i] -> layers[i+1]`` (NaN at the last layer), so entry i belongs to block ``layers[i+1]``.
+    An array one shorter than ``layers`` is already per block (``layers[1:]``).
     """
-    values = analysis.get("norm_ratio")
-    layers = list(analysis.get("layers") or [])
-    if not isinstance(values, list) or not layers:
+    if analysis is None or analysis.norm_ratio is None or not analysis.layers:
         return {}
+    values, layers = list(analysis.norm_ratio), list(analysis.layers)
     if len(values) == len(layers):
         pairs = zip(layers[1:], values[:-1])
     elif len(values) == len(layers) - 1:
@@ -76,47 +77,40 @@ def norm_ratio_series(analysis: dict) -> dict[int, float]:
 PREFERRED_EPSILON = 0.025  # relative form: reach 97.5% of the last layer's accuracy (the paper's line ~0.975)
 
 
-def effective_depth(analysis: dict) -> tuple[float | None, str]:
+def effective_depth(analysis: "AnalysisResult | None") -> tuple[float | None, str]:
     """The effective depth shown by the report and how it was defined.
 
-    analysis.json stores ``effective_depth`` as ``{"epsilons": [...], "absolute": [...],
-    "relative": [...]}``; the report shows the relative form at epsilon 0.025 (or the nearest
-    stored epsilon): the smallest layer l with Acc(l) >= (1 - epsilon) Acc(L). A plain number is
-    shown as is.
+    ``effective_depth`` is ``{"epsilons": [...], "absolute": [...], "relative": [...]}``
+    (readout/saturation.py); the report shows the relative form at epsilon 0.025 (or the nearest
+    stored epsilon): the smallest layer l with Acc(l) >= (1 - epsilon) Acc(L).
     """
-    ed = analysis.get("effective_depth")
-    if isinstance(ed, dict) and isinstance(ed.get("epsilons"), list) and ed["epsilons"]:
-        eps = [number(e) for e in ed["epsilons"]]
-        idx = min((i for i, e in enumerate(eps) if e is not None), key=lambda i: abs(eps[i] - PREFERRED_EPSILON))
-        for form in ("relative", "absolute"):
-            vals = ed.get(form)
-            if isinstance(vals, list) and idx < len(vals) and number(vals[idx]) is not None:
-                rule = "Acc(l) >= (1 - eps) Acc(L)" if form == "relative" else "Acc(l) >= 1 - eps"
-                return float(vals[idx]), f"{form}, epsilon = {eps[idx]:g}: smallest l with {rule}"
+    ed = analysis.effective_depth if analysis is not None else None
+    if not ed or not ed.get("epsilons"):
         return None, ""
-    v = number(ed)
-    return v, ""
+    eps = [number(e) for e in ed["epsilons"]]
+    idx = min((i for i, e in enumerate(eps) if e is not None), key=lambda i: abs(eps[i] - PREFERRED_EPSILON))
+    for form in ("relative", "absolute"):
+        vals = ed.get(form) or []
+        if idx < len(vals) and number(vals[idx]) is not None:
+            rule = "Acc(l) >= (1 - eps) Acc(L)" if form == "relative" else "Acc(l) >= 1 - eps"
+            return float(vals[idx]), f"{form}, epsilon = {eps[idx]:g}: smallest l with {rule}"
+    return None, ""
 
 
-def matrix(analysis: dict, key: str) -> list[list[float]] | None:
-    """A square per-layer-pair matrix (list of lists), or ``None`` when absent / malformed."""
-    m = analysis.get(key)
-    if isinstance(m, dict):
-        m = m.get("values") or m.get("matrix")
-    if not isinstance(m, (list, tuple)) or not m or not all(isinstance(r, (list, tuple)) for r in m):
+def matrix(analysis: "AnalysisResult | None", key: str) -> list[list[float]] | None:
+    """A square per-layer-pair matrix ``analysis.<key>`` as lists (NaN kept), or ``None`` when absent."""
+    m = getattr(analysis, key) if analysis is not None else None
+    if m is None or getattr(m, "ndim", 0) != 2 or m.shape[0] != m.shape[1] or not m.shape[0]:
         return None
-    n = len(m)
-    if any(len(r) != n for r in m):
-        return None
-    return [[(_num(v) if _num(v) is not None else float("nan")) for v in r] for r in m]
+    return [[float(v) for v in row] for row in m]
 
 
-def row_to_last(analysis: dict, key: str) -> dict[int, float]:
+def row_to_last(analysis: "AnalysisResult | None", key: str) -> dict[int, float]:
     """Last row of a layer-pair matrix as ``{layer: similarity to the last traced layer}``."""
     m = matrix(analysis, key)
     if m is None:
         return {}
-    layers = list(analysis.get("layers") or range(len(m)))
+    layers = list(analysis.layers)
     if len(layers) != len(m):
         layers = list(range(len(m)))
     return {int(layer): v for layer, v in zip(layers, m[-1]) if not math.isnan(v)}
@@ -162,12 +156,10 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def own_heads_accuracy(exits: dict) -> dict[int, float]:
-    """``{layer: accuracy}`` of per-layer heads, from an exit.json read through them
+def own_heads_accuracy(exits: "dict[str, ExitRecord]") -> dict[int, float]:
+    """``{layer: accuracy}`` of per-layer heads, from an exit sweep read through them
     (``readout == "per-layer heads"``: ``layer_accuracy`` over ``exit_layers``); ``{}`` otherwise."""
     for ex in exits.values():
-        if str(ex.get("readout", "")).startswith("per-layer"):
-            acc = ex.get("layer_accuracy") or []
-            layers = ex.get("exit_layers") or list(range(1, len(acc) + 1))
-            return {int(l): float(a) for l, a in zip(layers, acc) if number(a) is not None}
+        if ex.per_layer_heads:
+            return ex.layer_accuracy_by_layer()
     return {}

@@ -142,7 +142,7 @@ def _flatten_theory(theory: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def theory_rows(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
-    flat = {r.name: _flatten_theory((r.analysis or {}).get("theory") or {}) for r in runs if r.analysis}
+    flat = {r.name: _flatten_theory(r.analysis.theory) for r in runs if r.analysis}
     keys = sorted({k for d in flat.values() for k in d})
     rows = []
     for k in keys:
@@ -168,9 +168,9 @@ PROBE_NOTE = ("Test accuracy (%) of a linear probe fitted per layer on the froze
 
 def probe_cells(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the probe table (one row per run with a probe.json)."""
-    from ..analysis.probe import ProbeResult, comparison_rows
+    from ..analysis.probe import comparison_rows
 
-    results = [(r.name, ProbeResult.from_dict(r.probe)) for r in runs if r.probe]
+    results = [(r.name, r.probe) for r in runs if r.probe]
     return comparison_rows(results) if results else ([], [])
 
 

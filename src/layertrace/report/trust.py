@@ -1,4 +1,4 @@
-"""The report's "similarity you can trust" figures and tables, from ``analysis.json``:
+"""The report's "similarity you can trust" figures and tables, from the runs' AnalysisResult:
 
 * raw vs permutation-calibrated COS / CKA heatmaps (``calibration``, written by
   ``layertrace analyze --null_permutations K``), and
@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..analysis.result import AnalysisResult
 from .figures import FigureItem, Figures, _render
 from .runs import RunResults
 from .series import fmt, number
@@ -31,14 +32,16 @@ REMOVAL_CAPTION = (
     "whose removal costs least; the Spearman correlation over the blocks is in the title.")
 
 
-def _calibration(analysis: dict | None) -> dict | None:
-    cal = (analysis or {}).get("calibration")
-    return cal if isinstance(cal, dict) and (cal.get("cos") or cal.get("cka")) else None
+def _calibration(analysis: AnalysisResult | None) -> dict | None:
+    """The analysis's ``calibration`` entry when it calibrated COS or CKA, else ``None``."""
+    cal = analysis.calibration if analysis is not None else None
+    return cal if cal and (cal.get("cos") or cal.get("cka")) else None
 
 
-def _removal(analysis: dict | None) -> dict | None:
-    lr = (analysis or {}).get("layer_removal")
-    return lr if isinstance(lr, dict) and lr.get("blocks") else None
+def _removal(analysis: AnalysisResult | None) -> dict | None:
+    """The analysis's ``layer_removal`` entry when it removed any block, else ``None``."""
+    lr = analysis.layer_removal if analysis is not None else None
+    return lr if lr and len(lr.get("blocks") or []) else None
 
 
 def has_calibration(runs: list[RunResults]) -> bool:
@@ -50,9 +53,8 @@ def has_removal(runs: list[RunResults]) -> bool:
 
 
 def _array(values) -> np.ndarray:
-    return np.asarray([[math.nan if v is None else v for v in row] for row in values] if values and
-                      isinstance(values[0], list) else [math.nan if v is None else v for v in (values or [])],
-                      dtype=np.float64)
+    """A float64 array of an entry AnalysisResult.from_dict already made numeric (null -> NaN); ``None`` -> empty."""
+    return np.asarray([] if values is None else values, dtype=np.float64)
 
 
 def calibration_figures(figs: Figures) -> list[FigureItem]:
@@ -64,7 +66,7 @@ def calibration_figures(figs: Figures) -> list[FigureItem]:
             continue
         panels = [(name, key, entry) for name, key in (("COS", "cos"), ("CKA", "cka"))
                   if isinstance(entry := cal.get(key), dict)]
-        layers = list(r.analysis.get("layers") or [])
+        layers = list(r.analysis.layers)
         fig, axes = figs.plt.subplots(1, 2 * len(panels), figsize=(3.3 * 2 * len(panels), 3.2), squeeze=False)
         for i, (name, key, entry) in enumerate(panels):
             for j, (field, label) in enumerate((("score", "raw"), ("calibrated", "calibrated"))):

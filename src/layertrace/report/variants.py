@@ -37,7 +37,7 @@ def variant_names(runs: list[RunResults]) -> list[str]:
 
 def describe(runs: list[RunResults], name: str) -> str:
     """What the variant changed, from its analyze-config.yaml (e.g. ``shift rotate:15+noise:0.2``)."""
-    cfg = next((r.variants[name].get("config") or {} for r in runs if name in r.variants), {})
+    cfg = next((r.variants[name].config for r in runs if name in r.variants), {})
     if cfg.get("shift"):
         return f"test set under shift {cfg['shift']} (seed {cfg.get('shift_seed', 0)})"
     if cfg.get("pooling"):
@@ -54,7 +54,7 @@ def trained_pooling(r: RunResults) -> str:
 def as_variant(r: RunResults, name: str) -> RunResults:
     """The run seen through its variant: same mode, the variant's analysis, tagged name and group."""
     return dataclasses.replace(r, name=f"{r.name} [{name}]", group=f"{r.group} [{name}]",
-                               analysis=r.variants[name]["analysis"], exits={}, probe=None, clip=None,
+                               analysis=r.variants[name].analysis, exits={}, probe=None, clip=None,
                                variants={}, metrics=[])
 
 
@@ -63,15 +63,15 @@ def variant_figures(figs: Figures, name: str, caption: str = CAPTION) -> list[Fi
     sub = Figures([r for r in figs.runs if name in r.variants])
     return sub._layer_curve_figure(
         f"Re-reading '{name}': layer-wise accuracy", caption, "accuracy through the shared head",
-        lambda r: layer_series(r.analysis or {}, "accuracy"), ylim=(0, 1),
-        extra=lambda r: layer_series(r.variants[name]["analysis"], "accuracy"), extra_label=name)
+        lambda r: layer_series(r.analysis, "accuracy"), ylim=(0, 1),
+        extra=lambda r: layer_series(r.variants[name].analysis, "accuracy"), extra_label=name)
 
 
 def variant_rows(runs: list[RunResults], name: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows: per run, its own per-layer accuracy (%) and the variant's."""
     with_v = [r for r in runs if name in r.variants and r.analysis]
     series = [(r.name, "own", layer_series(r.analysis, "accuracy")) for r in with_v]
-    series += [(r.name, name, layer_series(r.variants[name]["analysis"], "accuracy")) for r in with_v]
+    series += [(r.name, name, layer_series(r.variants[name].analysis, "accuracy")) for r in with_v]
     series.sort(key=lambda t: [r.name for r in with_v].index(t[0]))
     layers = sorted({l for _, _, s in series for l in s})
     rows = [[run, reading] + [f"{100 * s[l]:.2f}" if l in s else "–" for l in layers] for run, reading, s in series]

@@ -19,7 +19,6 @@ MiniLM, any HF sequence classifier) or causal language modelling (any HF causal 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch
 from .. import run_folder
 from ..config import config_to_dict, load_config, save_config
 from ..errors import LayertraceError
-from ..io import read_json_dict, reading, write_json
+from ..io import read_json_dict, write_json
 from .augment import ImageAugment
 from .batches import TensorBatches
 from .config import COSMETIC_KEYS, TrainConfig
@@ -38,59 +37,9 @@ from .loop import fit, micro_batch_size
 SUMMARY_FILE = run_folder.TRAIN_SUMMARY
 
 
-@dataclass
-class RunSummary:
-    """What a finished run reports (``train_summary.json``).
-
-    Attributes:
-        run_dir: the run folder.
-        mode: training mode; ``layers`` / ``layer_weights``: the layers in the loss and their weights.
-        model, data: the model spec and dataset name.
-        task: ``image-classification`` | ``text-classification`` | ``causal-lm``.
-        steps: optimizer steps; ``samples_seen``: training samples consumed.
-        wall_time_s: training time over all sessions (resumes included), without evaluation and saving.
-        final_eval: ``{"layers": [0..L], "accuracy": [...], "loss": [...], "n": N}`` on the eval split
-            (per-layer heads read their own layers in multi-head runs).
-        params: ``{"model": ..., "per_layer_heads": ...}`` parameter counts.
-        resumed_from: checkpoint step the last session resumed from (None: trained in one go).
-        reused: True when this call found the run finished and did not train.
-    """
-
-    run_dir: str
-    mode: str
-    model: str
-    data: str
-    task: str
-    steps: int
-    samples_seen: int
-    wall_time_s: float
-    final_eval: dict[str, Any] | None
-    layers: list[int]
-    layer_weights: list[float]
-    params: dict[str, int] = field(default_factory=dict)
-    resumed_from: int | None = None
-    reused: bool = False
-
-    def to_json(self, path: str | Path) -> None:
-        write_json(path, asdict(self))
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "RunSummary":
-        fix = (f"delete it, then run `layertrace train --config {Path(path).parent / 'config.yaml'} "
-               f"--out {Path(path).parent}` (the run resumes from its checkpoints)")
-        data = read_json_dict(path, fix)
-        known = {f for f in cls.__dataclass_fields__}
-        with reading(path, fix, what="run summary"):
-            return cls(**{k: v for k, v in data.items() if k in known})
-
-    def table(self) -> str:
-        """A short text table of the final layer-wise accuracy."""
-        lines = [f"run {self.run_dir}: {self.mode}, {self.steps} steps, {self.wall_time_s:.1f} s"
-                 + (" (reused)" if self.reused else "")]
-        if self.final_eval:
-            lines.append("layer     " + " ".join(f"{l:>6d}" for l in self.final_eval["layers"]))
-            lines.append("accuracy  " + " ".join(f"{a:6.3f}" for a in self.final_eval["accuracy"]))
-        return "\n".join(lines)
+#: What a finished run reports (``train_summary.json``): the run folder's typed record, owned by
+#: :mod:`layertrace.run_folder` (the report and the demo read it there).
+RunSummary = run_folder.TrainSummary
 
 
 # --------------------------------------------------------------------------- config comparison
@@ -108,6 +57,13 @@ def config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     """Keys (not cosmetic) whose values differ between two configs."""
     fa, fb = _flat(config_to_dict(a)), _flat(config_to_dict(b))
     return sorted(k for k in fa if k not in COSMETIC_KEYS and fa[k] != fb.get(k))
+
+
+def training_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """``{dotted key: value}`` of every config key that decides a run's result (all but
+    ``COSMETIC_KEYS``, the keys :func:`config_differences` compares): the settings a finished training
+    stage is recorded with (:func:`layertrace.run_folder.stage_done`)."""
+    return {k: v for k, v in _flat(config_to_dict(cfg)).items() if k not in COSMETIC_KEYS}
 
 
 def _check_run_dir(cfg: TrainConfig, out: Path) -> RunSummary | None:
