@@ -155,3 +155,22 @@ def test_stream_rejects_bad_window():
         run_early_exit_stream(adapter, [batch], "confidence", 0.5, window=0)
     with pytest.raises(LayertraceError, match="no batches"):
         run_early_exit_stream(adapter, [], "confidence", 0.5)
+
+
+def test_recorders_are_reused_and_the_real_blocks_put_back(tiny_vit):  # noqa: F811
+    """embed() records every batch through cached recorders written straight into the block list's
+    storage; afterwards the list holds the model's own blocks again, and the states still match the model."""
+    from layertrace.models.recording import _RECORDERS
+
+    adapter, batches = tiny_vit
+    blocks = adapter._block_list
+    originals = list(blocks)
+    with torch.no_grad():
+        adapter.embed(batches[0])
+        first = list(_RECORDERS[id(blocks)])
+        state = adapter.embed(batches[1])
+        assert _RECORDERS[id(blocks)] == first and all(a is b for a, b in zip(blocks, originals))
+        assert [c.module for c in state.shared["calls"]] == originals
+        for layer in range(1, adapter.n_layers + 1):
+            state = adapter.block(layer, state)
+        torch.testing.assert_close(adapter.readout(adapter.features(state)), adapter.model_logits(batches[1]))
