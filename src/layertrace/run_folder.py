@@ -76,13 +76,10 @@ def split_name(name: str) -> tuple[str, str]:
 def training_mode(folder: str | Path) -> str | None:
     """The training mode of a run folder: ``train_summary.json``'s ``mode``, else ``config.yaml``'s
     ``train.mode`` (or top-level ``mode``), else the folder-name suffix; ``None`` when none says."""
-    from .io import read_json_dict
-
     folder = Path(folder)
-    if (folder / TRAIN_SUMMARY).is_file():
-        mode = read_json_dict(folder / TRAIN_SUMMARY).get("mode")
-        if mode:
-            return str(mode)
+    summary = read_train_summary(folder)
+    if summary is not None and summary.mode:
+        return str(summary.mode)
     if (folder / CONFIG).is_file():
         from .config import read_yaml
 

@@ -71,6 +71,24 @@ def test_exit_cli_writes_exit_json(tmp_path):
     assert body["oracle"]["accuracy"] == pytest.approx(body["full_accuracy"])
     assert body["timing"]["batch"]["batch_size"] == 16 and body["timing"]["batch1"]["batch_size"] == 1
     assert body["timing"]["threads"] == 1
+    # the default executor pools the timed batches (32 samples = 2 batches of 16); batch 1 is per sample
+    assert body["timing"]["batch"]["executor"] == "stream" and body["timing"]["batch"]["n_samples"] == 32
+    assert body["timing"]["batch1"]["executor"] == "batch"
+    assert "batch_per_batch" not in body["timing"] and points[0]["measured_speedup_per_batch"] is None
+
+
+@needs_fmnist
+def test_exit_executor_both_reports_the_per_batch_executor_too(tmp_path):
+    run = make_run(tmp_path / "run", multi_head=False)
+    out = tmp_path / "exit"
+    assert main(["exit", "--model", str(run), "--data", "fashion-mnist", "--limit", "48", "--thresholds", "0.3,0.9",
+                 "--out", str(out), "--executor", "both", "--stream_window", "2", *FAST]) == 0
+    body = read_json(out / "exit.json")
+    assert body["timing"]["batch"]["executor"] == "stream" and body["timing"]["batch"]["window"] == 2
+    assert body["timing"]["batch_per_batch"]["executor"] == "batch"
+    assert body["timing"]["batch_per_batch"]["n_samples"] == body["timing"]["batch"]["n_samples"] == 32
+    for p in body["points"]:
+        assert p["measured_speedup"] > 0 and p["measured_speedup_per_batch"] > 0 and p["runtime_agreement"] == 1.0
 
 
 @needs_fmnist

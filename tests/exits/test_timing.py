@@ -73,3 +73,27 @@ def test_clock(adapter, toy_batch):
     slept = measure_speedups(adapter, [toy_batch], "confidence", [1.01], repeats=1, clock="cpu",
                              baseline=lambda b: time.sleep(0.05))
     assert slept.clock == "cpu" and slept.full_seconds["baseline"][0] < 0.01
+
+
+def test_stream_executor_is_timed_over_all_batches_with_the_same_outputs(adapter, toy_batch):
+    """executor="stream": one stream call per round and threshold over all batches; its outputs are
+    the batch-by-batch executor's, and the baseline is summed over the same batches."""
+    half = {k: v[:5] for k, v in toy_batch.items()}
+    batches = [toy_batch, half, toy_batch]
+    thresholds = [0.0, 0.3, 0.4, 1.01]
+    calls = []
+
+    def baseline(batch):
+        calls.append(int(batch["input_ids"].shape[0]))
+        return adapter(batch)
+
+    m = measure_speedups(adapter, batches, "confidence", thresholds, repeats=2, return_results=True,
+                         executor="stream", window=2, baseline=baseline)
+    assert m.executor == "stream" and m.window == 2 and m.to_dict()["executor"] == "stream"
+    assert m.n_samples == 2 * toy_batch["input_ids"].shape[0] + 5
+    assert calls == [8, 5, 8] * 3  # warm-up + two rounds, every batch
+    for thr, result in zip(thresholds, m.results):
+        per_batch = [run_early_exit(adapter, b, "confidence", thr) for b in batches]
+        assert result.exit_layers.tolist() == torch.cat([r.exit_layers for r in per_batch]).tolist()
+    with pytest.raises(LayertraceError, match="executor"):
+        measure_speedups(adapter, batches, "confidence", [0.5], executor="pooled")

@@ -95,8 +95,9 @@ class ExitSection:
     policy: str = field(default="confidence", metadata=_h(
         "exit policy: confidence (the paper's max-probability rule), entropy, patience"))
     measure: bool = field(default=True, metadata=_h("also measure wall-clock speed-ups (batched executor)"))
-    measure_samples: int = field(default=64, metadata=_h(
-        "samples timed at batch size 64 per threshold (every sweep point is timed)", check=">= 1"))
+    measure_samples: int = field(default=512, metadata=_h(
+        "samples timed at batch size 64 per threshold (every sweep point is timed; 8 batches, whose running samples "
+        "the stream executor pools between layers)", check=">= 1"))
     measure_samples_batch1: int = field(default=8, metadata=_h("samples timed at batch size 1 per threshold", check=">= 0"))
     repeats: int = field(default=3, metadata=_h("interleaved timing repeats (medians are reported)", check=">= 1"))
     threads: Optional[int] = field(default=1, metadata=_h(

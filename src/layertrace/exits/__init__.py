@@ -16,7 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .executor import ExitResult, Readout, layer_logits, run_early_exit, run_early_exit_batches, shared_readout
+from .executor import (ExitResult, Readout, layer_logits, run_early_exit, run_early_exit_batches,
+                       run_early_exit_stream, shared_readout)
 from .policies import (POLICIES, ConfidencePolicy, EntropyPolicy, ExitPolicy, FixedLayerPolicy, OraclePolicy,
                        PatiencePolicy, default_thresholds, get_policy)
 from .record import ExitRecord
@@ -40,7 +41,7 @@ __all__ = [
     "speedup", "speedup_from_hist", "exit_histogram", "simulate_exits", "sweep", "pareto_flags", "ExitPoint", "ExitRecord",
     "ExitSweep", "LayerCosts", "ExitPolicy", "ConfidencePolicy", "EntropyPolicy", "PatiencePolicy",
     "FixedLayerPolicy", "OraclePolicy", "POLICIES", "get_policy", "default_thresholds", "run_early_exit",
-    "run_early_exit_batches", "layer_logits", "shared_readout", "ExitResult", "Readout", *_LAZY,
+    "run_early_exit_batches", "run_early_exit_stream", "layer_logits", "shared_readout", "ExitResult", "Readout", *_LAZY,
 ]
 
 

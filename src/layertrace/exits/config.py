@@ -48,6 +48,12 @@ class ExitConfig:
     measure_budget_s: float | None = field(default=20.0, metadata={
         "help": "seconds the timing rounds of one batch size may take (round 1 always runs; none = all --repeats)",
         "check": "> 0"})
+    executor: str = field(default="stream", metadata={
+        "help": "executor timed at --batch_size: stream (running samples of --stream_window batches pooled between "
+                "layers: throughput) | batch (batch by batch) | both (stream in measured_speedup, batch in "
+                "measured_speedup_per_batch)", "choices": ("stream", "batch", "both")})
+    stream_window: int = field(default=8, metadata={
+        "help": "--executor stream: batches whose running samples are pooled", "check": ">= 1"})
     clock: str = field(default="auto", metadata={
         "help": "timing clock: auto (CPU time of the one timing thread on a CPU with --threads 1, else wall) | wall | cpu",
         "choices": ("auto", "wall", "cpu")})

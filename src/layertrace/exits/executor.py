@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import LayertraceError
-from ..models.base import Adapter
+from ..models.base import Adapter, State
 from ..models.layer_readout import LayerReadout
 from .policies import ExitPolicy, FixedLayerPolicy, get_policy
 
@@ -71,6 +71,54 @@ def _check_classifier(adapter: Adapter) -> None:
                               f"(causal-LM early exit lives in layertrace.lm)")
 
 
+@dataclass
+class _Plan:
+    """What one threshold's run needs, resolved once: the policy, the readout, which layers read and
+    decide (``skip[l]``: block only), the first layer a decision can fire (``first``) and, for runs
+    with nothing to decide, the one layer everyone exits at (``fixed``)."""
+
+    policy: ExitPolicy
+    read: LayerReadout
+    skip: list[bool] | None
+    first: int
+    fixed: int | None
+
+
+def _plan(adapter: Adapter, policy: str | ExitPolicy, threshold: float, readout: Readout | None,
+          layers: Sequence[int] | None) -> _Plan:
+    _check_classifier(adapter)
+    policy = get_policy(policy)
+    if not policy.causal:
+        raise LayertraceError(f"policy {policy.name!r} is not causal (it needs later layers or labels); "
+                              f"simulate it with layertrace.exits.sweep instead")
+    n_layers = adapter.n_layers
+    if readout is None and layers is None:  # the shared head reads every layer
+        read, candidates, skip = shared_readout(adapter), None, None
+    else:
+        read = resolve_readout(adapter, readout)
+        candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
+        skip = [l not in candidates for l in range(n_layers + 1)]
+        skip[n_layers] = False
+    fixed = None
+    if isinstance(policy, FixedLayerPolicy):  # elastic depth: nothing to decide, no readout before k
+        requested = int(policy.check_thresholds([threshold], n_layers)[0])
+        fixed = requested if candidates is None else next(l for l in candidates if l >= requested)
+    first = policy.earliest_exit(float(threshold), n_layers)
+    if fixed is None and first >= n_layers:  # nobody can leave before L (e.g. confidence > 1): the full model
+        fixed = n_layers
+    return _Plan(policy, read, skip, first, fixed)
+
+
+def _run_fixed(adapter: Adapter, state: State, plan: _Plan) -> ExitResult:
+    """Every sample exits at ``plan.fixed``: blocks 1..k and one readout, nothing decided."""
+    k = plan.fixed
+    for layer in range(1, k + 1):
+        state = adapter.block(layer, state)
+    logits = plan.read(k, adapter.features(state))
+    return ExitResult(logits, logits.argmax(-1),
+                      torch.full((state.batch_size,), k, dtype=torch.long, device=state.hidden.device))
+
+
 def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | ExitPolicy = "confidence",
                    threshold: float = 0.9, readout: Readout | None = None,
                    layers: Sequence[int] | None = None) -> ExitResult:
@@ -90,38 +138,14 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
     if torch.is_grad_enabled():  # entering no_grad costs a little; skip it when the caller already did
         with torch.no_grad():
             return run_early_exit(adapter, batch, policy, threshold, readout, layers)
-    _check_classifier(adapter)
-    policy = get_policy(policy)
-    if not policy.causal:
-        raise LayertraceError(f"policy {policy.name!r} is not causal (it needs later layers or labels); "
-                              f"simulate it with layertrace.exits.sweep instead")
-    n_layers = adapter.n_layers
-    if readout is None and layers is None:  # the shared head reads every layer
-        read, candidates, skip = shared_readout(adapter), None, None
-    else:
-        read = resolve_readout(adapter, readout)
-        candidates = readout_layers(adapter, readout) if layers is None else [int(l) for l in layers]
-        skip = [l not in candidates for l in range(n_layers + 1)]
-        skip[n_layers] = False
+    plan = _plan(adapter, policy, threshold, readout, layers)
     state = adapter.embed(batch)
+    if plan.fixed is not None:
+        return _run_fixed(adapter, state, plan)
+    policy, read, skip, first = plan.policy, plan.read, plan.skip, plan.first
+    n_layers = adapter.n_layers
     n_samples = state.batch_size
     device = state.hidden.device
-
-    if isinstance(policy, FixedLayerPolicy):  # elastic depth: nothing to decide, no readout before k
-        requested = int(policy.check_thresholds([threshold], n_layers)[0])
-        k = requested if candidates is None else next(l for l in candidates if l >= requested)
-        for layer in range(1, k + 1):
-            state = adapter.block(layer, state)
-        logits = read(k, adapter.features(state))
-        return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), k, dtype=torch.long, device=device))
-
-    first = policy.earliest_exit(float(threshold), n_layers)
-    if first >= n_layers:  # nobody can leave before L (e.g. confidence > 1): the plain full model
-        for layer in range(1, n_layers + 1):
-            state = adapter.block(layer, state)
-        logits = read(n_layers, adapter.features(state))
-        return ExitResult(logits, logits.argmax(-1), torch.full((n_samples,), n_layers, dtype=torch.long, device=device))
-
     threshold_t = _threshold_tensor(float(threshold), device)  # 0-d: decide gives (b,)
     carry = policy.start(n_samples, device)
     stateful = bool(carry)  # a stateful rule (patience) reads every layer; a stateless one only from `first`
@@ -196,6 +220,128 @@ def run_early_exit_batches(adapter: Adapter, batches: Iterable[Mapping[str, Any]
     if not results:
         raise LayertraceError("no batches to run; check the data split and --limit")
     return ExitResult.cat(results)
+
+
+def run_early_exit_stream(adapter: Adapter, batches: Iterable[Mapping[str, Any]],
+                          policy: str | ExitPolicy = "confidence", threshold: float = 0.9,
+                          readout: Readout | None = None, layers: Sequence[int] | None = None,
+                          window: int = 8, chunk: int | None = None) -> ExitResult:
+    """Early exit over a stream of batches, pooling the samples still running across batches.
+
+    The batches are taken ``window`` at a time. Within a window every batch is embedded, and then
+    layer by layer all still-running samples of the window run their block in chunks of at most
+    ``chunk`` rows (default: the window's largest batch), so the few samples left in deep layers by
+    each batch are regrouped into full chunks instead of running as many tiny batches (continuous
+    batching in depth). The readout and the decision run once per layer on all running samples of
+    the window (one host sync per layer); a chunk is refilled from the others only when that saves
+    a block call. Samples whose states cannot share a batch (different padded token counts, other
+    recorded model arguments: :meth:`State.poolable`) are pooled in separate groups; nothing is
+    padded.
+
+    Per sample the result is what :func:`run_early_exit` gives batch by batch: the same exit layer
+    and prediction, and the logits up to float rounding (a block or readout over other rows may round
+    differently in the last bit). What it measures is throughput over the stream: a sample that runs
+    deep waits for its window, so its latency grows (docs/exits.md).
+
+    Args:
+        adapter, policy, threshold, readout, layers: as in :func:`run_early_exit`.
+        batches: dicts the model takes (``labels`` ignored), in order.
+        window: batches pooled together (1 = :func:`run_early_exit` batch by batch).
+        chunk: the most rows a block call runs on; default the largest batch of the window.
+    Returns:
+        :class:`ExitResult` over all samples in input order: (N, K) logits, (N,) predictions and
+        (N,) 1-based exit layers.
+    """
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return run_early_exit_stream(adapter, batches, policy, threshold, readout, layers, window, chunk)
+    if window < 1 or (chunk is not None and chunk < 1):
+        raise LayertraceError(f"run_early_exit_stream: window={window} and chunk={chunk} must be at least 1")
+    plan = _plan(adapter, policy, threshold, readout, layers)
+    batches = list(batches)
+    if not batches:
+        raise LayertraceError("no batches to run; check the data split and --limit")
+    results: list[ExitResult] = []
+    for start in range(0, len(batches), window):
+        states = [adapter.embed(b) for b in batches[start:start + window]]
+        if plan.fixed is not None:  # nothing to decide: no stragglers to pool
+            results.extend(_run_fixed(adapter, state, plan) for state in states)
+            continue
+        size = chunk or max(state.batch_size for state in states)
+        offsets = [0]
+        for state in states:
+            offsets.append(offsets[-1] + state.batch_size)
+        groups: list[list[int]] = []  # indices of states that can share a batch
+        for i, state in enumerate(states):
+            home = next((g for g in groups if states[g[0]].poolable(state)), None)
+            home.append(i) if home is not None else groups.append([i])
+        device = states[0].hidden.device
+        pieces: list[tuple[Tensor | None, Tensor, int]] = []
+        for group in groups:
+            positions = torch.cat([torch.arange(offsets[i], offsets[i + 1], device=device) for i in group])
+            pieces.extend(_pool(adapter, [states[i] for i in group], positions, plan, float(threshold), size))
+        results.append(_assemble(pieces, offsets[-1], device))
+    return ExitResult.cat(results)
+
+
+def _pool(adapter: Adapter, states: list[State], positions: Tensor, plan: _Plan, threshold: float,
+          size: int) -> list[tuple[Tensor, Tensor, int]]:
+    """Run poolable states layer by layer as one pool of running samples (:func:`run_early_exit_stream`).
+
+    The pool is one :class:`State`; each block runs on its consecutive chunks of at most ``size`` rows
+    (views), the outputs are concatenated back, and the readout and decision see the whole pool.
+
+    Args:
+        states: states of at most ``size`` rows each, in output order.
+        positions: (N,) position of each pooled row in the window's output.
+    Returns:
+        ``(positions, logits, exit layer)`` per exit group, as :func:`_assemble` takes them.
+    """
+    policy, read, skip, first = plan.policy, plan.read, plan.skip, plan.first
+    n_layers = adapter.n_layers
+    device = positions.device
+    threshold_t = _threshold_tensor(threshold, device)
+    carry = policy.start(int(positions.shape[0]), device)
+    stateful = bool(carry)
+    pool = State.cat(states, check=False)  # the caller grouped poolable states
+    pieces: list[tuple[Tensor, Tensor, int]] = []
+    for layer in range(1, n_layers + 1):
+        pool = _block_chunked(adapter, layer, pool, size)
+        if (skip is not None and skip[layer]) or (layer < first and not stateful):
+            continue
+        logits = read(layer, adapter.features(pool))
+        if layer == n_layers:
+            pieces.append((positions, logits, layer))
+            break
+        exit_now, carry = policy.decide(layer, logits, threshold_t, carry)
+        if layer < first:
+            continue
+        running = int(exit_now.shape[0])
+        leaving_count = int(exit_now.sum())  # the one host sync of the layer
+        if leaving_count == 0:
+            continue
+        if leaving_count == running:
+            pieces.append((positions, logits, layer))
+            break
+        leaving = exit_now.nonzero().squeeze(1)
+        keep = (~exit_now).nonzero().squeeze(1)
+        pieces.append((positions[leaving], logits[leaving], layer))
+        positions = positions[keep]
+        pool = pool.select(keep)
+        if stateful:
+            carry = {name: value[keep] for name, value in carry.items()}
+    return pieces
+
+
+def _block_chunked(adapter: Adapter, layer: int, pool: State, size: int) -> State:
+    """Block ``layer`` over ``pool`` in consecutive chunks of at most ``size`` rows (the fewest calls)."""
+    parts = pool.split(size)
+    if len(parts) == 1:
+        return adapter.block(layer, pool)
+    outs = [adapter.block(layer, part) for part in parts]
+    if all(o.per_sample is p.per_sample for o, p in zip(outs, parts)):  # the usual block: new hidden only
+        return pool.replace(torch.cat([o.hidden for o in outs]))
+    return State.cat(outs, check=False)
 
 
 @torch.no_grad()

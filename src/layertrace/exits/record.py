@@ -70,10 +70,7 @@ class ExitRecord:
         points = data.get("points")
         if not isinstance(points, list):
             raise LayertraceError("no 'points' list")
-        name = data.get("policy")
-        if isinstance(name, dict):  # a policy written as its settings
-            name = name.get("name") or name.get("kind")
-        name = str(name or policy)
+        name = str(data.get("policy") or policy)
         known = {f.name for f in fields(cls)} - {"extra", "points", "policy"}
         kwargs = {k: data[k] for k in known if data.get(k) is not None}
         return cls(policy=name, points=[ExitPoint.from_dict(p, name) for p in points], **kwargs,

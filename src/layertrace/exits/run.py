@@ -109,7 +109,7 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
                    batch1_batches: Sequence[Mapping[str, Any]] | None = None, repeats: int = 3,
                    measure_points: Callable[[ExitSweep], Sequence[int]] | None = None,
                    threads: int | None = None, budget_s: float | None = 20.0,
-                   clock: str = "auto") -> ExitEvaluation:
+                   clock: str = "auto", executor: str = "stream", window: int = 8) -> ExitEvaluation:
     """Simulate a sweep over ``batches`` and (optionally) time the runtime executor.
 
     Args:
@@ -124,6 +124,10 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
         repeats: interleaved timing rounds, at most.
         budget_s: seconds the timing rounds of each batch size may take (:func:`~.timing.measure_speedups`).
         clock: ``auto`` / ``wall`` / ``cpu`` (:mod:`.timing`).
+        executor: timed at the batches' size: ``"stream"`` (:func:`~.executor.run_early_exit_stream`,
+            ``window`` batches pooled), ``"batch"`` (:func:`~.executor.run_early_exit` batch by batch) or
+            ``"both"`` (stream in ``measured_speedup``, batch in ``measured_speedup_per_batch``). Batch 1
+            always times :func:`~.executor.run_early_exit` one sample at a time.
         measure_points: ``sweep -> indices of the points to time`` (default: every point), e.g. the
             point a target picks.
         threads: torch CPU threads while timing (restored afterwards); ``None`` leaves them.
@@ -151,7 +155,7 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
             torch.set_num_threads(int(threads))
         try:
             _measure(adapter, batches, policy_obj, result, readout, measure_samples, batch1_batches, repeats,
-                     measure_points, timing, budget_s, clock)
+                     measure_points, timing, budget_s, clock, executor, window)
         finally:
             torch.set_num_threads(saved_threads)
     return ExitEvaluation(sweep=result, oracle=oracle_result, flops=costs.to_dict(),
@@ -163,21 +167,31 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
 def _measure(adapter: Adapter, batches: list, policy_obj: Any, result: ExitSweep, readout: Readout | None,
              measure_samples: int, batch1_batches: Sequence[Mapping[str, Any]] | None, repeats: int,
              measure_points: Callable[[ExitSweep], Sequence[int]] | None, timing: dict,
-             budget_s: float | None = None, clock: str = "auto") -> None:
+             budget_s: float | None = None, clock: str = "auto", executor: str = "stream",
+             window: int = 8) -> None:
     """Time the executor (see :func:`evaluate_exits`) and fill the points' measured fields."""
     from .timing import measure_speedups
 
     index = list(measure_points(result)) if measure_points is not None else list(range(len(result.points)))
     timed = [float(result.points[i].threshold) for i in index]
     subset = _first_samples(batches, measure_samples)
+    if executor not in ("stream", "batch", "both"):
+        raise LayertraceError(f"executor={executor!r}: use stream, batch or both")
     batched = measure_speedups(adapter, subset, policy_obj, timed, readout, repeats=repeats, return_results=True,
-                               budget_s=budget_s, clock=clock)
+                               budget_s=budget_s, clock=clock, executor="batch" if executor == "batch" else "stream",
+                               window=window)
     agree = _agreement(batched.results, _rows(result, index))
     timing["batch"] = batched.to_dict()
     for i, s, layer, a in zip(index, batched.speedups, batched.layer_speedups, agree):
         result.points[i].measured_speedup = s
         result.points[i].timed_layer_speedup = layer
         result.points[i].runtime_agreement = a
+    if executor == "both":  # the batch-by-batch executor on the same samples, for comparison
+        per_batch = measure_speedups(adapter, subset, policy_obj, timed, readout, repeats=repeats, budget_s=budget_s,
+                                     clock=clock, executor="batch")
+        timing["batch_per_batch"] = per_batch.to_dict()
+        for i, s in zip(index, per_batch.speedups):
+            result.points[i].measured_speedup_per_batch = s
     if batch1_batches:
         single = measure_speedups(adapter, list(batch1_batches), policy_obj, timed, readout, repeats=repeats,
                                   budget_s=budget_s, clock=clock)
@@ -281,7 +295,8 @@ def exit_from_config(cfg: ExitConfig, write: bool = True) -> dict:
     evaluation = evaluate_exits(loaded.adapter, loaded.batches, cfg.policy, cfg.thresholds, loaded.readout,
                                 oracle=cfg.oracle, measure=cfg.measure, measure_samples=cfg.measure_samples,
                                 batch1_batches=loaded.batch1, repeats=cfg.repeats, threads=cfg.threads,
-                                budget_s=cfg.measure_budget_s, clock=cfg.clock)
+                                budget_s=cfg.measure_budget_s, clock=cfg.clock, executor=cfg.executor,
+                                window=cfg.stream_window)
     evaluation.info = _run_info(cfg, loaded)
     body = evaluation.to_dict()
     body["config"] = config_to_dict(cfg)
@@ -365,7 +380,8 @@ def compare_runs(run_dirs: Sequence[str | Path], data: str, policy: str = "confi
         evaluation = evaluate_exits(loaded.adapter, loaded.batches, policy, values, loaded.readout,
                                     oracle=cfg.oracle, measure=measure, measure_samples=cfg.measure_samples,
                                     batch1_batches=loaded.batch1, repeats=cfg.repeats, measure_points=pick,
-                                    threads=cfg.threads, budget_s=cfg.measure_budget_s, clock=cfg.clock)
+                                    threads=cfg.threads, budget_s=cfg.measure_budget_s, clock=cfg.clock,
+                                    executor=cfg.executor, window=cfg.stream_window)
         picked = pick(evaluation.sweep)
         evaluation.info = _run_info(cfg, loaded)
         name = Path(str(spec)).name or str(spec)

@@ -171,6 +171,7 @@ class ExitPoint:
     timed_layer_speedup: float | None = None         # layer speed-up of the samples timed at the batch size
     timed_layer_speedup_batch1: float | None = None  # ... and of those timed at batch 1
     runtime_agreement: float | None = None
+    measured_speedup_per_batch: float | None = None  # executor "both": the batch-by-batch executor, same samples
     pareto: bool = False
     # keys of an exit.json point this class does not declare (a newer writer's), kept as read
     extra: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -13,6 +13,9 @@ each full forward warms the allocator and kernels.
 * Thresholds whose executor runs exit every sample at the same layers (found in round 1, whose
   outputs are returned) and take the same code path run the same computation: only the first of
   them is timed in later rounds, and they share its ratios.
+* ``executor="stream"`` times :func:`~.executor.run_early_exit_stream` instead: one call per round
+  and threshold over all the batches (pooled ``window`` at a time), against the full model summed over
+  the same batches; ``"batch"`` (default here) times :func:`~.executor.run_early_exit` batch by batch.
 * ``repeats`` caps the rounds; ``budget_s`` stops starting rounds once the next would pass it (one
   round at least), so the cost of timing every sweep point stays bounded.
 * Clock: ``wall`` (``time.perf_counter``, device synchronised) or ``cpu`` (``time.thread_time``: the
@@ -32,7 +35,7 @@ import torch
 
 from ..errors import LayertraceError
 from ..models.base import Adapter
-from .executor import ExitResult, Readout, run_early_exit
+from .executor import ExitResult, Readout, run_early_exit, run_early_exit_stream
 from .policies import ExitPolicy, get_policy
 
 
@@ -62,6 +65,17 @@ def _timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], floa
     return clock() - start
 
 
+def _run_timed(run: Callable[[float], ExitResult], threshold: float, keep: list[ExitResult] | None,
+               device: torch.device, clock: Callable[[], float]) -> float:
+    """Seconds of ``run(threshold)``; its output is appended to ``keep`` when given (round 1)."""
+    if keep is None:
+        return _timed(lambda: run(threshold), device, clock)
+    box: list[ExitResult] = []
+    seconds = _timed(lambda: box.append(run(threshold)), device, clock)
+    keep.append(box[0])
+    return seconds
+
+
 @dataclass
 class SpeedupMeasurement:
     """Interleaved timings (seconds per round over the batches) and paired median ratios.
@@ -82,6 +96,8 @@ class SpeedupMeasurement:
             earlier one with the same exits and code path).
         results: the executor's outputs of round 1 (when asked), one per threshold.
         clock: ``"wall"`` or ``"cpu"`` (see the module docstring).
+        executor: ``"batch"`` (batch by batch) or ``"stream"`` (pooled across batches); ``window``:
+            batches pooled at a time (stream only).
     """
 
     batch_size: int
@@ -97,9 +113,12 @@ class SpeedupMeasurement:
     results: list[ExitResult] = field(default_factory=list, repr=False)
     clock: str = "wall"
     seconds: float = 0.0
+    executor: str = "batch"
+    window: int | None = None
 
     def to_dict(self) -> dict:
         return {"batch_size": self.batch_size, "n_samples": self.n_samples, "repeats": self.repeats, "clock": self.clock,
+                "executor": self.executor, "window": self.window,
                 "thresholds": self.thresholds, "baseline": self.baseline,
                 "full_median_s": {k: statistics.median(v) for k, v in self.full_seconds.items()},
                 "exit_median_s": [statistics.median(s) for s in self.exit_seconds], "speedups": self.speedups,
@@ -116,8 +135,8 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
                      thresholds: Sequence[float], readout: Readout | None = None, repeats: int = 5,
                      baseline: Callable[[Mapping[str, Any]], Any] | None = None,
                      return_results: bool = False, clock: str = "auto",
-                     budget_s: float | None = None) -> SpeedupMeasurement:
-    """Speed-up of :func:`run_early_exit` at each threshold over the full model (module docstring).
+                     budget_s: float | None = None, executor: str = "batch", window: int = 8) -> SpeedupMeasurement:
+    """Speed-up of the executor at each threshold over the full model (module docstring).
 
     Args:
         adapter: classifier adapter (in eval mode).
@@ -133,10 +152,14 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
         clock: ``"auto"`` (default), ``"wall"`` or ``"cpu"`` (module docstring).
         budget_s: seconds the rounds may take: no round starts once the rounds so far plus the
             longest one would pass it (round 1 always runs); ``None``: all ``repeats`` rounds.
+        executor: ``"batch"`` (:func:`run_early_exit` per batch) or ``"stream"``
+            (:func:`run_early_exit_stream` over all ``batches``, ``window`` batches pooled at a time).
     Returns:
         :class:`SpeedupMeasurement`.
     """
     policy = get_policy(policy)
+    if executor not in ("batch", "stream"):
+        raise LayertraceError(f"executor={executor!r}: use 'batch' or 'stream'")
     device = adapter.device
     clock = resolve_clock(clock, device)
     tick = CLOCKS[clock]
@@ -168,15 +191,15 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
         for b in inputs:
             for name, f in fulls.items():
                 full_totals[name] += _timed(lambda: f(b), device, tick)
+            if executor == "batch":
+                for i in timed:
+                    exit_totals[i] += _run_timed(lambda thr: run_early_exit(adapter, b, policy, thr, readout),
+                                                 values[i], outputs[i] if r == 0 else None, device, tick)
+        if executor == "stream":
             for i in timed:
-                thr = values[i]
-                if r == 0:
-                    box: list[ExitResult] = []
-                    exit_totals[i] += _timed(lambda: box.append(run_early_exit(adapter, b, policy, thr, readout)),
-                                             device, tick)
-                    outputs[i].append(box[0])
-                else:
-                    exit_totals[i] += _timed(lambda: run_early_exit(adapter, b, policy, thr, readout), device, tick)
+                exit_totals[i] += _run_timed(
+                    lambda thr: run_early_exit_stream(adapter, inputs, policy, thr, readout, window=window),
+                    values[i], outputs[i] if r == 0 else None, device, tick)
         for name, total in full_totals.items():
             full_s[name].append(total)
         for i, total in exit_totals.items():
@@ -206,4 +229,5 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
         batch_size=max(sizes), n_samples=sum(sizes), repeats=rounds, thresholds=values, baseline=baseline_name,
         full_seconds=full_s, exit_seconds=exit_lists, speedups=speedups, layer_speedups=layer_speedups,
         timed_as=timed_as, results=[ExitResult.cat(o) for o in outputs] if return_results else [],
-        clock=clock, seconds=time.perf_counter() - started)
+        clock=clock, seconds=time.perf_counter() - started, executor=executor,
+        window=window if executor == "stream" else None)

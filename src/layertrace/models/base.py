@@ -32,6 +32,7 @@ the model; :class:`~layertrace.models.layer_readout.LayerReadout` serves it (or 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
@@ -81,9 +82,79 @@ class State:
             shared=dict(self.shared),
         )
 
+    def poolable(self, other: "State") -> bool:
+        """Whether ``other``'s samples can join this state's in one batch (:meth:`cat`): the same
+        token count, width and dtype, the same ``per_sample`` keys with the same trailing shapes, and
+        equal ``shared`` values (recorded call templates, flags; tensors compared by value)."""
+        if (self.hidden.shape[1:] != other.hidden.shape[1:] or self.hidden.dtype != other.hidden.dtype
+                or self.hidden.device != other.hidden.device or self.per_sample.keys() != other.per_sample.keys()):
+            return False
+        for key, value in self.per_sample.items():
+            theirs = other.per_sample[key]
+            if value.shape[1:] != theirs.shape[1:] or value.dtype != theirs.dtype:
+                return False
+        return _same(self.shared, other.shared)
+
+    @staticmethod
+    def cat(states: Sequence["State"], check: bool = True) -> "State":
+        """The samples of several states as one state (the stream executor pools running samples).
+
+        Args:
+            states: states with ``poolable`` shapes: ``hidden`` (B_i, T, d) each.
+            check: verify :meth:`poolable` (``False`` when the caller already did).
+        Returns:
+            A State with ``hidden`` (sum B_i, T, d), every ``per_sample`` tensor concatenated alike
+            and the first state's ``shared``.
+        """
+        first = states[0]
+        if len(states) == 1:
+            return first
+        for other in states[1:] if check else ():
+            if not first.poolable(other):
+                raise LayertraceError("State.cat: these states differ in token count, masks or shared model "
+                                      "arguments; pool only states for which State.poolable is true")
+        return State(hidden=torch.cat([s.hidden for s in states]),
+                     per_sample={k: torch.cat([s.per_sample[k] for s in states]) for k in first.per_sample},
+                     shared=dict(first.shared))
+
+    def split(self, size: int) -> list["State"]:
+        """Consecutive chunks of at most ``size`` samples (views of ``hidden`` and every ``per_sample``
+        tensor: nothing is copied)."""
+        n = self.batch_size
+        if n <= size:
+            return [self]
+        return [State(hidden=self.hidden[i:i + size], per_sample={k: v[i:i + size] for k, v in self.per_sample.items()},
+                      shared=self.shared) for i in range(0, n, size)]
+
     def replace(self, hidden: Tensor) -> "State":
         """Same masks and extras, new hidden states (what a block returns)."""
         return State(hidden=hidden, per_sample=self.per_sample, shared=self.shared)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Deep equality of ``State.shared`` values: tensors by shape, dtype and value; containers, dataclasses
+    and ``__slots__`` objects (recorded-call placeholders) field by field; modules by identity."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, nn.Module):
+        return False  # not the same module object
+    if dataclasses.is_dataclass(a):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    slots = getattr(type(a), "__slots__", None)
+    if slots is not None:
+        return all(_same(getattr(a, k, None), getattr(b, k, None)) for k in slots)
+    try:
+        return bool(a == b)
+    except Exception:  # an object without a usable equality: not provably the same
+        return False
 
 
 @dataclass

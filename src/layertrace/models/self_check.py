@@ -86,6 +86,8 @@ def _input_device(model: nn.Module) -> torch.device:
     if hook is not None and getattr(hook, "execution_device", None) is not None:
         return torch.device(hook.execution_device)
     weight = getattr(emb, "weight", None)
+    if weight is None and isinstance(emb, nn.Module):  # e.g. ViT's patch embedding: its projection's weight
+        weight = next(emb.parameters(), None)
     if hook is None and isinstance(weight, Tensor) and not weight.is_meta and not dispatched_fast(model):
         return weight.device  # inputs go where the embedding is (listing every parameter costs ~1 block)
     main_device = getattr(model, "_hf_hook", None)

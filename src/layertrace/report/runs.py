@@ -33,7 +33,7 @@ from typing import Any, Callable, TypeVar
 from .. import run_folder as rf
 from ..analysis.clip import ClipSimilarityResult
 from ..analysis.probe import ProbeResult
-from ..analysis.result import AnalysisResult
+from ..analysis.result import AnalysisResult, load_samples_npz
 from ..errors import LayertraceError
 from ..exits.record import ExitRecord
 from ..io import reading
@@ -43,7 +43,6 @@ T = TypeVar("T")
 
 # Training modes as they appear at the end of a run folder name ``<data>-<model>-<mode>``.
 KNOWN_MODES = rf.MODES + rf.EXPERIMENT_VARIANTS
-SAMPLE_FILES = (rf.ANALYSIS_SAMPLES, "analysis.npz")
 RESULT_FILES = (rf.ANALYSIS, rf.EXIT, rf.METRICS, rf.TRAIN_SUMMARY, rf.LM_TRACK, rf.PROBE, rf.CLIP)
 CONFIG_FILES = (rf.CONFIG, rf.ANALYSIS_CONFIG, rf.EXIT_CONFIG)  # in order of preference
 VARIANTS_DIR = rf.VARIANTS
@@ -110,15 +109,9 @@ class RunResults:
         return next((int(ex.n_layers) for ex in self.exits.values() if ex.n_layers is not None), None)
 
     def per_sample_arrays(self) -> dict[str, Any]:
-        """Arrays of ``analysis.npz`` (empty dict if the file is absent)."""
-        npz = next((self.path / n for n in SAMPLE_FILES if (self.path / n).is_file()), None)
-        if npz is None:
-            return {}
-        import numpy as np
-
-        with reading(npz, f"re-run `layertrace analyze ... --out {self.path}`", what="per-sample arrays"):
-            with np.load(npz, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+        """Arrays of ``analysis_samples.npz`` (empty dict if the file is absent)."""
+        npz = self.path / rf.ANALYSIS_SAMPLES
+        return load_samples_npz(npz) if npz.is_file() else {}
 
 
 def _read_yaml(path: Path) -> dict:
