@@ -169,14 +169,17 @@ def train_modes(base: Path, corpus_dir: Path, out: Path, p: LMTrackPreset, threa
 
     With ``p.train_parallel`` on CPU the two modes train at once in two spawned processes with half
     of ``threads`` (default: torch's current setting) each, at least 1; ``seconds["train_<mode>"]``
-    is then the wall time of both together. Otherwise one after the other, in this process.
+    is then the wall time of both together. Otherwise (or when a run is already finished) one after
+    the other, in this process.
     ``seconds["train_<mode>_cpu"]``: the CPU time of that mode's training process (all its threads).
     """
     say(f"training {' and '.join(MODES)} ({p.steps} steps, batch {p.batch_size} x {p.block_size} tokens"
         + (", both at once" if p.train_parallel and device == "cpu" else "") + ")")
     dirs = {mode: out / run_name(p, mode) for mode in MODES}
     summaries: dict[str, Any] = {}
-    if p.train_parallel and device == "cpu":
+    # finished runs are reused in-process (no processes to spawn for a reuse)
+    to_train = [mode for mode in MODES if not (dirs[mode] / run_folder.TRAIN_SUMMARY).is_file()]
+    if p.train_parallel and device == "cpu" and len(to_train) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
