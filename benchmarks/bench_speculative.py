@@ -74,18 +74,25 @@ def run(args) -> str:
         f"- model: {run_dir} ({adapter.n_layers} layers, d={adapter.hidden_size}, vocab {adapter.num_outputs}, "
         f"{type(loaded.model).__name__}); greedy; {args.prompts} test prompts of {args.prompt_tokens} tokens, "
         f"{args.new_tokens} new tokens ({'eos ignored: every row decodes all of them' if args.no_eos else 'eos stops a row'}); median of {args.repeats} interleaved repeats",
-        f"- draft: k = {res['draft_layer']}, gamma = {res['gamma']} "
-        + ("(given with --k / --gamma)" if c["source"] == "given" else
-           f"({c['source']}: acceptance {c['acceptance']:.3f} at layer k from the analysis pass, expected "
-           f"{c['expected_speedup']:.2f}x under the cost model of `choose_draft`)")
-        + f"; ours stops drafting below draft confidence {args.confidence} (0 = off); HF gets the same "
+        ("- draft: k and gamma given with --k / --gamma" if c["source"] == "given" else
+         "- draft: k and gamma chosen per batch size by `choose_draft` from the analysis pass's acceptance and "
+         "the cost model calibrated on the first chunk of that batch size (`measure_step_costs`)")
+        + f"; ours stops drafting below draft confidence {args.confidence} (0 = off); HF gets ours' batch-1 "
         f"k (with its own draft-length schedule and confidence threshold); CALM tau = {res['tau']}",
     ]
     if res["hf_error"]:
         lines.append(f"- HF assistant_early_exit failed on this model: `{res['hf_error'][:200]}`")
     lines.append("")
     for batch, table in res["batches"].items():
-        lines += [f"### batch size {batch}", "",
+        own = table["self-speculative"]
+        ch = own["choice"]
+        draft = f"Draft: k = {own['draft_layer']}, gamma = {own['gamma']}"
+        if ch["source"] != "given":
+            co = ch["costs"]
+            draft += (f" (acceptance {ch['acceptance']:.3f} at layer k from the {ch['source']}, expected "
+                      f"{ch['expected_speedup']:.2f}x; costs {co['source']}: position {co['position_cost']:.2f}, "
+                      f"readout {co['readout_cost']:.2f}, embed {co['embed_cost']:.2f} blocks)")
+        lines += [f"### batch size {batch}", "", draft + ".", "",
                   "| decoder | tokens/s | speed-up vs full (median of per-repeat ratios) | rows identical to full greedy |",
                   "|---|---|---|---|"]
         for name, row in table.items():
@@ -94,7 +101,7 @@ def run(args) -> str:
         if "acceptance" in table.get("self-speculative", {}):
             lines += ["", f"Measured draft acceptance (ours): {table['self-speculative']['acceptance']:.3f}."]
         lines.append("")
-        print("\n".join(lines[-(len(table) + 6):]), flush=True)
+        print("\n".join(lines[-(len(table) + 8):]), flush=True)
     return "\n".join(lines) + "\n"
 
 

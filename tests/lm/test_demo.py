@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from layertrace.io import read_json
 
@@ -53,6 +56,30 @@ def test_run_lm_track_reuses_finished_stages(smoke_track):
     again = run_lm_track(out, "smoke", progress=False, encoder=_letters)
     assert all(again["runs"][m]["reused"] for m in ("standard", "aligned"))
     assert again["runs"]["aligned"]["accuracy"] == lm["runs"]["aligned"]["accuracy"]
+
+
+def test_parallel_training_equals_sequential(smoke_track, tmp_path):
+    """train_parallel (two spawned 1-thread processes) trains the same weights as one 1-thread process
+    training the modes one after the other, and records each mode's CPU time."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from layertrace.demo.lm_track import get_preset, run_name, train_modes
+
+    out, lm = smoke_track
+    base, corpus = Path(lm["model"]["base_dir"]), out / "lm-corpus"
+    weights = {}
+    for parallel in (True, False):
+        p = replace(get_preset("smoke"), train_parallel=parallel)
+        seconds: dict = {}
+        train_modes(base, corpus, tmp_path / str(parallel), p, 2 if parallel else 1, "cpu", lambda m: None, seconds)
+        assert all(seconds[f"train_{m}_cpu"] > 0 for m in ("standard", "aligned"))
+        weights[parallel] = {m: load_file(str(tmp_path / str(parallel) / run_name(p, m) / "model" / "model.safetensors"))
+                             for m in ("standard", "aligned")}
+    for mode in ("standard", "aligned"):
+        a, b = weights[True][mode], weights[False][mode]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_lm_figures(smoke_track):

@@ -200,6 +200,39 @@ def test_choice_of_k_and_gamma_follows_acceptance():
         choose_draft(rising, L, gamma=0)
 
 
+def test_cost_model_constants_steer_the_choice():
+    """Costlier verify positions make shorter drafts; a costlier readout and embed too; the defaults
+    are StepCosts()."""
+    from layertrace.lm.speculative import StepCosts
+
+    L = 6
+    rates = np.array([0.0, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0])
+    cheap = choose_draft(rates, L, costs=StepCosts(position_cost=0.0, readout_cost=0.0, embed_cost=0.0))
+    dear = choose_draft(rates, L, costs=StepCosts(position_cost=1.0, readout_cost=2.0, embed_cost=1.0))
+    assert cheap.gamma > dear.gamma and cheap.expected_speedup > dear.expected_speedup
+    assert choose_draft(rates, L).to_dict() == choose_draft(rates, L, costs=StepCosts()).to_dict()
+    assert cheap.to_dict()["costs"]["position_cost"] == 0.0
+
+
+def test_measured_step_costs_and_lossless_choice_with_them(lm):
+    """measure_step_costs leaves no state behind: decoding with the measured choice (a timing-dependent
+    k, gamma) is still token for token full greedy decoding."""
+    from layertrace.lm.speculative import measure_step_costs
+
+    adapter = adapt(lm)
+    batch = padded_batch(lm.config.vocab_size, "left")
+    costs = measure_step_costs(adapter, batch["input_ids"], batch["attention_mask"], repeats=3)
+    values = [costs.position_cost, costs.readout_cost, costs.embed_cost]
+    assert all(np.isfinite(v) and v >= 0 for v in values) and costs.source.startswith("measured at batch")
+    res = self_speculative_generate(adapter, batch["input_ids"], batch["attention_mask"], costs="measure",
+                                    max_new_tokens=8, sampling=GREEDY)
+    full = generate(adapter, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, sampling=GREEDY)
+    assert torch.equal(res.new_tokens, full.new_tokens)
+    assert res.stats["choice"]["costs"]["source"].startswith("measured")
+    with pytest.raises(LayertraceError, match="measure"):
+        self_speculative_generate(adapter, batch["input_ids"], costs="fast", max_new_tokens=2)
+
+
 def test_acceptance_from_analysis_pass_and_prompts(lm, tmp_path):
     from layertrace import analyze
 
@@ -275,6 +308,13 @@ def test_compare_decoders_side_by_side_on_llama_and_gpt2():
     assert b1["self-speculative"]["identical"] == b1["self-speculative"]["rows"] == 4
     assert b2["self-speculative"]["identical"] == 4 and b1["hf-assistant-early-exit"]["identical"] == 4
     assert b1["full"]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in b1.values())
+    assert b2["self-speculative"]["draft_layer"] == 2 and b2["self-speculative"]["gamma"] == 3
+    # chosen per batch size from the prompts with measured costs: each batch records its own choice
+    res = compare_decoders(tiny_llama(n_layers=4), prompts, batch_sizes=(1, 2), repeats=1, max_new_tokens=6, hf=False)
+    for b in ("1", "2"):
+        own = res["batches"][b]["self-speculative"]
+        assert own["choice"]["costs"]["source"] == f"measured at batch {b}" and own["identical"] == 4
+    assert res["draft_layer"] == res["batches"]["1"]["self-speculative"]["draft_layer"]
     res = compare_decoders(tiny_gpt2(n_layers=4), prompts, draft_layer=2, gamma=2, batch_sizes=(1,), repeats=1,
                            max_new_tokens=4)
     assert res["batches"]["1"]["self-speculative"]["identical"] == 4

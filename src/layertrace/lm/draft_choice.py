@@ -24,6 +24,73 @@ def expected_tokens_per_round(acceptance: float, gamma: int) -> float:
     return float(gamma + 1) if a >= 1.0 else (1.0 - a ** (gamma + 1)) / (1.0 - a)
 
 
+@dataclass
+class StepCosts:
+    """The constants of :func:`expected_speedup`'s cost model, in units of one block on one new token
+    of every row: defaults (measured once on the 6 x 128 demo LM) or :func:`measure_step_costs`'."""
+
+    position_cost: float = 0.25
+    readout_cost: float = 0.5
+    embed_cost: float = 0.2
+    source: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"position_cost": self.position_cost, "readout_cost": self.readout_cost,
+                "embed_cost": self.embed_cost, "source": self.source}
+
+
+def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 4, repeats: int = 15) -> StepCosts:
+    """Calibrate the cost model on this model, device and batch: time the pieces of a decoding step.
+
+    After a prefill of the (B, P) prompts, medians of ``repeats`` timings of block 1 on one new token
+    and on ``window`` new tokens, of one cached ``embed`` (one new token) and of the readout + argmax
+    of (B, d) hidden states; the cache is cropped back after each block call. Returned relative to
+    the one-token block: ``position_cost = (t_window / t_1 - 1) / (window - 1)`` (clipped to >= 0).
+    """
+    import statistics
+    import time
+
+    import torch
+
+    def median_ms(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with torch.no_grad():
+        cache = adapter.new_cache()
+        adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, adapter.n_layers)
+        first = cache.layers[0]
+
+        def step_inputs(t: int) -> dict[str, Any]:
+            return {"input_ids": ids[:, -1:].expand(-1, t), "attention_mask": torch.cat([mask, mask.new_ones(mask.shape[0], t)], 1),
+                    "past_key_values": cache}
+
+        def block_time(t: int) -> float:
+            inputs = step_inputs(t)
+            for _ in range(2):  # the first cached step of a shape teaches the adapter's decode path
+                st = adapter.embed(inputs)
+                adapter.block(1, st)
+                first.crop(-t)
+            st = adapter.embed(inputs)
+
+            def run():
+                adapter.block(1, st)
+                first.crop(-t)
+            return median_ms(run)
+
+        one, wide = block_time(1), block_time(window)
+        inputs = step_inputs(1)
+        embed = median_ms(lambda: adapter.embed(inputs))
+        hidden = adapter.embed(inputs).hidden[:, -1]
+        readout = median_ms(lambda: adapter.readout(hidden).float().argmax(-1))
+    return StepCosts(position_cost=max(0.0, (wide / one - 1.0) / (window - 1)), readout_cost=readout / one,
+                     embed_cost=embed / one, source=f"measured at batch {ids.shape[0]}")
+
+
 def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: int,
                      position_cost: float = 0.25, readout_cost: float = 0.5, embed_cost: float = 0.2) -> float:
     """Expected tokens/s of self-speculative decoding over full decoding under a cost model.
@@ -37,6 +104,7 @@ def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: 
     verify window + one per draft step) + ``(gamma + 1) * k`` (single-token draft steps, the last
     feeding the last draft) + ``gamma * readout_cost`` (draft readouts) +
     ``(n_layers - k + readout_cost) * (1 + position_cost * gamma)`` (the verify pass over gamma + 1 positions).
+    :func:`measure_step_costs` measures the three constants on a given model and batch.
     """
     k, g, L = int(draft_layer), int(gamma), int(n_layers)
     wide = 1.0 + position_cost * g
@@ -89,18 +157,22 @@ class DraftChoice:
     acceptance: float
     expected_speedup: float
     source: str
+    costs: StepCosts | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"draft_layer": self.draft_layer, "gamma": self.gamma, "acceptance": self.acceptance,
-                "expected_speedup": self.expected_speedup, "source": self.source}
+                "expected_speedup": self.expected_speedup, "source": self.source,
+                "costs": (self.costs or StepCosts()).to_dict()}
 
 
 def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int | None = None,
-                 gamma: int | None = None, max_gamma: int = MAX_GAMMA, position_cost: float = 0.25,
-                 readout_cost: float = 0.5, source: str = "analysis") -> DraftChoice:
+                 gamma: int | None = None, max_gamma: int = MAX_GAMMA, costs: StepCosts | None = None,
+                 source: str = "analysis") -> DraftChoice:
     """The draft layer k in 1..L-1 and draft length gamma in 1..max_gamma maximising
-    :func:`expected_speedup` with the per-layer ``acceptance`` (L + 1 rates, index = layer); a given
-    ``draft_layer`` or ``gamma`` is kept and only the other one is chosen."""
+    :func:`expected_speedup` with the per-layer ``acceptance`` (L + 1 rates, index = layer) and the
+    cost model's ``costs`` (default :class:`StepCosts`; :func:`measure_step_costs` calibrates them); a
+    given ``draft_layer`` or ``gamma`` is kept and only the other one is chosen."""
+    costs = costs or StepCosts()
     rates = np.asarray(acceptance, dtype=np.float64)
     if n_layers < 2:
         raise LayertraceError(f"self-speculative decoding needs at least 2 blocks; the model has {n_layers}")
@@ -110,10 +182,10 @@ def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int
         raise LayertraceError(f"gamma={gamma} must be in 1..64 (drafted tokens per round)")
     ks = [int(draft_layer)] if draft_layer is not None else list(range(1, n_layers))
     gs = [int(gamma)] if gamma is not None else list(range(1, max_gamma + 1))
-    best = max(((expected_speedup(rates[k], k, g, n_layers, position_cost, readout_cost), -k, -g)
-                for k in ks for g in gs))
+    best = max(((expected_speedup(rates[k], k, g, n_layers, costs.position_cost, costs.readout_cost,
+                                  costs.embed_cost), -k, -g) for k in ks for g in gs))
     s, k, g = best[0], -best[1], -best[2]
-    return DraftChoice(k, g, float(rates[k]), float(s), source)
+    return DraftChoice(k, g, float(rates[k]), float(s), source, costs)
 
 
 def prompt_acceptance(adapter: Any, ids: Tensor, mask: Tensor) -> np.ndarray:

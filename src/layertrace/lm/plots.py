@@ -163,11 +163,16 @@ def lm_figures(lm_json: Mapping[str, Any] | str | Path) -> list[tuple[str, Any, 
         ax.set_ylabel("tokens/s vs full decoding")
         ax.legend(frameon=False, fontsize=8)
         fig.tight_layout()
+        per_batch = {b: dec["batches"][b].get("self-speculative", {}) for b in batches}
+        if all("draft_layer" in t for t in per_batch.values()):  # chosen per batch size (lm.json since 2026-12-02)
+            draft = ", ".join(f"{t['draft_layer']}, {t['gamma']} at batch {b}" for b, t in per_batch.items())
+        else:
+            draft = f"{dec['draft_layer']}, {dec['gamma']}"
         same = "; ".join(f"batch {b}: " + ", ".join(f"{n} {t['identical']}/{t['rows']}" for n, t in dec["batches"][b].items())
                          for b in batches)
         caption = (f"Greedy decoding of the aligned model, {dec['n_prompts']} test prompts x {dec['max_new_tokens']} "
                    f"tokens, median of {dec['repeats']} interleaved repeats. Self-speculative: draft layer "
-                   f"k = {dec['draft_layer']}, gamma = {dec['gamma']} (chosen from the analysis pass's saturation "
+                   f"k and draft length gamma {draft} (chosen from the analysis pass's saturation "
                    f"statistic), verified by the full model, output identical to full decoding; CALM: tau "
                    f"{dec['tau']}. Rows identical to full greedy decoding: {same}."
                    + (f" HF assistant_early_exit failed on this model ({dec['hf_error'][:80]})." if dec.get("hf_error") else ""))

@@ -44,16 +44,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import LayertraceError
 from .generate import (
     GenerationResult, SamplingConfig, _eos_set, as_causal_adapter, choose_tokens, filter_logits,
     last_real_positions, prepare_prompt,
 )
 # Choosing k and gamma lives in draft_choice.py; its names stay importable from here (the tests, lm/__init__).
-from .draft_choice import (MAX_GAMMA, DraftChoice, acceptance_by_layer, choose_draft,  # noqa: F401
-                           expected_speedup, expected_tokens_per_round, prompt_acceptance)
+from .draft_choice import (MAX_GAMMA, DraftChoice, StepCosts, acceptance_by_layer, choose_draft,  # noqa: F401
+                           expected_speedup, expected_tokens_per_round, measure_step_costs, prompt_acceptance)
 
 
 # ----------------------------------------------------------------------------- decoding
+def _choice(adapter: Any, ids: Tensor, mask: Tensor, draft_layer: int | None, gamma: int | None, analysis: Any,
+            costs: StepCosts | str | None) -> DraftChoice:
+    """(k, gamma) as given, or chosen from ``analysis`` (else the (B, P) prompts) and ``costs``."""
+    n_layers = adapter.n_layers
+    if draft_layer is not None and gamma is not None:
+        choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
+        choice.acceptance, choice.expected_speedup, choice.costs = float("nan"), float("nan"), None
+        return choice
+    if analysis is not None:
+        rates, source = acceptance_by_layer(analysis, n_layers), "analysis"
+    else:
+        rates, source = prompt_acceptance(adapter, ids, mask), "prompts"
+    if isinstance(costs, str):
+        if costs != "measure":
+            raise LayertraceError(f"costs={costs!r}: use 'measure', a StepCosts or None (the defaults)")
+        costs = measure_step_costs(adapter, ids, mask)
+    return choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma, costs=costs, source=source)
+
+
 def _draw(probs: Tensor, generator: torch.Generator) -> Tensor:
     """One multinomial draw per row of (b, V) probabilities -> (b,) long."""
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
@@ -80,6 +100,7 @@ def self_speculative_generate(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     confidence: float = 0.0,
+    costs: StepCosts | str | None = None,
 ) -> GenerationResult:
     """Decode with self-speculation: draft with blocks 1..k + the shared readout, verify with all L.
 
@@ -98,6 +119,9 @@ def self_speculative_generate(
         confidence: stop a round's drafting early when no row's draft token has a (filtered)
             probability >= this under the draft readout (0 = always draft ``gamma``). Lossless either
             way: the decision depends on the draft only.
+        costs: the cost model's constants when k or gamma is chosen: a :class:`StepCosts`,
+            ``"measure"`` (:func:`measure_step_costs` on these prompts: the choice then depends on
+            timings; greedy output does not) or ``None`` (the defaults).
 
     Returns:
         :class:`GenerationResult`; ``stats`` holds ``draft_layer``, ``gamma``, ``rounds``,
@@ -108,15 +132,7 @@ def self_speculative_generate(
     n_layers = adapter.n_layers
     sampling = sampling or SamplingConfig()
     ids, mask = prepare_prompt(input_ids, attention_mask, adapter.device)
-    if draft_layer is None or gamma is None:
-        if analysis is not None:
-            rates, source = acceptance_by_layer(analysis, n_layers), "analysis"
-        else:
-            rates, source = prompt_acceptance(adapter, ids, mask), "prompts"
-        choice = choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma, source=source)
-    else:
-        choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
-        choice.acceptance, choice.expected_speedup = float("nan"), float("nan")
+    choice = _choice(adapter, ids, mask, draft_layer, gamma, analysis, costs)
     k, g = choice.draft_layer, choice.gamma
     eos = _eos_set(eos_token_id, ids.device)
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
@@ -289,7 +305,7 @@ def _hf_early_exit(model: Any, ids: Tensor, mask: Tensor, k: int, max_new_tokens
 def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = None, gamma: int | None = None,
                      analysis: Any = None, tau: float = 0.4, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3,
                      max_new_tokens: int = 32, eos_token_id: int | None = None, hf: bool = True,
-                     confidence: float = 0.0) -> dict[str, Any]:
+                     confidence: float = 0.0, costs: StepCosts | str | None = "measure") -> dict[str, Any]:
     """Greedy decoding side by side: full, self-speculative (ours), CALM-style early exit (ours, ``tau``)
     and, at batch 1, HF ``generate(..., assistant_early_exit=k)`` with the same k.
 
@@ -300,12 +316,16 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
 
     Args:
         model: an HF causal LM (its adapter is built here); prompts: (N, P) unpadded prompts.
-        draft_layer, gamma, analysis: as for :func:`self_speculative_generate` (chosen once, up front).
+        draft_layer, gamma, analysis, costs: as for :func:`self_speculative_generate`; what is not
+            given is chosen per batch size (``"measure"``: the cost model calibrated on the first
+            chunk of that batch size, before any decoder is timed).
         hf: include HF's decoder (skipped when it fails on this model, e.g. GPT-2 in transformers 5:
             its early-exit assistant builds a cache of k layers and the model runs all L into it).
     Returns:
         ``{"draft_layer", "gamma", "choice", "tau", "repeats", "max_new_tokens", "n_prompts",
-        "batches": {"<batch size>": {decoder: {tokens_per_s, speedup, identical, rows}}}, "hf_error"}``.
+        "batches": {"<batch size>": {decoder: {tokens_per_s, speedup, identical, rows}}}, "hf_error"}``;
+        the top-level choice is the first batch size's (HF gets its k), each batch's
+        ``"self-speculative"`` entry holds its own ``draft_layer``, ``gamma``, ``choice`` and ``acceptance``.
     """
     import statistics
 
@@ -314,16 +334,12 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
 
     adapter = as_causal_adapter(model)
     hf_model = adapter.model
-    n_layers = adapter.n_layers
-    if draft_layer is None or gamma is None:
-        rates = (acceptance_by_layer(analysis, n_layers) if analysis is not None
-                 else prompt_acceptance(adapter, prompts.to(adapter.device), torch.ones_like(prompts).to(adapter.device)))
-        choice = choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma,
-                              source="analysis" if analysis is not None else "prompts")
-    else:
-        choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
-        choice.acceptance, choice.expected_speedup = float("nan"), float("nan")
-    k, g = choice.draft_layer, choice.gamma
+    chunks_of = {int(b): [prompts[i:i + int(b)].to(adapter.device) for i in range(0, prompts.shape[0], int(b))]
+                 for b in batch_sizes}
+    choices = {b: _choice(adapter, c[0], torch.ones_like(c[0]), draft_layer, gamma, analysis, costs)
+               for b, c in chunks_of.items()}
+    choice = choices[int(batch_sizes[0])]
+    k = choice.draft_layer
     greedy = SamplingConfig("greedy")
     common = dict(max_new_tokens=max_new_tokens, sampling=greedy, eos_token_id=eos_token_id)
     hf_error = None
@@ -332,20 +348,21 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
             _hf_early_exit(hf_model, prompts[:1], torch.ones_like(prompts[:1]), k, max_new_tokens, eos_token_id)
         except Exception as exc:  # noqa: BLE001 - HF's own limitation, reported in the result
             hf_error = f"{type(exc).__name__}: {exc}"
-    out: dict[str, Any] = {"draft_layer": k, "gamma": g, "choice": choice.to_dict(), "tau": float(tau),
+    out: dict[str, Any] = {"draft_layer": k, "gamma": choice.gamma, "choice": choice.to_dict(), "tau": float(tau),
                            "repeats": int(repeats), "max_new_tokens": int(max_new_tokens),
                            "n_prompts": int(prompts.shape[0]), "batches": {}, "hf_error": hf_error}
     for batch in batch_sizes:
+        kb, gb = choices[int(batch)].draft_layer, choices[int(batch)].gamma
         decoders: dict[str, Any] = {
             "full": lambda i, m: generate(adapter, i, m, **common),
-            "self-speculative": lambda i, m: self_speculative_generate(adapter, i, m, draft_layer=k, gamma=g,
+            "self-speculative": lambda i, m: self_speculative_generate(adapter, i, m, draft_layer=kb, gamma=gb,
                                                                      confidence=confidence, **common),
             "calm": lambda i, m: early_exit_generate(adapter, i, m, tau=tau, **common),
         }
         if hf and hf_error is None and batch == 1:
             decoders["hf-assistant-early-exit"] = lambda i, m: _hf_early_exit(hf_model, i, m, k, max_new_tokens,
                                                                              eos_token_id)
-        chunks = [prompts[i:i + batch].to(adapter.device) for i in range(0, prompts.shape[0], batch)]
+        chunks = chunks_of[int(batch)]
         speeds: dict[str, list[float]] = {n: [] for n in decoders}
         first: dict[str, list[Tensor]] = {n: [] for n in decoders}
         acceptance: list[float] = []
@@ -379,11 +396,12 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
             table[name] = {"tokens_per_s": statistics.median(speeds[name]),
                            "speedup": statistics.median(a / b for a, b in zip(speeds[name], speeds["full"])),
                            "identical": same, "rows": rows}
+        table["self-speculative"].update(draft_layer=kb, gamma=gb, choice=choices[int(batch)].to_dict())
         if acceptance:
             table["self-speculative"]["acceptance"] = float(np.mean(acceptance))
         out["batches"][str(int(batch))] = table  # str keys: the dict is written as JSON
     return out
 
 
-__all__ = ["DraftChoice", "acceptance_by_layer", "choose_draft", "compare_decoders", "expected_speedup", "expected_tokens_per_round",
-           "prompt_acceptance", "self_speculative_generate"]
+__all__ = ["DraftChoice", "StepCosts", "acceptance_by_layer", "choose_draft", "compare_decoders", "expected_speedup",
+           "expected_tokens_per_round", "measure_step_costs", "prompt_acceptance", "self_speculative_generate"]
