@@ -1,54 +1,62 @@
 """The demo's early-exit stage on one run folder: its cost in seconds and the measured speed-up per point.
 
 Runs what the demo's exit stage runs (``compare_runs`` over the whole test split, every sweep point
-timed with the demo's settings: 64 samples at batch 64, 8 at batch 1, 3 rounds at most, one torch
-thread) with whichever ``layertrace`` is on PYTHONPATH, so two checkouts can be compared back to back:
+timed, 8 samples at batch 1, 3 rounds at most, one torch thread) with the timed samples and the
+executor given on the command line, so the demo's settings before and after a change can be compared
+back to back:
 
-    git archive 5359db2 src | tar -x -C /tmp/old            # the code before issue 15's executor work
-    PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/bench_exit_stage.py RUN_DIR DATA   # before
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_exit_stage.py RUN_DIR DATA            # after
+    .venv/bin/python benchmarks/bench_exit_stage.py RUN_DIR DATA --measure-samples 64 --executor batch   # before
+    .venv/bin/python benchmarks/bench_exit_stage.py RUN_DIR DATA --measure-samples 512 --executor stream # after
+    .venv/bin/python benchmarks/bench_exit_stage.py RUN_DIR DATA --measure-samples 512 --executor both   # both
 
-Prints the stage's wall and CPU seconds, the timing clock and rounds, and per point the layer
-speed-up of the split and of the 64 timed samples, the measured speed-up at batch 64 and batch 1 and
-measured / timed layer speed-up.
+Prints the stage's wall and CPU seconds, the timing clock and rounds, and per point the layer speed-up
+of the split and of the timed samples (``timed_layer_speedup``), the measured speed-up at batch 64 (of
+the stream executor and, with ``both``, of the batch-by-batch one on the same samples), measured /
+timed layer speed-up, and the measured speed-up at batch 1.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-
 import layertrace  # noqa: E402
-from layertrace.exits import run_early_exit, speedup  # noqa: E402
-from layertrace.exits.run import ExitConfig, _load, compare_runs  # noqa: E402
+from layertrace.exits.run import compare_runs  # noqa: E402
 
 
 def main() -> None:
-    run, data = sys.argv[1], sys.argv[2]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("data")
+    ap.add_argument("--measure-samples", type=int, default=512)
+    ap.add_argument("--executor", default="stream", choices=["stream", "batch", "both"])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
     t0, c0 = time.perf_counter(), time.process_time()
-    table = compare_runs([run], data, "confidence", split="test", measure=True, measure_samples=64,
-                         measure_samples_batch1=8, repeats=3, threads=1)
+    table = compare_runs([args.run], args.data, "confidence", split="test", measure=True,
+                         measure_samples=args.measure_samples, measure_samples_batch1=8, repeats=args.repeats,
+                         threads=1, executor=args.executor)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     body = next(iter(table["runs"].values()))
     timing = body["timing"]["batch"]
-    print(f"{layertrace.__file__}: stage wall {wall:.1f} s, cpu {cpu:.1f} s; clock {timing.get('clock')}, "
-          f"rounds {timing.get('repeats')}, timing seconds {timing.get('seconds', '-')}")
-    # the layer speed-up of the 64 timed samples, from the executor's own exits (the same in every version)
-    loaded = _load(ExitConfig(model=run, data=data, measure=False))
-    first = loaded.adapter.model_inputs(loaded.batches[0])
+    print(f"{layertrace.__file__}: stage wall {wall:.1f} s, cpu {cpu:.1f} s; executor {timing['executor']}, "
+          f"{timing['n_samples']} samples at batch {timing['batch_size']}, clock {timing['clock']}, rounds "
+          f"{timing['repeats']}, timing seconds {timing['seconds']:.1f}"
+          + (f" (+ {body['timing']['batch_per_batch']['seconds']:.1f} batch by batch)"
+             if "batch_per_batch" in body["timing"] else "") + f", load {os.getloadavg()[0]:.1f}")
+    print("| threshold | accuracy | layer speed-up (split) | layer speed-up (timed) | measured b64 | ratio "
+          "| batch by batch b64 | ratio | measured b1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for p in body["points"]:
-        with torch.no_grad():
-            exits = run_early_exit(loaded.adapter, first, "confidence", p["threshold"]).exit_layers
-        timed = speedup(exits, loaded.adapter.n_layers)
-        m64, m1 = p.get("measured_speedup"), p.get("measured_speedup_batch1")
-        print(f"  | {p['threshold']:g} | {p['accuracy']:.4f} | {p['speedup']:.2f}x | {timed:.2f}x | {m64:.2f}x | "
-              f"**{m64 / timed:.2f}** | {m1:.2f}x |")
+        timed, m64, m1 = p["timed_layer_speedup"], p["measured_speedup"], p["measured_speedup_batch1"]
+        per_batch = p.get("measured_speedup_per_batch")
+        pb = "-" if per_batch is None else f"{per_batch:.2f}x | {per_batch / timed:.2f}"
+        print(f"| {p['threshold']:g} | {p['accuracy']:.4f} | {p['speedup']:.2f}x | {timed:.2f}x | {m64:.2f}x | "
+              f"**{m64 / timed:.2f}** | {pb if per_batch is not None else '- | -'} | {m1:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -174,3 +174,28 @@ def test_recorders_are_reused_and_the_real_blocks_put_back(tiny_vit):  # noqa: F
         for layer in range(1, adapter.n_layers + 1):
             state = adapter.block(layer, state)
         torch.testing.assert_close(adapter.readout(adapter.features(state)), adapter.model_logits(batches[1]))
+
+
+def test_poolable_compares_the_recorded_arguments(tiny_bert):  # noqa: F811
+    """Two states of one token count pool only when their shared model arguments agree: the same
+    placeholders, equal values, equal tensors, the same module objects."""
+    import copy
+
+    from layertrace.models.recording import _Ref
+
+    adapter, batches = tiny_bert
+    with torch.no_grad():
+        a, b = adapter.embed(batches[0]), adapter.embed(batches[1])
+    assert a.poolable(b)
+    calls = [copy.copy(c) for c in b.shared["calls"]]
+    changed = State(b.hidden, b.per_sample, {**b.shared, "calls": calls})
+    calls[2].args = calls[2].args[:1] + (_Ref("arg9"),) + calls[2].args[2:]  # another per-sample tensor
+    assert not a.poolable(changed)
+    calls[2].args = b.shared["calls"][2].args
+    assert a.poolable(changed)
+    calls[3].kwargs = {**calls[3].kwargs, "extra": torch.ones(2)}
+    assert not a.poolable(changed)
+    a.shared["calls"][3].kwargs = {**a.shared["calls"][3].kwargs, "extra": torch.ones(2)}
+    assert a.poolable(changed)  # equal tensors by value
+    calls[4].module = copy.deepcopy(calls[4].module)
+    assert not a.poolable(changed)

@@ -299,7 +299,8 @@ def test_report_from_real_analysis_and_exit_of_the_toy_model(tmp_path, toy_model
     adapter = adapt(toy_model).eval()
     body = evaluate_exits(adapter, batches, "confidence", [0.4, 0.5, 0.7, 1.01], measure=True, measure_samples=32,
                           batch1_batches=[{k: v[i:i + 1] for k, v in batches[0].items()} for i in range(4)],
-                          repeats=1).to_dict()
+                          repeats=1, executor="both").to_dict()  # both: the figure draws the per-batch series too
+    assert all(p["measured_speedup_per_batch"] > 0 for p in body["points"])
     write_json(run / "exit.json", body)
     paths = build_report([run], tmp_path / "report.html")
     md = paths.summary.read_text()

@@ -11,6 +11,10 @@ the paper's single classifier) or per-layer heads (``PerLayerHeads``); any ``fn(
 accepted and wrapped (:meth:`LayerReadout.of`).
 The simulation (:mod:`.simulate`) over logits from :func:`layer_logits` with the same readout and
 policy gives the same exit layers and predictions.
+
+:func:`run_early_exit_stream` serves many batches: the running samples of ``window`` batches form one
+pool whose blocks run in full chunks, so the stragglers every batch leaves in the deep layers share
+block calls (throughput; a straggler's latency grows). Per sample it gives run_early_exit's results.
 """
 
 from __future__ import annotations
@@ -233,8 +237,7 @@ def run_early_exit_stream(adapter: Adapter, batches: Iterable[Mapping[str, Any]]
     ``chunk`` rows (default: the window's largest batch), so the few samples left in deep layers by
     each batch are regrouped into full chunks instead of running as many tiny batches (continuous
     batching in depth). The readout and the decision run once per layer on all running samples of
-    the window (one host sync per layer); a chunk is refilled from the others only when that saves
-    a block call. Samples whose states cannot share a batch (different padded token counts, other
+    the window (one host sync per layer). Samples whose states cannot share a batch (different padded token counts, other
     recorded model arguments: :meth:`State.poolable`) are pooled in separate groups; nothing is
     padded.
 
@@ -274,7 +277,10 @@ def run_early_exit_stream(adapter: Adapter, batches: Iterable[Mapping[str, Any]]
         groups: list[list[int]] = []  # indices of states that can share a batch
         for i, state in enumerate(states):
             home = next((g for g in groups if states[g[0]].poolable(state)), None)
-            home.append(i) if home is not None else groups.append([i])
+            if home is None:
+                groups.append([i])
+            else:
+                home.append(i)
         device = states[0].hidden.device
         pieces: list[tuple[Tensor | None, Tensor, int]] = []
         for group in groups:

@@ -32,7 +32,6 @@ the model; :class:`~layertrace.models.layer_readout.LayerReadout` serves it (or 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
@@ -136,19 +135,20 @@ def _same(a: Any, b: Any) -> bool:
     and ``__slots__`` objects (recorded-call placeholders) field by field; modules by identity."""
     if a is b:
         return True
-    if type(a) is not type(b):
+    kind = type(a)
+    if kind is not type(b):
         return False
+    if kind is tuple or kind is list:  # the common case first: recorded call arguments
+        return len(a) == len(b) and all(x is y or _same(x, y) for x, y in zip(a, b))
+    if kind is dict:
+        return a.keys() == b.keys() and all(a[k] is b[k] or _same(a[k], b[k]) for k in a)
     if isinstance(a, Tensor):
         return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
-    if isinstance(a, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, nn.Module):
         return False  # not the same module object
-    if dataclasses.is_dataclass(a):
-        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
-    slots = getattr(type(a), "__slots__", None)
+    if hasattr(kind, "__dataclass_fields__"):
+        return all(_same(getattr(a, name), getattr(b, name)) for name in kind.__dataclass_fields__)
+    slots = getattr(kind, "__slots__", None)
     if slots is not None:
         return all(_same(getattr(a, k, None), getattr(b, k, None)) for k in slots)
     try:

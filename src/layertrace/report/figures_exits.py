@@ -78,14 +78,21 @@ class ExitFigures:
             kw = st.kwargs()
             ax.plot([timed_layer_speedup(p) for p in pts], [p.measured_speedup for p in pts],
                     label=r.name + ("" if len(r.exits) == 1 else f" / {policy}"), **kw)
+            per_batch = [p for p in pts if number(p.measured_speedup_per_batch) is not None]
+            if per_batch:  # `--executor both`: the batch-by-batch executor on the same samples
+                ax.plot([timed_layer_speedup(p) for p in per_batch], [p.measured_speedup_per_batch for p in per_batch],
+                        color=st.color, marker=st.marker, markerfacecolor="none", linestyle=":", linewidth=0.9,
+                        markersize=4, label=f"{r.name} (batch by batch)")
         ax.set_xlabel("layer-count speed-up of the timed samples (x)")
         ax.set_ylabel("measured speed-up (x, batch 64)")
         ax.legend(frameon=False, fontsize=7)
         fig.tight_layout()
         return [_render(
             fig, "Early exit: measured vs layer-count speed-up",
-            "One marker per timed threshold: the measured speed-up of the batched executor over the full model "
-            "(exit.json measured_speedup, the evaluation batch size; timing.clock says CPU time of the one timing "
+            "One marker per timed threshold: the measured speed-up of the executor over the full model "
+            "(exit.json measured_speedup, the evaluation batch size; timing.batch.executor: stream = the running "
+            "samples of several batches pooled between layers, batch = batch by batch; hollow markers, when "
+            "timed, the batch-by-batch executor on the same samples; timing.clock says CPU time of the one timing "
             "thread or wall-clock) against the paper's layer-count speed-up of the same timed samples "
             "(timed_layer_speedup). "
             "Look for: points on or near the diagonal (the executor keeps what the exits promise); below the dashed "
