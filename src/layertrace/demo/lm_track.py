@@ -334,7 +334,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
 
     Args:
         out_dir: folder for the corpus, tokenizer, base model, the two run folders and ``lm.json``.
-        preset: ``"quick"`` (~11-12 min on 2 idle CPU cores, estimated; 15.5 min measured on a
+        preset: ``"quick"`` (~20 min on 2 idle CPU cores, estimated; 19.75 min measured on a
             shared one), ``"full"`` (~1 h on CPU), ``"paper"`` (GPT-2 small shape, for a GPU) or ``"smoke"``
             (seconds), or an :class:`LMTrackPreset`.
         progress: ``None`` / ``True`` prints ``[lm] ...`` lines, ``False`` is silent, a callable gets
