@@ -47,3 +47,10 @@ def groups_of(runs: list[RunResults]) -> "OrderedDict[str, list[RunResults]]":
     for r in runs:
         out.setdefault(r.group, []).append(r)
     return out
+
+
+def groups_having(runs: list[RunResults], keep) -> list[tuple[str, list[RunResults]]]:
+    """The comparison groups of :func:`groups_of`, each with only its runs for which ``keep(run)`` is
+    truthy; groups left empty are dropped (a figure draws one panel per group returned)."""
+    groups = [(g, [r for r in rs if keep(r)]) for g, rs in groups_of(runs).items()]
+    return [(g, rs) for g, rs in groups if rs]

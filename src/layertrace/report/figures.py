@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 # FigureItem & co. live in figure_item.py and the exit / training sections in their own modules; the names
 # stay importable from here, where the report's modules and the tests import them.
-from .figure_item import LAYER_NOTE, FigureItem, _render, groups_of, timed_layer_speedup  # noqa: F401
+from .figure_item import LAYER_NOTE, FigureItem, _render, groups_having, groups_of, timed_layer_speedup  # noqa: F401
 from .figures_exits import ExitFigures
 from .figures_training import LOSS_KEYS, TrainingFigures  # noqa: F401
 from .runs import RunResults
@@ -49,8 +49,7 @@ class Figures(ExitFigures, TrainingFigures):
                             xlabel: str = LAYER_AXIS,
                             extra: Callable[[RunResults], dict[int, float]] | None = None,
                             extra_label: str = "own heads") -> list[FigureItem]:
-        groups = [(g, [r for r in rs if get(r)]) for g, rs in groups_of(self.runs).items()]
-        groups = [(g, rs) for g, rs in groups if rs]
+        groups = groups_having(self.runs, get)
         if not groups:
             return []
         fig, axes = self._panels(groups, sharey=not logy)
@@ -228,9 +227,7 @@ class Figures(ExitFigures, TrainingFigures):
 
     # ------------------------------------------------------------------ saturation and depth
     def saturation(self) -> list[FigureItem]:
-        groups = [(g, [r for r in rs if layer_series(r.analysis, "saturation_hist")])
-                  for g, rs in groups_of(self.runs).items()]
-        groups = [(g, rs) for g, rs in groups if rs]
+        groups = groups_having(self.runs, lambda r: layer_series(r.analysis, "saturation_hist"))
         if not groups:
             return []
         fig, axes = self.plt.subplots(2, len(groups), figsize=(3.8 * len(groups) + 0.6, 5.6), squeeze=False)

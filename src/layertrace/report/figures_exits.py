@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .figure_item import FigureItem, _render, groups_of, timed_layer_speedup
+from .figure_item import FigureItem, _render, groups_having, timed_layer_speedup
 from ..exits.record import ExitRecord
 from ..exits.simulate import ExitPoint
 from .runs import RunResults
@@ -16,8 +16,7 @@ class ExitFigures:
     """Early-exit figures of :class:`~layertrace.report.figures.Figures`."""
 
     def exit_curves(self) -> list[FigureItem]:
-        groups = [(g, [r for r in rs if r.exits]) for g, rs in groups_of(self.runs).items()]
-        groups = [(g, rs) for g, rs in groups if rs]
+        groups = groups_having(self.runs, lambda r: r.exits)
         if not groups:
             return []
         fig, axes = self._panels(groups, height=3.2, sharey=False)

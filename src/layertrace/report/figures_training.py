@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .figure_item import FigureItem, _render, groups_of
+from .figure_item import FigureItem, _render, groups_having
 from .runs import RunResults
 from .series import layer_series, number, row_to_last
 from .style import LAYER_AXIS
@@ -16,8 +16,7 @@ class TrainingFigures:
     """Training-curve figures of :class:`~layertrace.report.figures.Figures`."""
 
     def training_curves(self) -> list[FigureItem]:
-        groups = [(g, [r for r in rs if _loss_series(r)]) for g, rs in groups_of(self.runs).items()]
-        groups = [(g, rs) for g, rs in groups if rs]
+        groups = groups_having(self.runs, _loss_series)
         if not groups:
             return []
         fig, axes = self._panels(groups, height=3.0, sharey=False)
@@ -37,8 +36,7 @@ class TrainingFigures:
             "Training loss per logged optimizer step from each run's metrics.jsonl. Aligned runs log the "
             "weighted sum of per-layer cross-entropies, so their loss is not directly comparable with the "
             "standard run's last-layer loss. Look for: smooth convergence and no divergence.")]
-        groups = [(g, [r for r in rs if r.evals]) for g, rs in groups_of(self.runs).items()]
-        groups = [(g, rs) for g, rs in groups if rs]
+        groups = groups_having(self.runs, lambda r: r.evals)
         if groups:  # the paper's Fig. 5b: last-layer validation accuracy vs step, one line per mode
             fig, axes = self._panels(groups, height=3.0, sharey=False)
             for ax, (group, rs) in zip(axes, groups):
