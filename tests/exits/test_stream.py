@@ -149,6 +149,31 @@ def test_state_cat_and_split_round_trip():
     assert torch.equal(torch.cat([p.hidden for p in parts]), pooled.hidden)
 
 
+@pytest.mark.parametrize("keep", [[0, 1, 2, 9, 10, 19], [7, 8, 9, 10], [12], list(range(20))])
+def test_gather_equals_concatenate_then_select(keep):
+    """The stream's survivor gather (each kept row copied once, chunk by chunk) == concatenating the
+    chunks and selecting, bitwise, for the hidden states and every per-sample tensor (an expanded
+    4-D mask included), cut into the same chunks."""
+    from layertrace.exits.executor import _gather
+
+    g = torch.Generator().manual_seed(0)
+    chunks = []
+    for n in (8, 8, 4):
+        mask = torch.randint(0, 2, (n, 6), generator=g).bool()
+        chunks.append(State(hidden=torch.randn(n, 6, 3, generator=g),
+                            per_sample={"mask": mask[:, None, None, :].expand(n, 1, 6, 6),
+                                        "index": torch.randint(0, 6, (n,), generator=g)},
+                            shared={"calls": []}))
+    index = torch.tensor(keep)
+    want = State.cat(chunks).select(index).split(8)
+    got = _gather(chunks, index, 8)
+    assert [c.batch_size for c in got] == [c.batch_size for c in want]
+    for a, b in zip(got, want):
+        assert torch.equal(a.hidden, b.hidden) and a.per_sample.keys() == b.per_sample.keys()
+        assert all(torch.equal(a.per_sample[k], b.per_sample[k]) for k in b.per_sample)
+        assert a.shared is chunks[0].shared
+
+
 def test_stream_rejects_bad_window():
     adapter, batch = toy_setup(n=20)
     with pytest.raises(LayertraceError, match="window"):

@@ -19,6 +19,7 @@ block calls (throughput; a straggler's latency grows). Per sample it gives run_e
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -172,13 +173,13 @@ def run_early_exit(adapter: Adapter, batch: Mapping[str, Any], policy: str | Exi
                 pieces.append((active, logits, layer))
                 break
             continue
-        leaving_count = int(exit_now.sum())  # the one host sync of the layer
+        leaving = exit_now.nonzero().squeeze(1)  # the one host sync of the layer
+        leaving_count = int(leaving.shape[0])
         if leaving_count == 0:  # the common case: nothing else to do
             continue
         if leaving_count == running:  # all remaining samples stop here
             pieces.append((active, logits, layer))
             break
-        leaving = exit_now.nonzero().squeeze(1)
         keep = (~exit_now).nonzero().squeeze(1)
         pieces.append((leaving if active is None else active[leaving], logits[leaving], layer))
         active = keep if active is None else active[keep]
@@ -294,8 +295,11 @@ def _pool(adapter: Adapter, states: list[State], positions: Tensor, plan: _Plan,
           size: int) -> list[tuple[Tensor, Tensor, int]]:
     """Run poolable states layer by layer as one pool of running samples (:func:`run_early_exit_stream`).
 
-    The pool is one :class:`State`; each block runs on its consecutive chunks of at most ``size`` rows
-    (views), the outputs are concatenated back, and the readout and decision see the whole pool.
+    The pool is a list of chunks of at most ``size`` rows; each block runs once per chunk, the
+    readout and decision see the features of the whole pool (one small concatenation), and when
+    samples leave, the survivors of every chunk are gathered straight into one new buffer and cut
+    into full chunks again. The pool's hidden states are never concatenated as a whole: every row
+    is copied once per exit layer it survives, not twice (a concatenation, then a selection).
 
     Args:
         states: states of at most ``size`` rows each, in output order.
@@ -309,13 +313,18 @@ def _pool(adapter: Adapter, states: list[State], positions: Tensor, plan: _Plan,
     threshold_t = _threshold_tensor(threshold, device)
     carry = policy.start(int(positions.shape[0]), device)
     stateful = bool(carry)
-    pool = State.cat(states, check=False)  # the caller grouped poolable states
+    if all(state.batch_size == size for state in states[:-1]):  # full batches (the usual stream): as they are
+        chunks = [part for state in states for part in state.split(size)]
+    else:  # uneven batches: the fewest full chunks
+        chunks = State.cat(states, check=False).split(size)  # the caller grouped poolable states
     pieces: list[tuple[Tensor, Tensor, int]] = []
     for layer in range(1, n_layers + 1):
-        pool = _block_chunked(adapter, layer, pool, size)
+        chunks = [adapter.block(layer, chunk) for chunk in chunks]
         if (skip is not None and skip[layer]) or (layer < first and not stateful):
             continue
-        logits = read(layer, adapter.features(pool))
+        feats = (adapter.features(chunks[0]) if len(chunks) == 1
+                 else torch.cat([adapter.features(chunk) for chunk in chunks]))
+        logits = read(layer, feats)
         if layer == n_layers:
             pieces.append((positions, logits, layer))
             break
@@ -323,31 +332,47 @@ def _pool(adapter: Adapter, states: list[State], positions: Tensor, plan: _Plan,
         if layer < first:
             continue
         running = int(exit_now.shape[0])
-        leaving_count = int(exit_now.sum())  # the one host sync of the layer
+        leaving = exit_now.nonzero().squeeze(1)  # the one host sync of the layer
+        leaving_count = int(leaving.shape[0])
         if leaving_count == 0:
             continue
         if leaving_count == running:
             pieces.append((positions, logits, layer))
             break
-        leaving = exit_now.nonzero().squeeze(1)
         keep = (~exit_now).nonzero().squeeze(1)
         pieces.append((positions[leaving], logits[leaving], layer))
         positions = positions[keep]
-        pool = pool.select(keep)
+        chunks = _gather(chunks, keep, size)
         if stateful:
             carry = {name: value[keep] for name, value in carry.items()}
     return pieces
 
 
-def _block_chunked(adapter: Adapter, layer: int, pool: State, size: int) -> State:
-    """Block ``layer`` over ``pool`` in consecutive chunks of at most ``size`` rows (the fewest calls)."""
-    parts = pool.split(size)
-    if len(parts) == 1:
-        return adapter.block(layer, pool)
-    outs = [adapter.block(layer, part) for part in parts]
-    if all(o.per_sample is p.per_sample for o, p in zip(outs, parts)):  # the usual block: new hidden only
-        return pool.replace(torch.cat([o.hidden for o in outs]))
-    return State.cat(outs, check=False)
+def _gather(chunks: list[State], keep: Tensor, size: int) -> list[State]:
+    """The rows ``keep`` (sorted positions in the concatenated chunks) as chunks of at most ``size``
+    rows: each kept row copied once, from its chunk into one new buffer (``index_select(out=...)``),
+    which is then cut into views."""
+    if len(chunks) == 1:
+        return chunks[0].select(keep).split(size)
+    first = chunks[0]
+    ends = list(itertools.accumulate(c.batch_size for c in chunks))
+    cuts = torch.searchsorted(keep, torch.tensor(ends, device=keep.device)).tolist()  # kept rows per chunk end
+    n = int(keep.shape[0])
+
+    def gathered(get) -> Tensor:
+        ref = get(first)
+        out = torch.empty((n, *ref.shape[1:]), dtype=ref.dtype, device=ref.device)
+        lo, start = 0, 0
+        for chunk, end, cut in zip(chunks, ends, cuts):
+            if cut > lo:
+                torch.index_select(get(chunk), 0, keep[lo:cut] - start, out=out[lo:cut])
+            lo, start = cut, end
+        return out
+
+    pool = State(hidden=gathered(lambda c: c.hidden),
+                 per_sample={k: gathered(lambda c, k=k: c.per_sample[k]) for k in first.per_sample},
+                 shared=first.shared)
+    return pool.split(size)
 
 
 @torch.no_grad()

@@ -159,7 +159,8 @@ class ClassifierEmbed:
         mask = keep.get("attention_mask")
         for key, rule in learned.rules.items():
             per_sample[key] = _derive(rule, inputs, mask)
-        per_sample["pool_index"] = self.adapter._pool_index(inputs, hidden)
+        if self.adapter._select_mode() in ("last", "eos"):
+            per_sample["pool_index"] = self.adapter._pool_index(inputs, hidden)
         return State(hidden=hidden, per_sample=per_sample, shared={"calls": learned.calls, "cache": None})
 
     # ----------------------------------------------------------------- learning

@@ -58,6 +58,8 @@ from .self_check import (VERIFIED, _input_device, dispatched, dispatched_fast, p
                          run_self_check, unmaterialised)
 
 POOLINGS = ("auto", "cls", "mean", "last")
+# prediction features that are single tokens (or ViT-style two): read before the per-token final norm
+_TOKEN_SELECTS = ("cls", "final_pos", "two", "last", "eos")
 # Batch keys adapt() handles itself (everything else in a batch goes to the model unchanged).
 _CAUSAL_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "position_ids", "past_key_values")
 
@@ -273,7 +275,7 @@ class HFAutoAdapter(Adapter):
                 t_args = ()
                 t_kwargs = {k: (_HIDDEN if k == hk else pack(v)) for k, v in kwargs.items()}
             templates.append(_Call(module, t_args, t_kwargs))
-        if self.kind != "causal_lm":
+        if self.kind != "causal_lm" and self._select_mode() in ("last", "eos"):  # only these read it
             per_sample["pool_index"] = self._pool_index(inputs, hidden)
         shared = {"calls": templates, "cache": inputs.get("past_key_values")}
         state = State(hidden=hidden, per_sample=per_sample, shared=shared)
@@ -374,15 +376,19 @@ class HFAutoAdapter(Adapter):
         if self.kind == "causal_lm":
             return h
         spec, select = self.spec, self._select_mode()
-        if self.pooling == "auto" and spec.norm_first and self.final_norm and spec.norm is not None:
-            h = spec.norm(h)
-        rows = torch.arange(h.shape[0], device=h.device)
-        if select == "cls":
-            return h[:, 0]
-        if select in ("last", "eos"):
-            return h[rows, state.per_sample["pool_index"].to(h.device)]
-        if select == "final_pos":
-            return h[:, -1]
+        norm = spec.norm if (self.pooling == "auto" and spec.norm_first and self.final_norm) else None
+        if select in _TOKEN_SELECTS:  # the final norm is per token: norm the selected tokens only (same values)
+            if select == "cls":
+                h = h[:, 0]
+            elif select == "final_pos":
+                h = h[:, -1]
+            elif select == "two":
+                h = h[:, :2]
+            else:  # last / eos
+                h = h[torch.arange(h.shape[0], device=h.device), state.per_sample["pool_index"].to(h.device)]
+            return h if norm is None else norm(h)
+        if norm is not None:
+            h = norm(h)
         if select == "mean":
             mask = state.per_sample.get("attention_mask")
             if mask is None:
@@ -393,8 +399,6 @@ class HFAutoAdapter(Adapter):
             return h[:, spec.skip:].mean(dim=1)
         if select == "cls_patch_mean":
             return torch.stack([h[:, 0], h[:, spec.skip:].mean(dim=1)], dim=1)
-        if select == "two":
-            return h[:, :2]
         if select == "all_tokens":
             return h
         raise AssertionError(select)
