@@ -9,7 +9,7 @@ import torch
 
 from layertrace.errors import LayertraceError
 from layertrace.exits import run_early_exit, speedup
-from layertrace.exits.timing import measure_speedups, resolve_clock
+from layertrace.exits.timing import STREAM_GROUPS, measure_speedups, resolve_clock
 from layertrace.models import ToyAdapter
 
 
@@ -91,7 +91,13 @@ def test_stream_executor_is_timed_over_all_batches_with_the_same_outputs(adapter
                          executor="stream", window=2, baseline=baseline)
     assert m.executor == "stream" and m.window == 2 and m.to_dict()["executor"] == "stream"
     assert m.n_samples == 2 * toy_batch["input_ids"].shape[0] + 5
-    assert calls == [8, 5, 8] * 3  # warm-up + two rounds, every batch
+    # warm-up, then per round the timed stream calls in groups, each between two full passes: F [E..] F [E..] F
+    timed = [4, len(set(m.timed_as))]  # round 1 times every threshold, round 2 one per distinct exits
+    groups = [-(-n // -(-n // STREAM_GROUPS)) for n in timed]
+    assert calls == [8, 5, 8] * (1 + sum(g + 1 for g in groups))
+    assert m.baseline == "baseline" and len(m.full_seconds["baseline"]) == 2
+    for i in range(len(thresholds)):  # every call is paired with the mean of two passes around it
+        assert len(m.paired_seconds[i]) == 2 and all(p > 0 for p in m.paired_seconds[i])
     for thr, result in zip(thresholds, m.results):
         per_batch = [run_early_exit(adapter, b, "confidence", thr) for b in batches]
         assert result.exit_layers.tolist() == torch.cat([r.exit_layers for r in per_batch]).tolist()

@@ -16,6 +16,12 @@ each full forward warms the allocator and kernels.
 * ``executor="stream"`` times :func:`~.executor.run_early_exit_stream` instead: one call per round
   and threshold over all the batches (pooled ``window`` at a time), against the full model summed over
   the same batches; ``"batch"`` (default here) times :func:`~.executor.run_early_exit` batch by batch.
+  A stream call is long (the whole stream), so pairing it with one full pass at the start of the round
+  left seconds between the two sides, over which a shared machine's speed drifts by 10-30 %: the
+  timed thresholds of a round run in :data:`STREAM_GROUPS` groups, each *bracketed* by full passes of
+  the baseline (``F [E E E] F [E E E] F [E E] F``; the first F times both full forwards interleaved
+  batch by batch, and the faster of the two in round 1 is the baseline from then on), and a call's
+  ratio uses the mean of the two passes around its group.
 * ``repeats`` caps the rounds; ``budget_s`` stops starting rounds once the next would pass it (one
   round at least), so the cost of timing every sweep point stays bounded.
 * Clock: ``wall`` (``time.perf_counter``, device synchronised) or ``cpu`` (``time.thread_time``: the
@@ -45,6 +51,8 @@ def _sync(device: torch.device) -> None:
 
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+#: stream timing: the timed thresholds of a round run in this many groups, each between two full passes
+STREAM_GROUPS = 3
 
 
 def resolve_clock(clock: str, device: torch.device) -> str:
@@ -89,6 +97,8 @@ class SpeedupMeasurement:
         full_seconds: name -> seconds per round of every full forward timed.
         exit_seconds: [threshold][round] seconds of the executor (a threshold that shares another's
             computation, see ``timed_as``, has that one's list).
+        paired_seconds: [threshold][round] the baseline seconds each executor run is compared with
+            (the round's pass; stream rounds after the first: the mean of the two passes around it).
         speedups: per threshold, the median over rounds of baseline / executor seconds of one round.
         layer_speedups: per threshold, the layer-count speed-up of the timed samples' own exits (what
             ``speedups`` is to be compared with).
@@ -108,6 +118,7 @@ class SpeedupMeasurement:
     full_seconds: dict[str, list[float]]
     exit_seconds: list[list[float]]
     speedups: list[float] = field(default_factory=list)
+    paired_seconds: list[list[float]] = field(default_factory=list)
     layer_speedups: list[float] = field(default_factory=list)
     timed_as: list[int] = field(default_factory=list)
     results: list[ExitResult] = field(default_factory=list, repr=False)
@@ -182,24 +193,36 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
     timed_as = list(range(len(values)))
     outputs: list[list[ExitResult]] = [[] for _ in values]
     round_seconds: list[float] = []
+    pair_s: list[list[float]] = [[] for _ in values]  # [threshold][round] the baseline seconds it is paired with
+    chosen: str | None = None  # stream: the baseline that brackets the executor calls (the faster in round 1)
+    stream = lambda thr: run_early_exit_stream(adapter, inputs, policy, thr, readout, window=window)  # noqa: E731
     for r in range(max(1, repeats)):
         if r and budget_s is not None and sum(round_seconds) + max(round_seconds) > budget_s:
             break
         round_start = time.perf_counter()
-        full_totals = dict.fromkeys(fulls, 0.0)
+        full_totals = dict.fromkeys(fulls if chosen is None else [chosen], 0.0)
         exit_totals = dict.fromkeys(timed, 0.0)
         for b in inputs:
-            for name, f in fulls.items():
+            for name in full_totals:
+                f = fulls[name]
                 full_totals[name] += _timed(lambda: f(b), device, tick)
             if executor == "batch":
                 for i in timed:
                     exit_totals[i] += _run_timed(lambda thr: run_early_exit(adapter, b, policy, thr, readout),
                                                  values[i], outputs[i] if r == 0 else None, device, tick)
-        if executor == "stream":
-            for i in timed:
-                exit_totals[i] += _run_timed(
-                    lambda thr: run_early_exit_stream(adapter, inputs, policy, thr, readout, window=window),
-                    values[i], outputs[i] if r == 0 else None, device, tick)
+        if executor == "stream":  # F [E E E] F [E E E] F ...: each group of calls between two full passes
+            chosen = min(full_totals, key=full_totals.get)
+            f = fulls[chosen]
+            passes = [full_totals[chosen]]
+            size = -(-len(timed) // STREAM_GROUPS)
+            for start in range(0, len(timed), size):
+                group = timed[start:start + size]
+                for i in group:
+                    exit_totals[i] = _run_timed(stream, values[i], outputs[i] if r == 0 else None, device, tick)
+                passes.append(sum(_timed(lambda: f(b), device, tick) for b in inputs))
+                for i in group:
+                    pair_s[i].append((passes[-2] + passes[-1]) / 2)
+            full_totals[chosen] = statistics.mean(passes)
         for name, total in full_totals.items():
             full_s[name].append(total)
         for i, total in exit_totals.items():
@@ -212,14 +235,18 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
                 key = (tuple(exits.tolist()), min(policy.earliest_exit(values[i], n_layers), n_layers))
                 timed_as[i] = seen.setdefault(key, i)
             timed = sorted(set(timed_as))
-    baseline_name = min(full_s, key=lambda name: statistics.median(full_s[name]))
-    reference = full_s[baseline_name]
-    rounds = len(reference)
+    rounds = len(round_seconds)
+    if executor == "stream":  # the baseline chosen in round 1 (the one that brackets every call)
+        baseline_name = chosen
+        pairs = [pair_s[timed_as[i]] for i in range(len(values))]
+    else:
+        baseline_name = min(full_s, key=lambda name: statistics.median(full_s[name]))
+        pairs = [full_s[baseline_name]] * len(values)
     exit_lists = [exit_s[timed_as[i]] for i in range(len(values))]
     speedups = []
     for i, seconds in enumerate(exit_lists):
         # the rounds this threshold's representative ran in: all of them
-        speedups.append(statistics.median(reference[k] / seconds[k] for k in range(rounds)))
+        speedups.append(statistics.median(pairs[i][k] / seconds[k] for k in range(rounds)))
     layer_speedups = []
     for i in range(len(values)):
         exits = torch.cat([o.exit_layers for o in outputs[i]]).double()
@@ -227,7 +254,7 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
     sizes = [batch_len(b) for b in batches]
     return SpeedupMeasurement(
         batch_size=max(sizes), n_samples=sum(sizes), repeats=rounds, thresholds=values, baseline=baseline_name,
-        full_seconds=full_s, exit_seconds=exit_lists, speedups=speedups, layer_speedups=layer_speedups,
+        full_seconds=full_s, exit_seconds=exit_lists, speedups=speedups, paired_seconds=pairs, layer_speedups=layer_speedups,
         timed_as=timed_as, results=[ExitResult.cat(o) for o in outputs] if return_results else [],
         clock=clock, seconds=time.perf_counter() - started, executor=executor,
         window=window if executor == "stream" else None)
