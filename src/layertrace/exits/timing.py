@@ -20,8 +20,9 @@ each full forward warms the allocator and kernels.
   left seconds between the two sides, over which a shared machine's speed drifts by 10-30 %: the
   timed thresholds of a round run in :data:`STREAM_GROUPS` groups, each *bracketed* by full passes of
   the baseline (``F [E E E] F [E E E] F [E E] F``; the first F times both full forwards interleaved
-  batch by batch, and the faster of the two in round 1 is the baseline from then on), and a call's
-  ratio uses the mean of the two passes around its group.
+  batch by batch, and the faster of the two in round 1 is the baseline from then on; a later round
+  starts from the previous round's last pass), and a call's ratio uses the mean of the two passes
+  around its group.
 * ``repeats`` caps the rounds; ``budget_s`` stops starting rounds once the next would pass it (one
   round at least), so the cost of timing every sweep point stays bounded.
 * Clock: ``wall`` (``time.perf_counter``, device synchronised) or ``cpu`` (``time.thread_time``: the
@@ -133,6 +134,7 @@ class SpeedupMeasurement:
                 "thresholds": self.thresholds, "baseline": self.baseline,
                 "full_median_s": {k: statistics.median(v) for k, v in self.full_seconds.items()},
                 "exit_median_s": [statistics.median(s) for s in self.exit_seconds], "speedups": self.speedups,
+                "paired_s": [statistics.median(s) for s in self.paired_seconds] if self.paired_seconds else None,
                 "layer_speedups": self.layer_speedups, "timed_as": self.timed_as, "seconds": self.seconds}
 
 
@@ -195,12 +197,14 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
     round_seconds: list[float] = []
     pair_s: list[list[float]] = [[] for _ in values]  # [threshold][round] the baseline seconds it is paired with
     chosen: str | None = None  # stream: the baseline that brackets the executor calls (the faster in round 1)
+    last_pass = 0.0  # stream: the last full pass of the previous round (the first bracket of the next)
     stream = lambda thr: run_early_exit_stream(adapter, inputs, policy, thr, readout, window=window)  # noqa: E731
     for r in range(max(1, repeats)):
         if r and budget_s is not None and sum(round_seconds) + max(round_seconds) > budget_s:
             break
         round_start = time.perf_counter()
-        full_totals = dict.fromkeys(fulls if chosen is None else [chosen], 0.0)
+        # stream rounds after the first start from the previous round's last pass (adjacent in time)
+        full_totals = dict.fromkeys(fulls if chosen is None else [], 0.0)
         exit_totals = dict.fromkeys(timed, 0.0)
         for b in inputs:
             for name in full_totals:
@@ -211,9 +215,10 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
                     exit_totals[i] += _run_timed(lambda thr: run_early_exit(adapter, b, policy, thr, readout),
                                                  values[i], outputs[i] if r == 0 else None, device, tick)
         if executor == "stream":  # F [E E E] F [E E E] F ...: each group of calls between two full passes
-            chosen = min(full_totals, key=full_totals.get)
+            if chosen is None:
+                chosen = min(full_totals, key=full_totals.get)
             f = fulls[chosen]
-            passes = [full_totals[chosen]]
+            passes = [full_totals[chosen] if full_totals else last_pass]
             size = -(-len(timed) // STREAM_GROUPS)
             for start in range(0, len(timed), size):
                 group = timed[start:start + size]
@@ -222,7 +227,8 @@ def measure_speedups(adapter: Adapter, batches: Sequence[Mapping[str, Any]], pol
                 passes.append(sum(_timed(lambda: f(b), device, tick) for b in inputs))
                 for i in group:
                     pair_s[i].append((passes[-2] + passes[-1]) / 2)
-            full_totals[chosen] = statistics.mean(passes)
+            last_pass = passes[-1]
+            full_totals[chosen] = statistics.mean(passes[1:] if r else passes)
         for name, total in full_totals.items():
             full_s[name].append(total)
         for i, total in exit_totals.items():
