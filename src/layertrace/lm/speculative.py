@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from ..errors import LayertraceError
+from ..models.decode_step import window_steps
 from .generate import (
     GenerationResult, SamplingConfig, _eos_set, as_causal_adapter, choose_tokens, filter_logits,
     last_real_positions, prepare_prompt,
@@ -140,7 +141,6 @@ def self_speculative_generate(
     batch, device = ids.shape[0], ids.device
     width = max_new_tokens + g + 1  # room for a round's overshoot
     out = torch.full((batch, width + 1), -1, dtype=torch.long, device=device)  # last column: discarded writes
-    count = torch.zeros(batch, dtype=torch.long, device=device)
     steps = torch.arange(g + 1, device=device)
 
     start = time.perf_counter()
@@ -151,44 +151,49 @@ def self_speculative_generate(
     last = state.hidden[torch.arange(batch, device=device), last_real_positions(mask)]
     pending = choose_tokens(adapter.readout(last), sampling, generator)
     out[:, 0] = pending
-    count += 1
     rows = torch.arange(batch, device=device)  # original row of each active row
+    cnt = torch.ones(batch, dtype=torch.long, device=device)  # tokens each active row has
+    hit = torch.isin(pending, eos) if eos is not None else None  # active rows that emitted eos
     drafted = accepted = rounds = row_rounds = 0
-
-    def done_rows() -> Tensor:
-        finished = count[rows] >= max_new_tokens
-        if eos is not None:
-            finished |= torch.isin(out[rows, :max_new_tokens], eos).any(1)
-        return finished
+    # per-layer cache lengths are known (no get_seq_length): blocks 1..k hold the draft steps'
+    # positions, blocks k+1..L the verify window's
+    shallow, deep = cache.layers[:k], cache.layers[k:]
 
     while True:
-        finished = done_rows()
+        finished = cnt >= max_new_tokens
+        if hit is not None:
+            finished |= hit
         if bool(finished.any()):
             keep = (~finished).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, mask, pending = rows[keep], mask[keep], pending[keep]
+            rows, mask, pending, cnt = rows[keep], mask[keep], pending[keep], cnt[keep]
+            hit = hit[keep] if hit is not None else None
             cache.batch_select_indices(keep)
         b = rows.shape[0]
         # no row can use more than its remaining tokens: shorter drafts near the end
-        g_now = int(min(g, int((max_new_tokens - count[rows]).max()) - 1))
-        g_now = max(g_now, 0)
+        g_now = max(0, min(g, max_new_tokens - int(cnt.min()) - 1))
         past = mask.shape[1]
         wide_mask = torch.cat([mask, mask.new_ones(b, g_now + 1)], dim=1)
         # The verify pass's state (masks and positions of the window: the pending token, then the
         # drafts) is embedded first, while every layer's cache still holds `past` tokens (embed reads
         # the cache length, which the draft steps change); its layer-0 hidden is replaced below.
-        # Each draft step, the first included, embeds one token: with the adapter's decode path an
-        # embed costs ~0.2 block, less than running blocks 1..k over the whole window.
-        verify = adapter.embed({"input_ids": pending[:, None].expand(b, g_now + 1), "attention_mask": wide_mask,
-                                "past_key_values": cache})
+        # Each draft step embeds one token; with the adapter's decode path its positions, masks and
+        # rotary tables are slices of the window's (window_steps), so a step costs an embedding lookup.
+        window = {"input_ids": pending[:, None].expand(b, g_now + 1), "attention_mask": wide_mask,
+                  "past_key_values": cache}
+        verify = adapter.embed(window)
+        stepper = window_steps(adapter, window, verify)
         hidden_k: list[Tensor] = []
         draft_tokens: list[Tensor] = []
         draft_probs: list[Tensor] = []
         token = pending
         for j in range(g_now + 1):
-            st = adapter.embed({
-                "input_ids": token[:, None], "attention_mask": wide_mask[:, :past + j + 1], "past_key_values": cache})
+            if stepper is not None:
+                st = stepper(j, token[:, None])
+            else:
+                st = adapter.embed({"input_ids": token[:, None], "attention_mask": wide_mask[:, :past + j + 1],
+                                    "past_key_values": cache})
             for layer in range(1, k + 1):
                 st = adapter.block(layer, st)
             hidden_k.append(st.hidden[:, -1])
@@ -243,27 +248,30 @@ def self_speculative_generate(
             emitted[torch.arange(b, device=device), n_ok] = last_token
         else:
             full_tokens = full_logits.argmax(-1)  # (b, g_now + 1)
-            n_ok = (drafts == full_tokens[:, :g_now]).long().cumprod(1).sum(1)
+            n_ok = (drafts == full_tokens[:, :g_now]).cumprod(1).sum(1) if g_now else full_tokens.new_zeros(b)
             emitted = full_tokens  # equal to the drafts on the accepted prefix
         rounds += 1
         row_rounds += b
         drafted += g_now * b
-        accepted += int(n_ok.sum())
+        n_max = int(n_ok.max())
+        accepted += int(n_ok.sum()) if b > 1 else n_max
         # write tokens 0..n_ok of each row after what it has; positions past n_ok go to the dump column
-        keep_tok = steps[: g_now + 1][None] <= n_ok[:, None]
-        dest = torch.where(keep_tok, count[rows][:, None] + steps[: g_now + 1][None], torch.full_like(emitted, width))
-        out[rows[:, None].expand_as(dest), dest.clamp(max=width)] = emitted
-        count[rows] += n_ok + 1
-        pending = emitted[torch.arange(b, device=device), n_ok]
+        keep_tok = steps[: g_now + 1] <= n_ok[:, None]
+        dest = torch.where(keep_tok, cnt[:, None] + steps[: g_now + 1], width)
+        out[rows[:, None], dest] = emitted
+        cnt = cnt + n_ok + 1
+        pending = emitted.gather(1, n_ok[:, None]).squeeze(1)
+        if hit is not None:
+            hit = hit | (torch.isin(emitted, eos) & keep_tok).any(1)
         # the cache holds pending + drafts (g_now + 1 positions; g_win + 1 in blocks k+1..L); a row
         # keeps 0..n_ok (the pending token and its accepted drafts), rejected ones become holes; every
         # layer is cropped past the longest kept prefix
-        longest = int(n_ok.max()) + 1
-        mask = torch.cat([mask, keep_tok[:, :longest].long()], dim=1)
-        for layer_cache in cache.layers:
-            extra = layer_cache.get_seq_length() - (past + longest)
-            if extra:
-                layer_cache.crop(-extra)
+        longest = n_max + 1
+        mask = torch.cat([mask, keep_tok[:, :longest].long()], dim=1) if b > 1 else wide_mask[:, :past + longest]
+        for layers, held in ((shallow, g_now + 1), (deep, g_win + 1)):
+            if held > longest:
+                for layer_cache in layers:
+                    layer_cache.crop(longest - held)
     seconds = time.perf_counter() - start
 
     tokens = out[:, :max_new_tokens].clone()
