@@ -52,19 +52,23 @@ from .generate import (
 )
 # Choosing k and gamma lives in draft_choice.py; its names stay importable from here (the tests, lm/__init__).
 from .draft_choice import (MAX_GAMMA, DraftChoice, StepCosts, acceptance_by_layer, choose_draft,  # noqa: F401
-                           expected_speedup, expected_tokens_per_round, measure_step_costs, prompt_acceptance)
+                           expected_speedup, expected_tokens_per_round, measure_acceptance, measure_step_costs,
+                           prompt_acceptance)
 
 
 # ----------------------------------------------------------------------------- decoding
 def _choice(adapter: Any, ids: Tensor, mask: Tensor, draft_layer: int | None, gamma: int | None, analysis: Any,
-            costs: StepCosts | str | None) -> DraftChoice:
-    """(k, gamma) as given, or chosen from ``analysis`` (else the (B, P) prompts) and ``costs``."""
+            costs: StepCosts | str | None, new_tokens: int | None = None) -> DraftChoice:
+    """(k, gamma) as given, or chosen from ``analysis`` (else the (B, P) prompts) and ``costs`` for the
+    batch of ``ids`` decoding ``new_tokens``."""
     n_layers = adapter.n_layers
     if draft_layer is not None and gamma is not None:
         choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
         choice.acceptance, choice.expected_speedup, choice.costs = float("nan"), float("nan"), None
         return choice
-    if analysis is not None:
+    if isinstance(analysis, str) and analysis == "measure":
+        rates, source = measure_acceptance(adapter, ids, mask), "greedy continuation"
+    elif analysis is not None:
         rates, source = acceptance_by_layer(analysis, n_layers), "analysis"
     else:
         rates, source = prompt_acceptance(adapter, ids, mask), "prompts"
@@ -72,7 +76,8 @@ def _choice(adapter: Any, ids: Tensor, mask: Tensor, draft_layer: int | None, ga
         if costs != "measure":
             raise LayertraceError(f"costs={costs!r}: use 'measure', a StepCosts or None (the defaults)")
         costs = measure_step_costs(adapter, ids, mask)
-    return choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma, costs=costs, source=source)
+    return choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma, costs=costs, source=source,
+                        batch=int(ids.shape[0]), new_tokens=new_tokens)
 
 
 def _draw(probs: Tensor, generator: torch.Generator) -> Tensor:
@@ -112,8 +117,10 @@ def self_speculative_generate(
         draft_layer: k in 1..L-1; ``None`` = chosen by :func:`choose_draft`.
         gamma: drafted tokens per round; ``None`` = chosen by :func:`choose_draft`.
         analysis: where the per-layer acceptance comes from when k or gamma is chosen: an
-            ``AnalysisResult``, its folder / ``analysis.json``, or L + 1 rates; ``None`` estimates it
-            on the prompts (:func:`prompt_acceptance`).
+            ``AnalysisResult``, its folder / ``analysis.json``, or L + 1 rates; ``"measure"``
+            measures it on the prompts' own greedy continuation (:func:`measure_acceptance`: what
+            drafting meets; the analysis pass's saturation on test text is a lower bound); ``None``
+            estimates it on the prompts' text (:func:`prompt_acceptance`).
         max_new_tokens, sampling, eos_token_id, pad_token_id: as for ``generate``. Greedy output is
             full greedy decoding's; sampled output has full sampling's distribution (not its random
             stream: the draws differ).
@@ -133,7 +140,7 @@ def self_speculative_generate(
     n_layers = adapter.n_layers
     sampling = sampling or SamplingConfig()
     ids, mask = prepare_prompt(input_ids, attention_mask, adapter.device)
-    choice = _choice(adapter, ids, mask, draft_layer, gamma, analysis, costs)
+    choice = _choice(adapter, ids, mask, draft_layer, gamma, analysis, costs, max_new_tokens)
     k, g = choice.draft_layer, choice.gamma
     eos = _eos_set(eos_token_id, ids.device)
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
@@ -290,15 +297,15 @@ def self_speculative_generate(
     )
 
 
-def _hf_early_exit(model: Any, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, eos: int | None):
-    """HF's self-speculative decoding (``generate(..., assistant_early_exit=k)``, batch 1 only):
-    (new tokens (1, n), their real-token mask, seconds)."""
+def _hf_generate(model: Any, ids: Tensor, mask: Tensor, max_new_tokens: int, eos: int | None, **extra: Any):
+    """HF ``model.generate`` greedy (``extra``: e.g. ``assistant_early_exit=k``, HF's self-speculative
+    decoding, batch 1 only): (new tokens (B, n), their real-token mask, seconds)."""
     config = model.config
     n_layers = config.num_hidden_layers  # HF sets it to k while drafting and does not restore it on an error
     start = time.perf_counter()
     try:
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             assistant_early_exit=k, eos_token_id=eos, pad_token_id=eos if eos is not None else 0)
+                             eos_token_id=eos, pad_token_id=eos if eos is not None else 0, **extra)
     finally:
         config.num_hidden_layers = n_layers
     seconds = time.perf_counter() - start
@@ -314,8 +321,9 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
                      analysis: Any = None, tau: float = 0.4, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3,
                      max_new_tokens: int = 32, eos_token_id: int | None = None, hf: bool = True,
                      confidence: float = 0.0, costs: StepCosts | str | None = "measure") -> dict[str, Any]:
-    """Greedy decoding side by side: full, self-speculative (ours), CALM-style early exit (ours, ``tau``)
-    and, at batch 1, HF ``generate(..., assistant_early_exit=k)`` with the same k.
+    """Greedy decoding side by side: full, self-speculative (ours), CALM-style early exit (ours, ``tau``),
+    HF ``model.generate`` (plain greedy: what users run) and, at batch 1, HF
+    ``generate(..., assistant_early_exit=k)`` with the same k.
 
     For every repeat and every chunk of ``batch_size`` prompts all decoders run back to back
     (interleaved), so machine noise hits them alike. tokens/s of a decoder in a repeat = its real
@@ -326,9 +334,11 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
         model: an HF causal LM (its adapter is built here); prompts: (N, P) unpadded prompts.
         draft_layer, gamma, analysis, costs: as for :func:`self_speculative_generate`; what is not
             given is chosen per batch size (``"measure"``: the cost model calibrated on the first
-            chunk of that batch size, before any decoder is timed).
-        hf: include HF's decoder (skipped when it fails on this model, e.g. GPT-2 in transformers 5:
-            its early-exit assistant builds a cache of k layers and the model runs all L into it).
+            chunk of that batch size, before any decoder is timed; ``analysis="measure"``: the
+            acceptance measured once on the greedy continuation of all ``prompts``).
+        hf: include HF's decoders (assistant_early_exit is skipped when it fails on this model, e.g.
+            GPT-2 in transformers 5: its early-exit assistant builds a cache of k layers and the model
+            runs all L into it).
     Returns:
         ``{"draft_layer", "gamma", "choice", "tau", "repeats", "max_new_tokens", "n_prompts",
         "batches": {"<batch size>": {decoder: {tokens_per_s, speedup, identical, rows}}}, "hf_error"}``;
@@ -344,8 +354,15 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
     hf_model = adapter.model
     chunks_of = {int(b): [prompts[i:i + int(b)].to(adapter.device) for i in range(0, prompts.shape[0], int(b))]
                  for b in batch_sizes}
-    choices = {b: _choice(adapter, c[0], torch.ones_like(c[0]), draft_layer, gamma, analysis, costs)
+    measured = isinstance(analysis, str) and analysis == "measure"
+    if measured and (draft_layer is None or gamma is None):  # one estimate over all prompts, not per chunk
+        analysis = measure_acceptance(adapter, prompts.to(adapter.device), torch.ones_like(prompts).to(adapter.device),
+                                      new_tokens=max_new_tokens)
+    choices = {b: _choice(adapter, c[0], torch.ones_like(c[0]), draft_layer, gamma, analysis, costs, max_new_tokens)
                for b, c in chunks_of.items()}
+    if measured:
+        for c in choices.values():
+            c.source = "greedy continuation" if c.source == "analysis" else c.source
     choice = choices[int(batch_sizes[0])]
     k = choice.draft_layer
     greedy = SamplingConfig("greedy")
@@ -353,7 +370,8 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
     hf_error = None
     if hf:
         try:
-            _hf_early_exit(hf_model, prompts[:1], torch.ones_like(prompts[:1]), k, max_new_tokens, eos_token_id)
+            _hf_generate(hf_model, prompts[:1], torch.ones_like(prompts[:1]), max_new_tokens, eos_token_id,
+                         assistant_early_exit=k)
         except Exception as exc:  # noqa: BLE001 - HF's own limitation, reported in the result
             hf_error = f"{type(exc).__name__}: {exc}"
     out: dict[str, Any] = {"draft_layer": k, "gamma": choice.gamma, "choice": choice.to_dict(), "tau": float(tau),
@@ -367,9 +385,11 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
                                                                      confidence=confidence, **common),
             "calm": lambda i, m: early_exit_generate(adapter, i, m, tau=tau, **common),
         }
+        if hf:  # what users run: HF's own greedy decoding (any batch size)
+            decoders["hf-generate"] = lambda i, m: _hf_generate(hf_model, i, m, max_new_tokens, eos_token_id)
         if hf and hf_error is None and batch == 1:
-            decoders["hf-assistant-early-exit"] = lambda i, m: _hf_early_exit(hf_model, i, m, k, max_new_tokens,
-                                                                             eos_token_id)
+            decoders["hf-assistant-early-exit"] = lambda i, m: _hf_generate(hf_model, i, m, max_new_tokens,
+                                                                           eos_token_id, assistant_early_exit=k)
         chunks = chunks_of[int(batch)]
         speeds: dict[str, list[float]] = {n: [] for n in decoders}
         first: dict[str, list[Tensor]] = {n: [] for n in decoders}
@@ -412,4 +432,5 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
 
 
 __all__ = ["DraftChoice", "StepCosts", "acceptance_by_layer", "choose_draft", "compare_decoders", "expected_speedup",
-           "expected_tokens_per_round", "measure_step_costs", "prompt_acceptance", "self_speculative_generate"]
+           "expected_tokens_per_round", "measure_acceptance", "measure_step_costs", "prompt_acceptance",
+           "self_speculative_generate"]
