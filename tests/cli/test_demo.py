@@ -99,6 +99,31 @@ def test_demo_plan_names_every_run_folder(tmp_path):
     assert shift["shift"] == "rotate:15+noise:0.2" and shift["limit"] == 2000 and "pooling" not in shift
 
 
+def test_demo_report_equals_the_report_of_its_folder(tmp_path):
+    """`layertrace report OUT` on a demo folder writes the summary the demo wrote (same runs, same order)."""
+    from layertrace.demo.suite import Demo, resolve_config
+    from layertrace.report import build_report
+
+    from ..report.fixtures import write_run
+
+    cfg = resolve_config(None, {"out": str(tmp_path / "demo")})
+    demo = Demo(cfg)
+    modes = {"standard": [0.1, 0.3, 0.6, 0.8], "aligned": [0.1, 0.6, 0.75, 0.8]}
+    for d in demo.run_dirs():  # vision, MLP and text groups: more than one comparison group
+        mode = "aligned" if d.name.endswith("aligned") else "standard"
+        write_run(d.parent, d.name, 3, modes[mode], [0.2, 0.5, 0.8, 1.0], [0.3, 0.5, 0.8, 1.0], mode)
+    demo.report()
+    mine = build_report([cfg.out], tmp_path / "mine" / "report.html",
+                        title=f"layertrace demo ({cfg.preset})", exit_tolerance=cfg.exits.tolerance)
+
+    def runs_in_order(text: str) -> list[str]:
+        names = sorted({d.name for d in demo.run_dirs()}, key=len, reverse=True)
+        return re.findall("|".join(map(re.escape, names)), text)
+
+    theirs = (tmp_path / "demo" / "summary.md").read_text()
+    assert runs_in_order(mine.summary.read_text()) == runs_in_order(theirs) and len(runs_in_order(theirs)) > 0
+
+
 def test_progress_rescales_estimates_by_measured_speed():
     import io
 

@@ -65,3 +65,16 @@ def test_a_file_that_is_not_its_record_is_one_line_naming_it(tmp_path, name, tex
     with pytest.raises(LayertraceError, match=match) as info:
         load_run(d)
     assert "\n" not in str(info.value) and str(d / name) in str(info.value)
+
+
+@pytest.mark.parametrize("text, match", [("model: [unclosed", r"is not valid YAML at line 1"),
+                                         ("- just\n- a list\n", r"must hold a mapping of keys to values, got list")])
+def test_a_broken_run_config_is_one_line_naming_it(tmp_path, text, match):
+    # the report reads a run's config.yaml with the same reader as the CLI's --config (config.read_yaml)
+    d = tmp_path / "r-standard"
+    d.mkdir()
+    (d / "analysis.json").write_text("{}")
+    (d / "config.yaml").write_text(text)
+    with pytest.raises(LayertraceError, match=match) as info:
+        load_run(d)
+    assert "\n" not in str(info.value) and str(d / "config.yaml") in str(info.value)

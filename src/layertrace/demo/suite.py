@@ -318,7 +318,8 @@ class Demo:
 
         notes = [f"Produced by `layertrace demo --preset {self.cfg.preset}`; the resolved settings are in "
                  f"{self.out / 'config.yaml'}."]
-        dirs = [d for d in self.run_dirs() if d.is_dir()]
+        # In name order, as `layertrace report OUT` expands the folder, so both write the same report.
+        dirs = sorted((d for d in self.run_dirs() if d.is_dir()), key=lambda d: d.name)
         if not dirs:
             raise LayertraceError("nothing to report: vision, text and mlp are all disabled; enable one, "
                                   "e.g. --mlp.enabled true")

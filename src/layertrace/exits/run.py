@@ -158,6 +158,8 @@ def evaluate_exits(adapter: Adapter, batches: Sequence[Mapping[str, Any]], polic
                      measure_points, timing, budget_s, clock, executor, window)
         finally:
             torch.set_num_threads(saved_threads)
+        if hasattr(adapter, "embed_path"):  # how layer 0 was built while timing (direct or replayed forward)
+            timing["embed"] = adapter.embed_path()
     return ExitEvaluation(sweep=result, oracle=oracle_result, flops=costs.to_dict(),
                           params=param_summary(adapter, readout if readout is not None and hasattr(readout, "heads")
                                                else None),

@@ -47,6 +47,7 @@ from ..errors import LayertraceError
 from .base import Adapter, State, check_batch_keys
 # The pieces live in their own modules (recording, head discovery, decode path, self-check); the names
 # below stay importable from here, where the rest of the package and the tests import them.
+from .classifier_embed import ClassifierEmbed
 from .decode_step import DecodeStep
 from .head_discovery import (NORM_NAMES, REFUSED, Chain, ConcatTokens, HeadSpec, LMReadout,  # noqa: F401
                              Relu, TokenHead, TwoTokenAverage, _causal_spec, _classifier_spec, _encoder_spec,
@@ -119,6 +120,8 @@ class HFAutoAdapter(Adapter):
         self._probed = False
         # causal LMs: embed() of cached decoding steps without replaying the forward (DecodeStep)
         self.fast_decode = True
+        # classifiers / encoders: embed() from the embedding modules, checked against one replay per case
+        self.fast_embed = True
         if unmaterialised(model):  # no weights to probe with (a model on "meta" for parameter counting)
             n = getattr(model.config, "num_hidden_layers", None) or len(blocks)
             object.__setattr__(self, "layers", [blocks[i * len(blocks) // n] for i in range(n)])
@@ -227,6 +230,12 @@ class HFAutoAdapter(Adapter):
             state = step.state(inputs, keep)
             if state is not None:
                 return state
+        direct = self._direct_embed
+        case = direct.case(inputs, keep) if direct is not None else None
+        if case is not None:
+            state = direct.state(inputs, keep, case)
+            if state is not None:
+                return state
         calls = self._record(inputs, stop_after=self.n_layers)
         if len(calls) != self.n_layers:
             raise LayertraceError(f"{type(self.model).__name__} called {len(calls)} blocks, expected {self.n_layers}")
@@ -270,6 +279,8 @@ class HFAutoAdapter(Adapter):
         state = State(hidden=hidden, per_sample=per_sample, shared=shared)
         if step is not None:
             step.learn(inputs, keep, state)
+        if case is not None:
+            direct.learn(inputs, keep, state, case)
         return state
 
     @property
@@ -281,6 +292,31 @@ class HFAutoAdapter(Adapter):
             step = DecodeStep(self) if why is None else False
             object.__setattr__(self, "_decode", step)
         return step if (step and self.fast_decode and not step.broken) else None
+
+    @property
+    def _direct_embed(self) -> "ClassifierEmbed | None":
+        """The replay-free embed of this classifier / encoder (``None`` when it is off or refused)."""
+        direct = self.__dict__.get("_direct")
+        if direct is None and self.kind != "causal_lm":
+            direct = ClassifierEmbed(self) if ClassifierEmbed.refusal(self.model) is None else False
+            object.__setattr__(self, "_direct", direct)
+        return direct if (direct and self.fast_embed) else None
+
+    def embed_path(self) -> str:
+        """How :meth:`embed` builds layer 0 for the cases seen so far: ``"direct"`` (every case built
+        from the embedding modules, :class:`ClassifierEmbed`), ``"replay"`` (the forward replayed),
+        or ``"replay for some cases: <why>"``; causal LMs: ``"replay"`` (their decoding steps: :class:`DecodeStep`)."""
+        direct = self.__dict__.get("_direct")
+        if self.kind == "causal_lm" or not self.fast_embed:
+            return "replay"
+        if direct is False:
+            return f"replay: {ClassifierEmbed.refusal(self.model)}"
+        if direct is None or not direct.cases:
+            return "direct (no batch yet)"
+        if not direct.reasons:
+            return "direct"
+        why = "; ".join(sorted(set(direct.reasons.values())))
+        return ("replay: " if len(direct.reasons) == len(direct.cases) else "replay for some cases: ") + why
 
     def _pool_index(self, inputs: Mapping[str, Any], hidden: Tensor) -> Tensor:
         """(B,) the prediction token of each sample for ``last`` / ``eos`` pooling."""

@@ -34,6 +34,7 @@ from .. import run_folder as rf
 from ..analysis.clip import ClipSimilarityResult
 from ..analysis.probe import ProbeResult
 from ..analysis.result import AnalysisResult, load_samples_npz
+from ..config import read_yaml
 from ..errors import LayertraceError
 from ..exits.record import ExitRecord
 from ..io import reading
@@ -114,16 +115,6 @@ class RunResults:
         return load_samples_npz(npz) if npz.is_file() else {}
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise LayertraceError(f"{path}: not valid YAML; re-create the run's config.yaml") from None
-    return data if isinstance(data, dict) else {}
-
-
 def _read(path: Path, reader: Callable[[Path], T], fix: str) -> T:
     """``reader(path)``, every failure a one-line error naming ``path`` and ``fix``."""
     try:
@@ -152,7 +143,7 @@ def load_run(path: str | Path) -> RunResults:
     # The training config when there is one; a folder written only by analyze / exit has theirs.
     config_path = next((p / n for n in CONFIG_FILES if (p / n).is_file()), None)
     if config_path is not None:
-        run.config = _read_yaml(config_path)
+        run.config = read_yaml(config_path)
     if (p / rf.ANALYSIS).is_file():
         run.analysis = _analysis(p / rf.ANALYSIS)
     for exit_path in sorted(p.glob("exit*.json")):
@@ -170,7 +161,7 @@ def load_run(path: str | Path) -> RunResults:
     for v in sorted((p / VARIANTS_DIR).glob(f"*/{rf.ANALYSIS}")) if (p / VARIANTS_DIR).is_dir() else []:
         cfg_path = v.parent / rf.ANALYSIS_CONFIG
         run.variants[v.parent.name] = Variant(analysis=_analysis(v),
-                                              config=_read_yaml(cfg_path) if cfg_path.is_file() else {})
+                                              config=read_yaml(cfg_path) if cfg_path.is_file() else {})
     return run
 
 
