@@ -50,10 +50,121 @@ from .generate import (
     GenerationResult, SamplingConfig, _eos_set, as_causal_adapter, choose_tokens, filter_logits,
     last_real_positions, prepare_prompt,
 )
-# Choosing k and gamma lives in draft_choice.py; its names stay importable from here (the tests, lm/__init__).
+# Choosing k and gamma lives in draft_choice.py (its names stay importable from here: the tests, lm/__init__);
+# measure_step_costs is here because it times self-speculative decoding itself.
 from .draft_choice import (MAX_GAMMA, DraftChoice, StepCosts, acceptance_by_layer, choose_draft,  # noqa: F401
-                           expected_speedup, expected_tokens_per_round, measure_acceptance, measure_step_costs,
-                           prompt_acceptance)
+                           expected_speedup, expected_tokens_per_round, measure_acceptance, prompt_acceptance)
+
+
+# ----------------------------------------------------------------------------- calibration
+def _timed(adapter: Any, fn) -> tuple[float, float]:
+    """(total seconds of ``fn()``, seconds of it spent outside ``adapter.embed`` / ``block`` / ``readout``)."""
+    import time
+
+    inside = [0.0]
+
+    def wrap(method):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside[0] += time.perf_counter() - t0
+        return timed
+
+    names = ("embed", "block", "readout")
+    for name in names:  # instance attributes shadow the methods for this call only
+        object.__setattr__(adapter, name, wrap(getattr(adapter, name)))
+    t0 = time.perf_counter()
+    try:
+        fn()
+    finally:
+        total = time.perf_counter() - t0
+        for name in names:
+            object.__delattr__(adapter, name)
+    return total, total - inside[0]
+
+
+def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5, repeats: int = 21,
+                       new_tokens: int = 12) -> StepCosts:
+    """Calibrate the cost model on this model, device and batch: time the pieces of decoding.
+
+    After a prefill of the (B, P) prompts, medians of ``repeats`` timings (interleaved over m) of a
+    cached step of m = 1..``window`` new tokens through all L blocks in order (what a decoding step or
+    a verify pass runs; the cache is cropped back after each), of one cached ``embed`` (one new token), of a draft
+    step's sliced embed and of the readout + argmax of (B, d) hidden states. The bookkeeping of both
+    loops is timed on one short greedy decode each (``new_tokens``; full decoding, and
+    self-speculative decoding with k = 1, gamma = 1) as their time outside embed / block / readout.
+    Everything is returned relative to one block on one new token (``block_costs[0] = 1``).
+    """
+    import statistics
+
+    from .generate import generate
+
+    def median_s(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    n_layers = adapter.n_layers
+    with torch.no_grad():
+        cache = adapter.new_cache()
+        adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, n_layers)
+
+        def step_inputs(t: int) -> dict[str, Any]:
+            return {"input_ids": ids[:, -1:].expand(-1, t),
+                    "attention_mask": torch.cat([mask, mask.new_ones(mask.shape[0], t)], 1), "past_key_values": cache}
+
+        def all_blocks(t: int):
+            inputs = step_inputs(t)
+            for _ in range(2):  # the first cached step of a shape teaches the adapter's decode path
+                st = adapter.embed(inputs)
+                for layer in range(1, n_layers + 1):
+                    st = adapter.block(layer, st)
+                for layer_cache in cache.layers:
+                    layer_cache.crop(-t)
+            st0 = adapter.embed(inputs)
+
+            def run():
+                st = st0
+                for layer in range(1, n_layers + 1):
+                    st = adapter.block(layer, st)
+                for layer_cache in cache.layers:
+                    layer_cache.crop(-t)
+            return run
+
+        # interleaved (every m once per repeat), so drifting machine load hits every m alike
+        runs = [all_blocks(t) for t in range(1, max(2, window) + 1)]
+        times: list[list[float]] = [[] for _ in runs]
+        for _ in range(repeats):
+            for run, acc in zip(runs, times):
+                t0 = time.perf_counter()
+                run()
+                acc.append(time.perf_counter() - t0)
+        per_block = [statistics.median(acc) / n_layers for acc in times]
+        one = per_block[0]
+        inputs = step_inputs(1)
+        embed = median_s(lambda: adapter.embed(inputs))
+        hidden = adapter.embed(inputs).hidden[:, -1]
+        readout = median_s(lambda: adapter.readout(hidden).float().argmax(-1))
+        wide = step_inputs(2)
+        stepper = window_steps(adapter, wide, adapter.embed(wide))
+        step_embed = median_s(lambda: stepper(1, ids[:, -1:])) if stepper is not None else embed
+        greedy = SamplingConfig("greedy")
+        kw = dict(max_new_tokens=new_tokens, sampling=greedy)
+        self_speculative_generate(adapter, ids, mask, draft_layer=1, gamma=1, **kw)  # warm-up: learn the cases
+        generate(adapter, ids, mask, **kw)
+        rounds: list[int] = []
+        _, spec_rest = _timed(adapter, lambda: rounds.append(
+            self_speculative_generate(adapter, ids, mask, draft_layer=1, gamma=1, **kw).stats["rounds"]))
+        _, full_rest = _timed(adapter, lambda: generate(adapter, ids, mask, **kw))
+    return StepCosts(position_cost=max(0.0, (per_block[-1] / one - 1.0) / (len(per_block) - 1)),
+                     readout_cost=readout / one, embed_cost=embed / one, source=f"measured at batch {ids.shape[0]}",
+                     block_costs=tuple(t / one for t in per_block), step_embed_cost=step_embed / one,
+                     loop_cost=full_rest / new_tokens / one, round_cost=spec_rest / max(1, rounds[0]) / one)
 
 
 # ----------------------------------------------------------------------------- decoding
