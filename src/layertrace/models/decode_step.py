@@ -246,15 +246,24 @@ class DecodeStep:
         window_rules = self.cases.get(case) or (None, {}, None)
         tables = {rule: window.per_sample[key] for key, rule in window_rules[1].items() if rule[0] == "rotary"}
 
+        # every per-step slice made at once (one split per tensor instead of a slice per step)
+        pos_steps = pos_w.split(1, dim=1)
+        new_cols = mask2d[:, past:].split(1, dim=1)
+        table_steps = {rule: table.split(1, dim=1) for rule, table in tables.items()
+                       if table.dim() >= 2 and table.shape[1] == t}
+        masked = any(rule[0].startswith("mask") for rule in rules.values())
+
         def step(j: int, ids: Tensor) -> State:
-            pos = pos_w[:, j:j + 1]
+            pos = pos_steps[j]
             hidden = self._hidden(hidden_rule, ids, pos)
-            ctx = {"pos": pos, "mask2d": mask2d[:, :past + j + 1], "t": 1, "hidden": hidden}
-            per_sample = {"attention_mask": mask2d[:, past + j:past + j + 1], "position_ids": pos}
+            ctx = {"pos": pos, "t": 1, "hidden": hidden}
+            if masked:
+                ctx["mask2d"] = mask2d[:, :past + j + 1]
+            per_sample = {"attention_mask": new_cols[j], "position_ids": pos}
             for key, rule in rules.items():
-                table = tables.get(rule)
-                if table is not None and table.dim() >= 2 and table.shape[1] == t:
-                    got = table[:, j:j + 1]
+                sliced = table_steps.get(rule)
+                if sliced is not None:
+                    got = sliced[j]
                     if rule not in self.sliced:  # once per table: the slice is what the module returns
                         self.sliced[rule] = torch.equal(got, self._derive(rule, ctx))
                     per_sample[key] = got if self.sliced[rule] else self._derive(rule, ctx)
