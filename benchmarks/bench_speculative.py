@@ -41,6 +41,80 @@ NAMES = {"full": "full decoding (ours)", "self-speculative": "self-speculative (
          "hf-assistant-early-exit": "HF assistant_early_exit=k"}
 
 
+def draft_agreement(adapter, prompts: torch.Tensor, new_tokens: int, drafts: list[tuple[int, ...]]) -> dict:
+    """Agreement with the full model's greedy token of alternative lossless drafts, on the prompts'
+    greedy continuation: a draft is a block sequence then the shared readout, e.g. (2,) = blocks 1..2
+    (the issue's draft), (2, 8) = blocks 1..2 then block 8 (layer skipping, "Draft & Verify"-style:
+    the skipped-to block attends to the verified cache of earlier positions); plus the full token's
+    presence in layer k's top 2 (a two-branch tree draft's first position).
+
+    Each generated position is decoded one token at a time with the true cache; a draft's own entry
+    in a skipped-to block is computed, read, then replaced by the true one.
+    """
+    from layertrace.lm.generate import SamplingConfig, generate
+
+    L = adapter.n_layers
+    seqs = generate(adapter, prompts, max_new_tokens=new_tokens, sampling=SamplingConfig("greedy")).sequences
+    p = prompts.shape[1]
+    hits = {d: 0 for d in drafts}
+    top2 = {k: 0 for k in range(1, 4)}
+    n = 0
+    with torch.no_grad():
+        for row in range(seqs.shape[0]):
+            s = seqs[row:row + 1]
+            cache = adapter.new_cache()
+            adapter.state_at({"input_ids": s[:, :p], "attention_mask": torch.ones(1, p, dtype=torch.long),
+                              "past_key_values": cache}, L)
+            for t in range(p, seqs.shape[1] - 1):  # the step on token t predicts token t + 1
+                st = adapter.embed({"input_ids": s[:, t:t + 1], "attention_mask": torch.ones(1, t + 1, dtype=torch.long),
+                                    "past_key_values": cache})
+                states = {}
+                for layer in range(1, L + 1):
+                    st = states[layer] = adapter.block(layer, st)
+                target = int(s[0, t + 1])
+                n += 1
+                for k in top2:
+                    top2[k] += int(target in adapter.readout(states[k].hidden[:, -1]).topk(2).indices[0].tolist())
+                for d in drafts:
+                    h = states[d[0]]
+                    for layer in d[1:]:
+                        cache.layers[layer - 1].crop(-1)  # drop the true entry, run the draft's own
+                        h = adapter.block(layer, h)
+                        cache.layers[layer - 1].crop(-1)  # and put the true one back
+                        adapter.block(layer, states[layer - 1])
+                    hits[d] += int(int(adapter.readout(h.hidden[:, -1]).argmax()) == target)
+    return {"positions": n, "drafts": {"+".join(map(str, d)): hits[d] / n for d in drafts},
+            "top2": {str(k): v / n for k, v in top2.items()}}
+
+
+def agreement_section(args, adapter, prompts, run_dir) -> str:
+    """The Markdown section of ``--agreement``: draft agreement and the cost model's speed-up."""
+    from layertrace.lm.draft_choice import expected_speedup
+    from layertrace.lm.speculative import measure_step_costs
+
+    L = adapter.n_layers
+    drafts = [(k,) for k in range(1, L)] + [(k, L) for k in range(1, L - 1)] + [(1, L - 1, L)]
+    res = draft_agreement(adapter, prompts, args.new_tokens, drafts)
+    costs = measure_step_costs(adapter, prompts[:1], torch.ones_like(prompts[:1]))
+    lines = [f"## Alternative drafts: agreement with the full model's greedy token ({args.mode} demo LM)", "",
+             f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py {' '.join(sys.argv[1:])}`",
+             f"- model: {run_dir}; {prompts.shape[0]} test prompts of {prompts.shape[1]} tokens, their greedy "
+             f"continuation of {args.new_tokens} tokens ({res['positions']} positions)",
+             "- expected speed-up: the cost model (`expected_speedup`, costs measured at batch 1, best gamma in "
+             "1..8, 32 new tokens) with a draft step costing its blocks (a skip draft of k blocks + block L "
+             "costs k + 1)", "",
+             "| draft | blocks per draft step | agreement | expected speed-up at batch 1 |", "|---|---|---|---|"]
+    for name, a in res["drafts"].items():
+        blocks = [int(x) for x in name.split("+")]
+        per_step = blocks[0] + len(blocks) - 1  # blocks 1..k, then the skipped-to ones
+        best = max(expected_speedup(a, blocks[0], g, L, costs=costs, new_tokens=32, draft_blocks=per_step)
+                   for g in range(1, 9))
+        lines.append(f"| blocks 1..{blocks[0]}" + "".join(f" + {x}" for x in blocks[1:]) + f" | {per_step} | {a:.3f} | {best:.2f}x |")
+    lines += ["", "Full greedy token in layer k's top 2 (a two-branch tree's first draft position): "
+              + ", ".join(f"layer {k} {v:.3f}" for k, v in res["top2"].items()) + ".", ""]
+    return "\n".join(lines) + "\n"
+
+
 def run(args) -> str:
     from layertrace.data import load_text_corpus
     from layertrace.errors import LayertraceError
@@ -61,6 +135,10 @@ def run(args) -> str:
     adapter, tok = loaded.adapter.eval(), loaded.tokenizer
     docs = load_text_corpus(track / "lm-corpus", "test", shuffle=False)
     prompts = make_prompts(tok, docs, args.prompts, args.prompt_tokens, seed=1)
+    if args.agreement:
+        text = agreement_section(args, adapter, prompts, run_dir)
+        print(text, flush=True)
+        return text
     load = os.getloadavg()[0]
     analysis = run_dir if args.acceptance == "analysis" else "measure"
     res = compare_decoders(adapter, prompts, draft_layer=args.k, gamma=args.gamma, analysis=analysis, tau=args.tau,
@@ -133,6 +211,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-eos", action="store_true", help="decode max new tokens per row (eos does not stop it)")
+    ap.add_argument("--agreement", action="store_true",
+                    help="instead of timing decoders: agreement of alternative drafts (layer skipping, top 2) "
+                         "with the full model's greedy token and their expected speed-up")
     ap.add_argument("--out", default=None, help="write the Markdown section to this file")
     args = ap.parse_args()
     text = run(args)

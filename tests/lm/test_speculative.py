@@ -229,6 +229,9 @@ def test_block_cost_table_and_bookkeeping_steer_the_model():
     assert choose_draft(rates, L, costs=flat).gamma > choose_draft(rates, L, costs=steep).gamma
     busy = StepCosts(block_costs=(1.0, 1.0, 1.0), readout_cost=0.1, embed_cost=0.1, round_cost=3.0)
     assert expected_speedup(0.8, 2, 2, L, costs=busy) < expected_speedup(0.8, 2, 2, L, costs=flat)
+    # a layer-skipping draft step (blocks 1..k, then block L) runs k + 1 blocks: dearer than blocks 1..k
+    assert expected_speedup(0.8, 2, 2, L, costs=flat, draft_blocks=2) == expected_speedup(0.8, 2, 2, L, costs=flat)
+    assert expected_speedup(0.8, 2, 2, L, costs=flat, draft_blocks=3) < expected_speedup(0.8, 2, 2, L, costs=flat)
     # the keyword constants are the unmeasured StepCosts
     assert expected_speedup(0.7, 2, 3, L, 0.3, 0.4, 0.2) == expected_speedup(0.7, 2, 3, L, costs=StepCosts(0.3, 0.4, 0.2))
 
@@ -268,6 +271,27 @@ def test_measured_acceptance_is_the_agreement_on_the_greedy_continuation(lm):
                 count += 1
     assert np.allclose(rates, hits / count)
     assert rates[-1] == 1.0
+
+
+def test_draft_agreement_of_the_benchmark_matches_measured_acceptance():
+    """benchmarks/bench_speculative.py --agreement: the plain draft's agreement equals
+    measure_acceptance (another code path); blocks 1..L-1 then block L is the full model (1.0)."""
+    import importlib.util
+
+    from layertrace.lm.speculative import measure_acceptance
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_speculative", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_speculative.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    adapter = adapt(tiny_llama(n_layers=4))
+    ids = padded_batch(adapter.num_outputs, "left")["input_ids"][[0, 2]]
+    res = bench.draft_agreement(adapter, ids, 6, [(1,), (2,), (3, 4), (1, 4)])
+    rates = measure_acceptance(adapter, ids, torch.ones_like(ids), new_tokens=6)
+    assert res["positions"] == 2 * 5
+    assert res["drafts"]["1"] == pytest.approx(rates[1]) and res["drafts"]["2"] == pytest.approx(rates[2])
+    assert res["drafts"]["3+4"] == 1.0 and 0.0 <= res["drafts"]["1+4"] <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in res["top2"].values())
 
 
 def test_measured_step_costs_and_lossless_choice_with_them(lm):

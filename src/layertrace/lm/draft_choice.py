@@ -135,7 +135,8 @@ def measure_acceptance(adapter: Any, ids: Tensor, mask: Tensor, new_tokens: int 
 
 def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: int,
                      position_cost: float = 0.25, readout_cost: float = 0.5, embed_cost: float = 0.2,
-                     costs: StepCosts | None = None, batch: int = 1, new_tokens: int | None = None) -> float:
+                     costs: StepCosts | None = None, batch: int = 1, new_tokens: int | None = None,
+                     draft_blocks: int | None = None) -> float:
     """Expected tokens/s of self-speculative decoding over full decoding under a cost model.
 
     Cost unit: one block on one new token of every row. A block on m new tokens costs
@@ -152,13 +153,16 @@ def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: 
 
     Tokens per round: :func:`expected_tokens_per_round`; with ``new_tokens`` given, the rounds
     :func:`expected_rounds` counts instead, ``batch`` rows waiting for the slowest (full decoding
-    takes ``new_tokens - 1`` steps after the prefill at any batch size).
+    takes ``new_tokens - 1`` steps after the prefill at any batch size). ``draft_blocks``: blocks a
+    draft step runs when it is not blocks 1..k alone (a layer-skipping draft, blocks 1..k then
+    block L: k + 1; the verify pass still runs blocks k+1..L).
     """
     if costs is None:
         costs = StepCosts(position_cost, readout_cost, embed_cost)
     k, g, L = int(draft_layer), int(gamma), int(n_layers)
     r = costs.readout_cost
-    round_cost = (costs.embed_cost + (g + 1) * k + g * r + (L - k + r) * costs.block(g + 1) + costs.round_cost
+    step = k if draft_blocks is None else int(draft_blocks)
+    round_cost = (costs.embed_cost + (g + 1) * step + g * r + (L - k + r) * costs.block(g + 1) + costs.round_cost
                   + (g - 1) * costs.step_embed_cost)
     full = costs.embed_cost + L + r + costs.loop_cost
     if new_tokens is not None and new_tokens > 1:
