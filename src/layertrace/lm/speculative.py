@@ -269,62 +269,70 @@ def self_speculative_generate(
     last = state.hidden[torch.arange(batch, device=device), last_real_positions(mask)]
     pending = choose_tokens(adapter.readout(last), sampling, generator)
     out[:, 0] = pending
+    pend = pending[:, None]  # (b, 1): the token each active row feeds next
     rows = torch.arange(batch, device=device)  # original row of each active row
     cnt = torch.ones(batch, dtype=torch.long, device=device)  # tokens each active row has
     hit = torch.isin(pending, eos) if eos is not None else None  # active rows that emitted eos
     drafted = accepted = rounds = row_rounds = 0
+    # The attention mask lives in a buffer of ones wide enough for every round (each adds at most
+    # gamma + 1 columns): a round's mask is a view, rejected drafts of a batch are written as holes.
+    past = mask.shape[1]
+    mask_buf = torch.cat([mask, mask.new_ones(batch, max_new_tokens * (g + 1) + g + 1)], dim=1)
     # per-layer cache lengths are known (no get_seq_length): blocks 1..k hold the draft steps'
     # positions, blocks k+1..L the verify window's
     shallow, deep = cache.layers[:k], cache.layers[k:]
+    f32 = torch.float32
 
     while True:
-        finished = cnt >= max_new_tokens
-        if hit is not None:
-            finished |= hit
-        if bool(finished.any()):
+        lo, hi = (int(c) for c in cnt.aminmax())
+        if hi >= max_new_tokens or (hit is not None and bool(hit.any())):
+            finished = cnt >= max_new_tokens
+            if hit is not None:
+                finished |= hit
             keep = (~finished).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, mask, pending, cnt = rows[keep], mask[keep], pending[keep], cnt[keep]
+            rows, mask_buf, pend, cnt = rows[keep], mask_buf[keep], pend[keep], cnt[keep]
             hit = hit[keep] if hit is not None else None
             cache.batch_select_indices(keep)
+            lo = int(cnt.min())
         b = rows.shape[0]
         # no row can use more than its remaining tokens: shorter drafts near the end
-        g_now = max(0, min(g, max_new_tokens - int(cnt.min()) - 1))
-        past = mask.shape[1]
-        wide_mask = torch.cat([mask, mask.new_ones(b, g_now + 1)], dim=1)
+        g_now = max(0, min(g, max_new_tokens - lo - 1))
+        wide_mask = mask_buf[:, :past + g_now + 1]
         # The verify pass's state (masks and positions of the window: the pending token, then the
         # drafts) is embedded first, while every layer's cache still holds `past` tokens (embed reads
         # the cache length, which the draft steps change); its layer-0 hidden is replaced below.
         # Each draft step embeds one token; with the adapter's decode path its positions, masks and
         # rotary tables are slices of the window's (window_steps), so a step costs an embedding lookup.
-        window = {"input_ids": pending[:, None].expand(b, g_now + 1), "attention_mask": wide_mask,
-                  "past_key_values": cache}
+        window = {"input_ids": pend.expand(b, g_now + 1), "attention_mask": wide_mask, "past_key_values": cache}
         verify = adapter.embed(window)
         stepper = window_steps(adapter, window, verify)
-        hidden_k: list[Tensor] = []
-        draft_tokens: list[Tensor] = []
+        hidden_k: list[Tensor] = []  # (b, 1, d) layer-k states of the pending token and the drafts
+        draft_tokens: list[Tensor] = []  # (b, 1) each
         draft_probs: list[Tensor] = []
-        token = pending
+        token = pend
         for j in range(g_now + 1):
             if stepper is not None:
-                st = stepper(j, token[:, None])
+                st = stepper(j, token)
             else:
-                st = adapter.embed({"input_ids": token[:, None], "attention_mask": wide_mask[:, :past + j + 1],
+                st = adapter.embed({"input_ids": token, "attention_mask": wide_mask[:, :past + j + 1],
                                     "past_key_values": cache})
             for layer in range(1, k + 1):
                 st = adapter.block(layer, st)
-            hidden_k.append(st.hidden[:, -1])
+            hidden_k.append(st.hidden)
             if j == g_now:
                 break
-            logits = adapter.readout(hidden_k[-1]).float()
+            logits = adapter.readout(st.hidden)  # (b, 1, V)
+            if logits.dtype != f32:
+                logits = logits.float()
             if sampling.do_sample:
-                q = _probs(logits, sampling)
-                token = _draw(q, generator)
+                q = _probs(logits[:, 0], sampling)
+                token = _draw(q, generator)[:, None]
                 confident = q.max(-1).values >= confidence if confidence > 0 else None
             else:
                 token = logits.argmax(-1)
-                confident = torch.softmax(logits, -1).max(-1).values >= confidence if confidence > 0 else None
+                confident = torch.softmax(logits[:, 0], -1).max(-1).values >= confidence if confidence > 0 else None
             if confident is not None and not bool(confident.any()):
                 # no row's draft is confident: stop drafting (this draft is dropped; hidden_k already
                 # holds the last kept draft's layer-k state, so the verify pass gets g_eff + 1 positions)
@@ -336,12 +344,14 @@ def self_speculative_generate(
         blocks_run += (g_now + 1) * k * b + (n_layers - k) * b
         # positions past g_now (a draft stopped early) are filler: causal attention keeps them out of
         # the kept positions, their logits are not read and their cache entries are cropped below
-        hidden = torch.stack(hidden_k + hidden_k[-1:] * (g_win - g_now), dim=1)
+        hidden = torch.cat(hidden_k + hidden_k[-1:] * (g_win - g_now), dim=1)
         st = verify.replace(hidden)
         for layer in range(k + 1, n_layers + 1):
             st = adapter.block(layer, st)
-        full_logits = adapter.readout(st.hidden[:, :g_now + 1]).float()  # (b, g_now + 1, V)
-        drafts = torch.stack(draft_tokens, dim=1) if draft_tokens else pending.new_zeros(b, 0)
+        full_logits = adapter.readout(st.hidden if g_now == g_win else st.hidden[:, :g_now + 1])  # (b, g_now + 1, V)
+        if full_logits.dtype != f32:
+            full_logits = full_logits.float()
+        drafts = torch.cat(draft_tokens, dim=1) if draft_tokens else pend.new_zeros(b, 0)
         if sampling.do_sample:
             p = _probs(full_logits, sampling)
             if g_now:
@@ -372,20 +382,29 @@ def self_speculative_generate(
         row_rounds += b
         drafted += g_now * b
         n_max = int(n_ok.max())
-        accepted += int(n_ok.sum()) if b > 1 else n_max
-        # write tokens 0..n_ok of each row after what it has; positions past n_ok go to the dump column
-        keep_tok = steps[: g_now + 1] <= n_ok[:, None]
-        dest = torch.where(keep_tok, cnt[:, None] + steps[: g_now + 1], width)
-        out[rows[:, None], dest] = emitted
-        cnt = cnt + n_ok + 1
-        pending = emitted.gather(1, n_ok[:, None]).squeeze(1)
-        if hit is not None:
-            hit = hit | (torch.isin(emitted, eos) & keep_tok).any(1)
-        # the cache holds pending + drafts (g_now + 1 positions; g_win + 1 in blocks k+1..L); a row
-        # keeps 0..n_ok (the pending token and its accepted drafts), rejected ones become holes; every
-        # layer is cropped past the longest kept prefix
         longest = n_max + 1
-        mask = torch.cat([mask, keep_tok[:, :longest].long()], dim=1) if b > 1 else wide_mask[:, :past + longest]
+        if b == 1:  # one row keeps tokens 0..n_ok: plain slices, no holes
+            accepted += n_max
+            c = int(cnt)
+            out[rows, c:c + longest] = emitted[:, :longest]
+            if hit is not None:
+                hit = torch.isin(emitted[:, :longest], eos).any(1)
+        else:
+            accepted += int(n_ok.sum())
+            # write tokens 0..n_ok of each row after what it has; positions past n_ok go to the dump column
+            keep_tok = steps[: g_now + 1] <= n_ok[:, None]
+            dest = torch.where(keep_tok, cnt[:, None] + steps[: g_now + 1], width)
+            out[rows[:, None], dest] = emitted
+            if hit is not None:
+                hit = hit | (torch.isin(emitted, eos) & keep_tok).any(1)
+            # rejected drafts of rows that accepted fewer than the longest become holes
+            mask_buf[:, past:past + longest] = keep_tok[:, :longest]
+        cnt = cnt + n_ok + 1
+        pend = emitted.gather(1, n_ok[:, None])
+        # the cache holds pending + drafts (g_now + 1 positions; g_win + 1 in blocks k+1..L); a row
+        # keeps 0..n_ok (the pending token and its accepted drafts); every layer is cropped past the
+        # longest kept prefix
+        past += longest
         for layers, held in ((shallow, g_now + 1), (deep, g_win + 1)):
             if held > longest:
                 for layer_cache in layers:

@@ -55,6 +55,7 @@ class DecodeStep:
         self.cases: dict[tuple, Any] = {}  # case -> (hidden rule, per-sample rules, templates) or None
         self.broken = False
         self.sliced: dict[tuple, bool] = {}  # rotary rule -> its window slice equals the module's call
+        self.last_case: tuple[Any, tuple | None] = (None, None)  # (2-D mask, case) of the last state()
 
     @staticmethod
     def refusal(model: nn.Module) -> str | None:
@@ -196,6 +197,7 @@ class DecodeStep:
     def state(self, inputs: Mapping[str, Any], keep: Mapping[str, Tensor]) -> State | None:
         """The State of a cached decoding step, or ``None`` where the replay must run (unlearned case)."""
         case = self._case(inputs, keep)
+        self.last_case = (inputs["attention_mask"], case)  # window_steps of the same window reuses it
         learned = self.cases.get(case) if case is not None else None
         if learned is None:
             return None
@@ -232,7 +234,8 @@ class DecodeStep:
         mask2d = batch.get("attention_mask")
         if mask2d is None or "position_ids" not in window.per_sample:
             return None
-        case = self._case(batch, {})
+        last = self.last_case
+        case = last[1] if last[0] is mask2d else self._case(batch, {})  # the window's embed just derived it
         if case is None:
             return None
         learned = self.cases.get((case[0], True, case[2], case[3]))
