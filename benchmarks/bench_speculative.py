@@ -115,6 +115,70 @@ def agreement_section(args, adapter, prompts, run_dir) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_section(args, adapter, prompts, run_dir) -> str:
+    """The Markdown section of ``--sweep``: measured speed-up of every (k, gamma) against the cost
+    model's (what ``choose_draft`` maximises), per batch size, interleaved like the decoders."""
+    import statistics
+
+    from layertrace.lm.generate import SamplingConfig, generate
+    from layertrace.lm.speculative import (choose_draft, expected_speedup, measure_acceptance, measure_step_costs,
+                                           self_speculative_generate)
+
+    greedy = SamplingConfig("greedy")
+    n = args.new_tokens
+    configs = [tuple(int(x) for x in c.split(",")) for c in args.sweep.split(";")]
+    rates = measure_acceptance(adapter, prompts, torch.ones_like(prompts), new_tokens=n)
+    lines = [f"## Sweep of (k, gamma): measured vs the cost model ({args.mode} demo LM)", "",
+             f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py {' '.join(sys.argv[1:])}`",
+             f"- machine: 2-core CPU shared with another developer's jobs (load average {os.getloadavg()[0]:.1f} "
+             f"at the start), torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+             f"- model: {run_dir}; {prompts.shape[0]} test prompts of {prompts.shape[1]} tokens, {n} new tokens "
+             f"(no eos), greedy; median of {args.repeats} interleaved repeats of full decoding and every "
+             "(k, gamma); model = `expected_speedup` with the acceptance measured on the prompts' greedy "
+             "continuation (`measure_acceptance`) and the costs measured on the first chunk (`measure_step_costs`)",
+             ""]
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        chunks = [prompts[i:i + batch] for i in range(0, prompts.shape[0], batch)]
+        costs = measure_step_costs(adapter, chunks[0], torch.ones_like(chunks[0]))
+        choice = choose_draft(rates, adapter.n_layers, costs=costs, batch=batch, new_tokens=n)
+        fns = {"full": lambda i: generate(adapter, i, torch.ones_like(i), max_new_tokens=n, sampling=greedy)}
+        for k, g in configs:
+            fns[(k, g)] = (lambda k, g: lambda i: self_speculative_generate(
+                adapter, i, torch.ones_like(i), draft_layer=k, gamma=g, max_new_tokens=n, sampling=greedy))(k, g)
+        for fn in fns.values():  # warm-up
+            fn(chunks[0])
+        speeds = {name: [] for name in fns}
+        acc = {name: [] for name in fns}
+        same = {name: 0 for name in fns}
+        for rep in range(max(1, args.repeats)):
+            totals = {name: [0, 0.0] for name in fns}
+            for ids in chunks:
+                ref = None
+                for name, fn in fns.items():
+                    res = fn(ids)
+                    totals[name][0] += res.n_generated
+                    totals[name][1] += res.seconds
+                    if name == "full":
+                        ref = res.new_tokens
+                    elif rep == 0:
+                        acc[name].append(res.stats["acceptance"])
+                        same[name] += int((res.new_tokens == ref).all(1).sum())
+            for name in fns:
+                speeds[name].append(totals[name][0] / totals[name][1])
+        lines += [f"### batch size {batch}", "",
+                  f"choose_draft picks k = {choice.draft_layer}, gamma = {choice.gamma} (expected "
+                  f"{choice.expected_speedup:.2f}x); full decoding {statistics.median(speeds['full']):.0f} tokens/s.", "",
+                  "| k, gamma | measured speed-up | model | measured acceptance | rows identical |", "|---|---|---|---|---|"]
+        for k, g in configs:
+            ratio = statistics.median(a / b for a, b in zip(speeds[(k, g)], speeds["full"]))
+            model = expected_speedup(rates[k], k, g, adapter.n_layers, costs=costs, batch=batch, new_tokens=n)
+            lines.append(f"| {k}, {g} | {ratio:.2f}x | {model:.2f}x | {statistics.fmean(acc[(k, g)]):.3f} | "
+                         f"{same[(k, g)]}/{prompts.shape[0]} |")
+        lines.append("")
+        print("\n".join(lines[-(len(configs) + 6):]), flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def run(args) -> str:
     from layertrace.data import load_text_corpus
     from layertrace.errors import LayertraceError
@@ -139,6 +203,8 @@ def run(args) -> str:
         text = agreement_section(args, adapter, prompts, run_dir)
         print(text, flush=True)
         return text
+    if args.sweep:
+        return sweep_section(args, adapter, prompts, run_dir)
     load = os.getloadavg()[0]
     analysis = run_dir if args.acceptance == "analysis" else "measure"
     res = compare_decoders(adapter, prompts, draft_layer=args.k, gamma=args.gamma, analysis=analysis, tau=args.tau,
@@ -214,6 +280,9 @@ def main() -> None:
     ap.add_argument("--agreement", action="store_true",
                     help="instead of timing decoders: agreement of alternative drafts (layer skipping, top 2) "
                          "with the full model's greedy token and their expected speed-up")
+    ap.add_argument("--sweep", default=None, metavar="K,G;K,G;...",
+                    help="instead of the decoder comparison: these (k, gamma) side by side with full decoding, "
+                         "measured against the cost model")
     ap.add_argument("--out", default=None, help="write the Markdown section to this file")
     args = ap.parse_args()
     text = run(args)
