@@ -214,6 +214,86 @@ def test_cost_model_constants_steer_the_choice():
     assert cheap.to_dict()["costs"]["position_cost"] == 0.0
 
 
+def test_block_cost_table_and_bookkeeping_steer_the_model():
+    """A measured per-token-count block cost replaces the linear position cost (extrapolated by its
+    last step); dearer verify windows or round bookkeeping lower the expected speed-up."""
+    from layertrace.lm.speculative import StepCosts
+
+    table = StepCosts(block_costs=(1.0, 1.5, 2.5))
+    assert [table.block(m) for m in (1, 2, 3, 4, 5)] == [1.0, 1.5, 2.5, 3.5, 4.5]
+    assert StepCosts(position_cost=0.5).block(3) == 2.0
+    assert StepCosts().step_embed_cost == StepCosts().embed_cost and StepCosts().round_cost == 2 * StepCosts().embed_cost
+    L, rates = 8, np.linspace(0.5, 1.0, 9)
+    flat = StepCosts(block_costs=(1.0, 1.0, 1.0), readout_cost=0.1, embed_cost=0.1, round_cost=0.0)
+    steep = StepCosts(block_costs=(1.0, 2.0, 3.0), readout_cost=0.1, embed_cost=0.1, round_cost=0.0)
+    assert choose_draft(rates, L, costs=flat).gamma > choose_draft(rates, L, costs=steep).gamma
+    busy = StepCosts(block_costs=(1.0, 1.0, 1.0), readout_cost=0.1, embed_cost=0.1, round_cost=3.0)
+    assert expected_speedup(0.8, 2, 2, L, costs=busy) < expected_speedup(0.8, 2, 2, L, costs=flat)
+    # a layer-skipping draft step (blocks 1..k, then block L) runs k + 1 blocks: dearer than blocks 1..k
+    assert expected_speedup(0.8, 2, 2, L, costs=flat, draft_blocks=2) == expected_speedup(0.8, 2, 2, L, costs=flat)
+    assert expected_speedup(0.8, 2, 2, L, costs=flat, draft_blocks=3) < expected_speedup(0.8, 2, 2, L, costs=flat)
+    # the keyword constants are the unmeasured StepCosts
+    assert expected_speedup(0.7, 2, 3, L, 0.3, 0.4, 0.2) == expected_speedup(0.7, 2, 3, L, costs=StepCosts(0.3, 0.4, 0.2))
+
+
+def test_expected_rounds_wait_for_the_slowest_row():
+    """Certain drafts: ceil((n - 1) / (gamma + 1)) rounds; none: n - 1; in between about
+    (n - 1) / tokens-per-round at batch 1, more at batch 8 (the slowest of 8 rows)."""
+    from layertrace.lm.draft_choice import expected_rounds
+
+    assert expected_rounds(1.0, 3, 32, batch=8) == 8.0  # 31 tokens, 4 per round
+    assert expected_rounds(0.0, 3, 32, batch=8) == 31.0
+    one = expected_rounds(0.6, 2, 32, batch=1)
+    assert one == pytest.approx(31 / expected_tokens_per_round(0.6, 2), rel=0.1)
+    assert expected_rounds(0.6, 2, 32, batch=8) > one * 1.1
+    assert expected_speedup(0.6, 2, 2, 8, batch=8, new_tokens=32) < expected_speedup(0.6, 2, 2, 8, batch=1, new_tokens=32)
+
+
+def test_measured_acceptance_is_the_agreement_on_the_greedy_continuation(lm):
+    """measure_acceptance against a naive loop: every layer's readout at each generated position
+    (prompt + the tokens so far, run alone) against the last layer's argmax."""
+    from layertrace.lm.speculative import measure_acceptance
+
+    adapter = adapt(lm)
+    ids = padded_batch(lm.config.vocab_size, "left")["input_ids"][[0, 2]]
+    n = 6
+    rates = measure_acceptance(adapter, ids, torch.ones_like(ids), new_tokens=n)
+    seq = generate(adapter, ids, max_new_tokens=n, sampling=GREEDY).sequences
+    hits = np.zeros(adapter.n_layers + 1)
+    p, count = ids.shape[1], 0
+    with torch.no_grad():
+        for row in range(seq.shape[0]):
+            for t in range(p, p + n - 1):  # position t holds generated token t - p, predicts the next
+                prefix = {"input_ids": seq[row:row + 1, :t + 1]}
+                last = adapter(prefix, upto=adapter.n_layers)[0, -1].argmax()
+                for layer in range(adapter.n_layers + 1):
+                    hits[layer] += int(adapter(prefix, upto=layer)[0, -1].argmax() == last)
+                count += 1
+    assert np.allclose(rates, hits / count)
+    assert rates[-1] == 1.0
+
+
+def test_draft_agreement_of_the_benchmark_matches_measured_acceptance():
+    """benchmarks/bench_speculative.py --agreement: the plain draft's agreement equals
+    measure_acceptance (another code path); blocks 1..L-1 then block L is the full model (1.0)."""
+    import importlib.util
+
+    from layertrace.lm.speculative import measure_acceptance
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_speculative", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_speculative.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    adapter = adapt(tiny_llama(n_layers=4))
+    ids = padded_batch(adapter.num_outputs, "left")["input_ids"][[0, 2]]
+    res = bench.draft_agreement(adapter, ids, 6, [(1,), (2,), (3, 4), (1, 4)])
+    rates = measure_acceptance(adapter, ids, torch.ones_like(ids), new_tokens=6)
+    assert res["positions"] == 2 * 5
+    assert res["drafts"]["1"] == pytest.approx(rates[1]) and res["drafts"]["2"] == pytest.approx(rates[2])
+    assert res["drafts"]["3+4"] == 1.0 and 0.0 <= res["drafts"]["1+4"] <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in res["top2"].values())
+
+
 def test_measured_step_costs_and_lossless_choice_with_them(lm):
     """measure_step_costs leaves no state behind: decoding with the measured choice (a timing-dependent
     k, gamma) is still token for token full greedy decoding."""
@@ -222,8 +302,10 @@ def test_measured_step_costs_and_lossless_choice_with_them(lm):
     adapter = adapt(lm)
     batch = padded_batch(lm.config.vocab_size, "left")
     costs = measure_step_costs(adapter, batch["input_ids"], batch["attention_mask"], repeats=3)
-    values = [costs.position_cost, costs.readout_cost, costs.embed_cost]
+    values = [costs.position_cost, costs.readout_cost, costs.embed_cost, costs.step_embed_cost, costs.loop_cost,
+              costs.round_cost, *costs.block_costs]
     assert all(np.isfinite(v) and v >= 0 for v in values) and costs.source.startswith("measured at batch")
+    assert len(costs.block_costs) == 5 and costs.block_costs[0] == 1.0
     res = self_speculative_generate(adapter, batch["input_ids"], batch["attention_mask"], costs="measure",
                                     max_new_tokens=8, sampling=GREEDY)
     full = generate(adapter, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, sampling=GREEDY)
@@ -294,8 +376,9 @@ def test_cli_generate_speculative_equals_full(tmp_path, capsys):
 
 
 def test_compare_decoders_side_by_side_on_llama_and_gpt2():
-    """The benchmark's comparison: ours identical to full greedy; HF's early-exit assistant runs on the
-    Llama layout and its GPT-2 failure (transformers 5) is reported, not raised."""
+    """The benchmark's comparison: ours identical to full greedy, so is HF's plain greedy generate (at
+    every batch size); HF's early-exit assistant runs on the Llama layout and its GPT-2 failure
+    (transformers 5) is reported, not raised."""
     from layertrace.lm.speculative import compare_decoders
 
     prompts = torch.randint(2, 100, (4, 6), generator=torch.Generator().manual_seed(0))
@@ -303,8 +386,9 @@ def test_compare_decoders_side_by_side_on_llama_and_gpt2():
                            repeats=1, max_new_tokens=8)
     assert res["hf_error"] is None and res["draft_layer"] == 2
     b1, b2 = res["batches"]["1"], res["batches"]["2"]
-    assert set(b1) == {"full", "self-speculative", "calm", "hf-assistant-early-exit"}
-    assert "hf-assistant-early-exit" not in b2
+    assert set(b1) == {"full", "self-speculative", "calm", "hf-generate", "hf-assistant-early-exit"}
+    assert set(b2) == {"full", "self-speculative", "calm", "hf-generate"}
+    assert b1["hf-generate"]["identical"] == b2["hf-generate"]["identical"] == 4
     assert b1["self-speculative"]["identical"] == b1["self-speculative"]["rows"] == 4
     assert b2["self-speculative"]["identical"] == 4 and b1["hf-assistant-early-exit"]["identical"] == 4
     assert b1["full"]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in b1.values())
@@ -314,7 +398,11 @@ def test_compare_decoders_side_by_side_on_llama_and_gpt2():
     for b in ("1", "2"):
         own = res["batches"][b]["self-speculative"]
         assert own["choice"]["costs"]["source"] == f"measured at batch {b}" and own["identical"] == 4
+        assert own["choice"]["source"] == "prompts" and len(own["choice"]["costs"]["block_costs"]) == 5
     assert res["draft_layer"] == res["batches"]["1"]["self-speculative"]["draft_layer"]
+    res = compare_decoders(tiny_llama(n_layers=4), prompts, analysis="measure", batch_sizes=(2,), repeats=1,
+                           max_new_tokens=6, hf=False)
+    assert res["batches"]["2"]["self-speculative"]["choice"]["source"] == "greedy continuation"
     res = compare_decoders(tiny_gpt2(n_layers=4), prompts, draft_layer=2, gamma=2, batch_sizes=(1,), repeats=1,
                            max_new_tokens=4)
     assert res["batches"]["1"]["self-speculative"]["identical"] == 4

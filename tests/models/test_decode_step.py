@@ -147,3 +147,52 @@ def test_training_mode_keeps_the_replay():
             assert adapter._decode.state(*adapter._forward_inputs(step)) is not None
     finally:
         adapter.eval()
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama, tiny_opt, tiny_gpt2_eager],
+                         ids=["gpt2", "llama", "opt", "gpt2-eager"])
+@pytest.mark.parametrize("hole", [False, True])
+def test_window_steps_equal_the_replay(make, hole):
+    """The one-token steps inside a window (self-speculative drafting), derived from the window's embed,
+    equal the replay of each step at its cache length: layer 0, every argument, every block's output."""
+    from layertrace.models.decode_step import window_steps
+
+    adapter = adapt(make())
+    batch = padded_batch(adapter.num_outputs, side="left")
+    decode_states(adapter, batch, fast=True)  # learns the cases (one-token steps with and without holes)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        cache = adapter.new_cache()
+        state = adapter.embed({**batch, "past_key_values": cache})
+        for layer in range(1, adapter.n_layers + 1):
+            state = adapter.block(layer, state)
+        mask = batch["attention_mask"]
+        if hole:  # a rejected draft of an earlier round in row 2
+            mask = torch.cat([mask, torch.tensor([[1], [1], [0], [1]])], dim=1)
+            state = adapter.embed({"input_ids": batch["input_ids"][:, :1], "attention_mask": mask,
+                                   "past_key_values": cache})
+            for layer in range(1, adapter.n_layers + 1):
+                state = adapter.block(layer, state)
+        t, past = 3, mask.shape[1]
+        wide = torch.cat([mask, torch.ones(4, t, dtype=torch.long)], dim=1)
+        ids = torch.randint(2, adapter.num_outputs, (4, t), generator=g)
+        window = {"input_ids": ids, "attention_mask": wide, "past_key_values": cache}
+        step = window_steps(adapter, window, adapter.embed(window))
+        assert step is not None
+        for j in range(t):
+            got = step(j, ids[:, j:j + 1])
+            adapter.fast_decode = False  # the reference: the replay of this one-token step
+            ref = adapter.embed({"input_ids": ids[:, j:j + 1], "attention_mask": wide[:, :past + j + 1],
+                                 "past_key_values": cache})
+            adapter.fast_decode = True
+            assert torch.equal(got.hidden, ref.hidden)
+            assert got.per_sample.keys() == ref.per_sample.keys()
+            for key in ref.per_sample:
+                assert torch.equal(got.per_sample[key], ref.per_sample[key]), key
+            for layer in range(1, adapter.n_layers + 1):  # blocks on the reference advance the cache
+                got_next = adapter.block(layer, got)
+                cache.layers[layer - 1].crop(-1)
+                ref = adapter.block(layer, ref)
+                assert torch.equal(got_next.hidden, ref.hidden)
+                got = got_next
+    assert window_steps(adapt(tiny_bloom()), window, state) is None  # ALiBi: no decode path

@@ -409,7 +409,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
         aligned_dir = out / run_name(p, "aligned")
         sel = read_json(aligned_dir / run_folder.LM_EVAL)["early_exit"].get("selected")
         adapter = load_model(aligned_dir).adapter.to(device).eval()
-        decoding = compare_decoders(adapter, prompts[: p.exit_prompts], analysis=aligned_dir,
+        decoding = compare_decoders(adapter, prompts[: p.exit_prompts], analysis="measure",
                                     tau=float(sel["tau"]) if sel else float(max(p.taus)),
                                     batch_sizes=tuple(p.decode_batch_sizes), repeats=p.exit_repeats,
                                     max_new_tokens=p.new_tokens, eos_token_id=int(tokenizer.eos_token_id))

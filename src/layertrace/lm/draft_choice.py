@@ -24,92 +24,150 @@ def expected_tokens_per_round(acceptance: float, gamma: int) -> float:
     return float(gamma + 1) if a >= 1.0 else (1.0 - a ** (gamma + 1)) / (1.0 - a)
 
 
+def expected_rounds(acceptance: float, gamma: int, new_tokens: int, batch: int = 1, trials: int = 400,
+                    seed: int = 0) -> float:
+    """Expected speculative rounds until every one of ``batch`` rows has ``new_tokens`` tokens.
+
+    The first token comes from the prefill; each round a row emits its accepted drafts (each
+    accepted independently with ``acceptance``, up to ``gamma``) plus the full model's own token. A
+    batch runs until its slowest row is done, so at batch > 1 this is the mean over ``trials``
+    seeded simulations of the maximum over rows (more rounds than ``(new_tokens - 1) /
+    expected_tokens_per_round``: the per-round cost is nearly the same for all rows).
+    """
+    need = max(int(new_tokens) - 1, 0)
+    if need == 0:
+        return 0.0
+    a = min(max(float(acceptance), 0.0), 1.0)
+    rng = np.random.default_rng(seed)
+    rows = trials * max(1, int(batch))
+    done = np.zeros(rows)
+    rounds = np.zeros(rows)
+    active = np.ones(rows, dtype=bool)
+    while active.any():
+        # accepted drafts: the first rejection among gamma Bernoulli(a) draws
+        ok = rng.random((int(active.sum()), int(gamma))) < a
+        n_ok = np.cumprod(ok, axis=1).sum(axis=1)
+        done[active] += n_ok + 1
+        rounds[active] += 1
+        active &= done < need
+    return float(rounds.reshape(trials, -1).max(axis=1).mean())
+
+
 @dataclass
 class StepCosts:
     """The constants of :func:`expected_speedup`'s cost model, in units of one block on one new token
-    of every row: defaults (measured once on the 6 x 128 demo LM) or :func:`measure_step_costs`'."""
+    of every row: defaults (measured once on the 6 x 128 demo LM) or :func:`measure_step_costs`'.
+
+    Attributes:
+        position_cost: extra cost of each further new token in a block call (when ``block_costs`` is empty).
+        readout_cost: final norm + LM head on one token.
+        embed_cost: one cached ``adapter.embed`` (a decoding step's layer 0).
+        block_costs: measured cost of a block call on m = 1, 2, ... new tokens per row (entry 0 is 1);
+            past its end it grows by its last step. Empty: ``1 + position_cost * (m - 1)``.
+        step_embed_cost: a draft step's layer 0 after the first two of a round (a slice of the
+            window's embed, :meth:`~layertrace.models.decode_step.DecodeStep.window_steps`);
+            default ``embed_cost``.
+        loop_cost: full decoding's bookkeeping per token beyond its embed, blocks and readout.
+        round_cost: a speculative round's bookkeeping beyond its window embed, blocks and readouts
+            (token choice, acceptance, cache cropping, masks; its first two draft steps' embeds
+            included); default ``2 * embed_cost``.
+    """
 
     position_cost: float = 0.25
     readout_cost: float = 0.5
     embed_cost: float = 0.2
     source: str = "default"
+    block_costs: tuple[float, ...] = ()
+    step_embed_cost: float | None = None
+    loop_cost: float = 0.0
+    round_cost: float | None = None
+
+    def __post_init__(self) -> None:
+        # unmeasured: a draft step embeds like any step, a round's bookkeeping is its first two embeds
+        if self.step_embed_cost is None:
+            self.step_embed_cost = self.embed_cost
+        if self.round_cost is None:
+            self.round_cost = 2 * self.embed_cost
+
+    def block(self, m: int) -> float:
+        """Cost of one block call on ``m`` new tokens per row."""
+        table = self.block_costs
+        if not table:
+            return 1.0 + self.position_cost * (m - 1)
+        if m <= len(table):
+            return float(table[m - 1])
+        step = table[-1] - table[-2] if len(table) > 1 else self.position_cost
+        return float(table[-1] + max(step, 0.0) * (m - len(table)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"position_cost": self.position_cost, "readout_cost": self.readout_cost,
-                "embed_cost": self.embed_cost, "source": self.source}
+                "embed_cost": self.embed_cost, "source": self.source, "block_costs": list(self.block_costs),
+                "step_embed_cost": self.step_embed_cost, "loop_cost": self.loop_cost, "round_cost": self.round_cost}
 
 
-def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 4, repeats: int = 15) -> StepCosts:
-    """Calibrate the cost model on this model, device and batch: time the pieces of a decoding step.
+def measure_acceptance(adapter: Any, ids: Tensor, mask: Tensor, new_tokens: int = 16) -> np.ndarray:
+    """Per-layer draft acceptance on the prompts' own greedy continuation (what drafting meets).
 
-    After a prefill of the (B, P) prompts, medians of ``repeats`` timings of block 1 on one new token
-    and on ``window`` new tokens, of one cached ``embed`` (one new token) and of the readout + argmax
-    of (B, d) hidden states; the cache is cropped back after each block call. Returned relative to
-    the one-token block: ``position_cost = (t_window / t_1 - 1) / (window - 1)`` (clipped to >= 0).
+    Full greedy decoding continues the (B, P) prompts by ``new_tokens``; one traced pass over prompt +
+    continuation gives every layer's readout at the positions of the generated tokens 1..n-2 (each
+    predicting the next generated one); the rate at layer l is the fraction of those positions where
+    the layer-l argmax equals the last layer's. The analysis pass's saturation (test text, "settled
+    at l") is lower: 0.39 vs 0.50 at layer 1 of the 8 x 112 quick-preset LM.
+    Returns (L + 1,) float64, entry L = 1.
     """
-    import statistics
-    import time
-
     import torch
 
-    def median_ms(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+    from .generate import SamplingConfig, generate
 
     with torch.no_grad():
-        cache = adapter.new_cache()
-        adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, adapter.n_layers)
-        first = cache.layers[0]
-
-        def step_inputs(t: int) -> dict[str, Any]:
-            return {"input_ids": ids[:, -1:].expand(-1, t), "attention_mask": torch.cat([mask, mask.new_ones(mask.shape[0], t)], 1),
-                    "past_key_values": cache}
-
-        def block_time(t: int) -> float:
-            inputs = step_inputs(t)
-            for _ in range(2):  # the first cached step of a shape teaches the adapter's decode path
-                st = adapter.embed(inputs)
-                adapter.block(1, st)
-                first.crop(-t)
-            st = adapter.embed(inputs)
-
-            def run():
-                adapter.block(1, st)
-                first.crop(-t)
-            return median_ms(run)
-
-        one, wide = block_time(1), block_time(window)
-        inputs = step_inputs(1)
-        embed = median_ms(lambda: adapter.embed(inputs))
-        hidden = adapter.embed(inputs).hidden[:, -1]
-        readout = median_ms(lambda: adapter.readout(hidden).float().argmax(-1))
-    return StepCosts(position_cost=max(0.0, (wide / one - 1.0) / (window - 1)), readout_cost=readout / one,
-                     embed_cost=embed / one, source=f"measured at batch {ids.shape[0]}")
+        res = generate(adapter, ids, mask, max_new_tokens=new_tokens, sampling=SamplingConfig("greedy"))
+        full_mask = torch.cat([mask.to(res.new_mask.device), res.new_mask], dim=1)
+        preds = adapter.trace({"input_ids": res.sequences, "attention_mask": full_mask}, with_logits=True).logits.argmax(-1)
+    p = ids.shape[1]
+    # position p + i holds generated token i and predicts token i + 1: both must be real
+    real = (res.new_mask[:, :-1] * res.new_mask[:, 1:]).bool()
+    window = preds[:, :, p:p + new_tokens - 1]  # (L + 1, B, n - 1)
+    agree = (window == window[-1:]) & real
+    rates = (agree.flatten(1).sum(1).double() / max(1, int(real.sum()))).cpu().numpy()
+    rates[-1] = 1.0
+    return rates
 
 
 def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: int,
-                     position_cost: float = 0.25, readout_cost: float = 0.5, embed_cost: float = 0.2) -> float:
+                     position_cost: float = 0.25, readout_cost: float = 0.5, embed_cost: float = 0.2,
+                     costs: StepCosts | None = None, batch: int = 1, new_tokens: int | None = None,
+                     draft_blocks: int | None = None) -> float:
     """Expected tokens/s of self-speculative decoding over full decoding under a cost model.
 
     Cost unit: one block on one new token of every row. A block on m new tokens costs
-    ``1 + position_cost * (m - 1)`` (small batches are dominated by fixed per-call costs on CPU);
-    a readout (final norm + LM head) on one token costs ``readout_cost``; one ``adapter.embed`` call
-    ``embed_cost`` (the discovery adapter's decode path, :class:`~layertrace.models.hf_auto.DecodeStep`:
-    about 0.2 blocks on the 6 x 128 demo LM; a replayed embed costs about 2-3). Full decoding pays
-    ``embed_cost + n_layers + readout_cost`` per token; a round pays ``(gamma + 2) * embed_cost`` (the
-    verify window + one per draft step) + ``(gamma + 1) * k`` (single-token draft steps, the last
-    feeding the last draft) + ``gamma * readout_cost`` (draft readouts) +
-    ``(n_layers - k + readout_cost) * (1 + position_cost * gamma)`` (the verify pass over gamma + 1 positions).
-    :func:`measure_step_costs` measures the three constants on a given model and batch.
+    ``block(m)`` (``1 + position_cost * (m - 1)``, or the measured ``costs.block_costs``); a readout
+    (final norm + LM head) on one token ``readout_cost``; one ``adapter.embed`` call ``embed_cost``.
+    Full decoding pays ``embed_cost + n_layers + readout_cost + loop_cost`` per token; a round pays
+    one window embed, ``(gamma + 1) * k`` single-token draft-block calls (the last feeding the last
+    draft), ``gamma`` draft readouts, ``(n_layers - k + readout_cost) * block(gamma + 1)`` (the
+    verify pass over gamma + 1 positions), ``round_cost`` (its bookkeeping and first two draft-step
+    embeds) and ``step_embed_cost`` per further draft step. ``costs`` (a :class:`StepCosts`) replaces
+    the three keyword constants; :func:`measure_step_costs` measures all of them on a model and batch.
+    Without ``costs`` (or with unmeasured ones) every draft step embeds at ``embed_cost`` and the
+    bookkeeping costs nothing else.
+
+    Tokens per round: :func:`expected_tokens_per_round`; with ``new_tokens`` given, the rounds
+    :func:`expected_rounds` counts instead, ``batch`` rows waiting for the slowest (full decoding
+    takes ``new_tokens - 1`` steps after the prefill at any batch size). ``draft_blocks``: blocks a
+    draft step runs when it is not blocks 1..k alone (a layer-skipping draft, blocks 1..k then
+    block L: k + 1; the verify pass still runs blocks k+1..L).
     """
+    if costs is None:
+        costs = StepCosts(position_cost, readout_cost, embed_cost)
     k, g, L = int(draft_layer), int(gamma), int(n_layers)
-    wide = 1.0 + position_cost * g
-    round_cost = (g + 2) * embed_cost + (g + 1) * k + g * readout_cost + (L - k + readout_cost) * wide
-    return expected_tokens_per_round(acceptance, g) * (embed_cost + L + readout_cost) / round_cost
+    r = costs.readout_cost
+    step = k if draft_blocks is None else int(draft_blocks)
+    round_cost = (costs.embed_cost + (g + 1) * step + g * r + (L - k + r) * costs.block(g + 1) + costs.round_cost
+                  + (g - 1) * costs.step_embed_cost)
+    full = costs.embed_cost + L + r + costs.loop_cost
+    if new_tokens is not None and new_tokens > 1:
+        return (new_tokens - 1) * full / (expected_rounds(acceptance, g, new_tokens, batch) * round_cost)
+    return expected_tokens_per_round(acceptance, g) * full / round_cost
 
 
 def acceptance_by_layer(source: Any, n_layers: int | None = None) -> np.ndarray:
@@ -167,11 +225,12 @@ class DraftChoice:
 
 def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int | None = None,
                  gamma: int | None = None, max_gamma: int = MAX_GAMMA, costs: StepCosts | None = None,
-                 source: str = "analysis") -> DraftChoice:
+                 source: str = "analysis", batch: int = 1, new_tokens: int | None = None) -> DraftChoice:
     """The draft layer k in 1..L-1 and draft length gamma in 1..max_gamma maximising
     :func:`expected_speedup` with the per-layer ``acceptance`` (L + 1 rates, index = layer) and the
-    cost model's ``costs`` (default :class:`StepCosts`; :func:`measure_step_costs` calibrates them); a
-    given ``draft_layer`` or ``gamma`` is kept and only the other one is chosen."""
+    cost model's ``costs`` (default :class:`StepCosts`; :func:`measure_step_costs` calibrates them) at
+    ``batch`` rows decoding ``new_tokens`` (``None``: per-round tokens only); a given ``draft_layer``
+    or ``gamma`` is kept and only the other one is chosen."""
     costs = costs or StepCosts()
     rates = np.asarray(acceptance, dtype=np.float64)
     if n_layers < 2:
@@ -182,8 +241,8 @@ def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int
         raise LayertraceError(f"gamma={gamma} must be in 1..64 (drafted tokens per round)")
     ks = [int(draft_layer)] if draft_layer is not None else list(range(1, n_layers))
     gs = [int(gamma)] if gamma is not None else list(range(1, max_gamma + 1))
-    best = max(((expected_speedup(rates[k], k, g, n_layers, costs.position_cost, costs.readout_cost,
-                                  costs.embed_cost), -k, -g) for k in ks for g in gs))
+    best = max(((expected_speedup(rates[k], k, g, n_layers, costs=costs, batch=batch, new_tokens=new_tokens), -k, -g)
+                for k in ks for g in gs))
     s, k, g = best[0], -best[1], -best[2]
     return DraftChoice(k, g, float(rates[k]), float(s), source, costs)
 

@@ -145,7 +145,8 @@ def lm_figures(lm_json: Mapping[str, Any] | str | Path) -> list[tuple[str, Any, 
     dec = lm.get("decoding")
     if dec and dec.get("batches"):
         names = {"full": "full", "self-speculative": "self-speculative\n(ours, lossless)",
-                 "calm": "CALM exit\n(ours, lossy)", "hf-assistant-early-exit": "HF assistant\nearly exit"}
+                 "calm": "CALM exit\n(ours, lossy)", "hf-generate": "HF generate\n(greedy)",
+                 "hf-assistant-early-exit": "HF assistant\nearly exit"}
         batches = list(dec["batches"])
         fig, ax = plt.subplots(figsize=(7.0, 3.4))
         width = 0.8 / max(1, len(batches))
@@ -168,12 +169,15 @@ def lm_figures(lm_json: Mapping[str, Any] | str | Path) -> list[tuple[str, Any, 
             draft = ", ".join(f"{t['draft_layer']}, {t['gamma']} at batch {b}" for b, t in per_batch.items())
         else:
             draft = f"{dec['draft_layer']}, {dec['gamma']}"
+        sources = {t.get("choice", {}).get("source", "analysis") for t in per_batch.values()}
+        chosen = ("from the acceptance measured on the prompts' greedy continuation" if sources == {"greedy continuation"}
+                  else "from the analysis pass's saturation statistic")
         same = "; ".join(f"batch {b}: " + ", ".join(f"{n} {t['identical']}/{t['rows']}" for n, t in dec["batches"][b].items())
                          for b in batches)
         caption = (f"Greedy decoding of the aligned model, {dec['n_prompts']} test prompts x {dec['max_new_tokens']} "
                    f"tokens, median of {dec['repeats']} interleaved repeats. Self-speculative: draft layer "
-                   f"k and draft length gamma {draft} (chosen from the analysis pass's saturation "
-                   f"statistic), verified by the full model, output identical to full decoding; CALM: tau "
+                   f"k and draft length gamma {draft} (chosen {chosen} and the measured cost model), "
+                   f"verified by the full model, output identical to full decoding; CALM: tau "
                    f"{dec['tau']}. Rows identical to full greedy decoding: {same}."
                    + (f" HF assistant_early_exit failed on this model ({dec['hf_error'][:80]})." if dec.get("hf_error") else ""))
         figures.append(("LM: decoding comparison", fig, caption))

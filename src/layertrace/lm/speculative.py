@@ -45,25 +45,141 @@ import torch
 from torch import Tensor
 
 from ..errors import LayertraceError
+from ..models.decode_step import window_steps
 from .generate import (
     GenerationResult, SamplingConfig, _eos_set, as_causal_adapter, choose_tokens, filter_logits,
     last_real_positions, prepare_prompt,
 )
-# Choosing k and gamma lives in draft_choice.py; its names stay importable from here (the tests, lm/__init__).
+# Choosing k and gamma lives in draft_choice.py (its names stay importable from here: the tests, lm/__init__);
+# measure_step_costs is here because it times self-speculative decoding itself.
 from .draft_choice import (MAX_GAMMA, DraftChoice, StepCosts, acceptance_by_layer, choose_draft,  # noqa: F401
-                           expected_speedup, expected_tokens_per_round, measure_step_costs, prompt_acceptance)
+                           expected_speedup, expected_tokens_per_round, measure_acceptance, prompt_acceptance)
+
+
+# ----------------------------------------------------------------------------- calibration
+def _timed(adapter: Any, fn) -> tuple[float, float]:
+    """(total seconds of ``fn()``, seconds of it spent outside ``adapter.embed`` / ``block`` / ``readout``)."""
+    import time
+
+    inside = [0.0]
+
+    def wrap(method):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside[0] += time.perf_counter() - t0
+        return timed
+
+    names = ("embed", "block", "readout")
+    for name in names:  # instance attributes shadow the methods for this call only
+        object.__setattr__(adapter, name, wrap(getattr(adapter, name)))
+    t0 = time.perf_counter()
+    try:
+        fn()
+    finally:
+        total = time.perf_counter() - t0
+        for name in names:
+            object.__delattr__(adapter, name)
+    return total, total - inside[0]
+
+
+def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5, repeats: int = 21,
+                       new_tokens: int = 12) -> StepCosts:
+    """Calibrate the cost model on this model, device and batch: time the pieces of decoding.
+
+    After a prefill of the (B, P) prompts, medians of ``repeats`` timings (interleaved over m) of a
+    cached step of m = 1..``window`` new tokens through all L blocks in order (what a decoding step or
+    a verify pass runs; the cache is cropped back after each), of one cached ``embed`` (one new token), of a draft
+    step's sliced embed and of the readout + argmax of (B, d) hidden states. The bookkeeping of both
+    loops is timed on one short greedy decode each (``new_tokens``; full decoding, and
+    self-speculative decoding with k = 1, gamma = 1) as their time outside embed / block / readout.
+    Everything is returned relative to one block on one new token (``block_costs[0] = 1``).
+    """
+    import statistics
+
+    from .generate import generate
+
+    def median_s(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    n_layers = adapter.n_layers
+    with torch.no_grad():
+        cache = adapter.new_cache()
+        adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, n_layers)
+
+        def step_inputs(t: int) -> dict[str, Any]:
+            return {"input_ids": ids[:, -1:].expand(-1, t),
+                    "attention_mask": torch.cat([mask, mask.new_ones(mask.shape[0], t)], 1), "past_key_values": cache}
+
+        def all_blocks(t: int):
+            inputs = step_inputs(t)
+            for _ in range(2):  # the first cached step of a shape teaches the adapter's decode path
+                st = adapter.embed(inputs)
+                for layer in range(1, n_layers + 1):
+                    st = adapter.block(layer, st)
+                for layer_cache in cache.layers:
+                    layer_cache.crop(-t)
+            st0 = adapter.embed(inputs)
+
+            def run():
+                st = st0
+                for layer in range(1, n_layers + 1):
+                    st = adapter.block(layer, st)
+                for layer_cache in cache.layers:
+                    layer_cache.crop(-t)
+            return run
+
+        # interleaved (every m once per repeat), so drifting machine load hits every m alike
+        runs = [all_blocks(t) for t in range(1, max(2, window) + 1)]
+        times: list[list[float]] = [[] for _ in runs]
+        for _ in range(repeats):
+            for run, acc in zip(runs, times):
+                t0 = time.perf_counter()
+                run()
+                acc.append(time.perf_counter() - t0)
+        per_block = [statistics.median(acc) / n_layers for acc in times]
+        one = per_block[0]
+        inputs = step_inputs(1)
+        embed = median_s(lambda: adapter.embed(inputs))
+        hidden = adapter.embed(inputs).hidden[:, -1]
+        readout = median_s(lambda: adapter.readout(hidden).float().argmax(-1))
+        wide = step_inputs(2)
+        stepper = window_steps(adapter, wide, adapter.embed(wide))
+        step_embed = median_s(lambda: stepper(1, ids[:, -1:])) if stepper is not None else embed
+        greedy = SamplingConfig("greedy")
+        kw = dict(max_new_tokens=new_tokens, sampling=greedy)
+        self_speculative_generate(adapter, ids, mask, draft_layer=1, gamma=1, **kw)  # warm-up: learn the cases
+        generate(adapter, ids, mask, **kw)
+        rounds: list[int] = []
+        _, spec_rest = _timed(adapter, lambda: rounds.append(
+            self_speculative_generate(adapter, ids, mask, draft_layer=1, gamma=1, **kw).stats["rounds"]))
+        _, full_rest = _timed(adapter, lambda: generate(adapter, ids, mask, **kw))
+    return StepCosts(position_cost=max(0.0, (per_block[-1] / one - 1.0) / (len(per_block) - 1)),
+                     readout_cost=readout / one, embed_cost=embed / one, source=f"measured at batch {ids.shape[0]}",
+                     block_costs=tuple(t / one for t in per_block), step_embed_cost=step_embed / one,
+                     loop_cost=full_rest / new_tokens / one, round_cost=spec_rest / max(1, rounds[0]) / one)
 
 
 # ----------------------------------------------------------------------------- decoding
 def _choice(adapter: Any, ids: Tensor, mask: Tensor, draft_layer: int | None, gamma: int | None, analysis: Any,
-            costs: StepCosts | str | None) -> DraftChoice:
-    """(k, gamma) as given, or chosen from ``analysis`` (else the (B, P) prompts) and ``costs``."""
+            costs: StepCosts | str | None, new_tokens: int | None = None) -> DraftChoice:
+    """(k, gamma) as given, or chosen from ``analysis`` (else the (B, P) prompts) and ``costs`` for the
+    batch of ``ids`` decoding ``new_tokens``."""
     n_layers = adapter.n_layers
     if draft_layer is not None and gamma is not None:
         choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
         choice.acceptance, choice.expected_speedup, choice.costs = float("nan"), float("nan"), None
         return choice
-    if analysis is not None:
+    if isinstance(analysis, str) and analysis == "measure":
+        rates, source = measure_acceptance(adapter, ids, mask), "greedy continuation"
+    elif analysis is not None:
         rates, source = acceptance_by_layer(analysis, n_layers), "analysis"
     else:
         rates, source = prompt_acceptance(adapter, ids, mask), "prompts"
@@ -71,7 +187,8 @@ def _choice(adapter: Any, ids: Tensor, mask: Tensor, draft_layer: int | None, ga
         if costs != "measure":
             raise LayertraceError(f"costs={costs!r}: use 'measure', a StepCosts or None (the defaults)")
         costs = measure_step_costs(adapter, ids, mask)
-    return choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma, costs=costs, source=source)
+    return choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma, costs=costs, source=source,
+                        batch=int(ids.shape[0]), new_tokens=new_tokens)
 
 
 def _draw(probs: Tensor, generator: torch.Generator) -> Tensor:
@@ -111,8 +228,10 @@ def self_speculative_generate(
         draft_layer: k in 1..L-1; ``None`` = chosen by :func:`choose_draft`.
         gamma: drafted tokens per round; ``None`` = chosen by :func:`choose_draft`.
         analysis: where the per-layer acceptance comes from when k or gamma is chosen: an
-            ``AnalysisResult``, its folder / ``analysis.json``, or L + 1 rates; ``None`` estimates it
-            on the prompts (:func:`prompt_acceptance`).
+            ``AnalysisResult``, its folder / ``analysis.json``, or L + 1 rates; ``"measure"``
+            measures it on the prompts' own greedy continuation (:func:`measure_acceptance`: what
+            drafting meets; the analysis pass's saturation on test text is a lower bound); ``None``
+            estimates it on the prompts' text (:func:`prompt_acceptance`).
         max_new_tokens, sampling, eos_token_id, pad_token_id: as for ``generate``. Greedy output is
             full greedy decoding's; sampled output has full sampling's distribution (not its random
             stream: the draws differ).
@@ -132,7 +251,7 @@ def self_speculative_generate(
     n_layers = adapter.n_layers
     sampling = sampling or SamplingConfig()
     ids, mask = prepare_prompt(input_ids, attention_mask, adapter.device)
-    choice = _choice(adapter, ids, mask, draft_layer, gamma, analysis, costs)
+    choice = _choice(adapter, ids, mask, draft_layer, gamma, analysis, costs, max_new_tokens)
     k, g = choice.draft_layer, choice.gamma
     eos = _eos_set(eos_token_id, ids.device)
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
@@ -140,7 +259,6 @@ def self_speculative_generate(
     batch, device = ids.shape[0], ids.device
     width = max_new_tokens + g + 1  # room for a round's overshoot
     out = torch.full((batch, width + 1), -1, dtype=torch.long, device=device)  # last column: discarded writes
-    count = torch.zeros(batch, dtype=torch.long, device=device)
     steps = torch.arange(g + 1, device=device)
 
     start = time.perf_counter()
@@ -151,57 +269,70 @@ def self_speculative_generate(
     last = state.hidden[torch.arange(batch, device=device), last_real_positions(mask)]
     pending = choose_tokens(adapter.readout(last), sampling, generator)
     out[:, 0] = pending
-    count += 1
+    pend = pending[:, None]  # (b, 1): the token each active row feeds next
     rows = torch.arange(batch, device=device)  # original row of each active row
+    cnt = torch.ones(batch, dtype=torch.long, device=device)  # tokens each active row has
+    hit = torch.isin(pending, eos) if eos is not None else None  # active rows that emitted eos
     drafted = accepted = rounds = row_rounds = 0
-
-    def done_rows() -> Tensor:
-        finished = count[rows] >= max_new_tokens
-        if eos is not None:
-            finished |= torch.isin(out[rows, :max_new_tokens], eos).any(1)
-        return finished
+    # The attention mask lives in a buffer of ones wide enough for every round (each adds at most
+    # gamma + 1 columns): a round's mask is a view, rejected drafts of a batch are written as holes.
+    past = mask.shape[1]
+    mask_buf = torch.cat([mask, mask.new_ones(batch, max_new_tokens * (g + 1) + g + 1)], dim=1)
+    # per-layer cache lengths are known (no get_seq_length): blocks 1..k hold the draft steps'
+    # positions, blocks k+1..L the verify window's
+    shallow, deep = cache.layers[:k], cache.layers[k:]
+    f32 = torch.float32
 
     while True:
-        finished = done_rows()
-        if bool(finished.any()):
+        lo, hi = (int(c) for c in cnt.aminmax())
+        if hi >= max_new_tokens or (hit is not None and bool(hit.any())):
+            finished = cnt >= max_new_tokens
+            if hit is not None:
+                finished |= hit
             keep = (~finished).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, mask, pending = rows[keep], mask[keep], pending[keep]
+            rows, mask_buf, pend, cnt = rows[keep], mask_buf[keep], pend[keep], cnt[keep]
+            hit = hit[keep] if hit is not None else None
             cache.batch_select_indices(keep)
+            lo = int(cnt.min())
         b = rows.shape[0]
         # no row can use more than its remaining tokens: shorter drafts near the end
-        g_now = int(min(g, int((max_new_tokens - count[rows]).max()) - 1))
-        g_now = max(g_now, 0)
-        past = mask.shape[1]
-        wide_mask = torch.cat([mask, mask.new_ones(b, g_now + 1)], dim=1)
+        g_now = max(0, min(g, max_new_tokens - lo - 1))
+        wide_mask = mask_buf[:, :past + g_now + 1]
         # The verify pass's state (masks and positions of the window: the pending token, then the
         # drafts) is embedded first, while every layer's cache still holds `past` tokens (embed reads
         # the cache length, which the draft steps change); its layer-0 hidden is replaced below.
-        # Each draft step, the first included, embeds one token: with the adapter's decode path an
-        # embed costs ~0.2 block, less than running blocks 1..k over the whole window.
-        verify = adapter.embed({"input_ids": pending[:, None].expand(b, g_now + 1), "attention_mask": wide_mask,
-                                "past_key_values": cache})
-        hidden_k: list[Tensor] = []
-        draft_tokens: list[Tensor] = []
+        # Each draft step embeds one token; with the adapter's decode path its positions, masks and
+        # rotary tables are slices of the window's (window_steps), so a step costs an embedding lookup.
+        window = {"input_ids": pend.expand(b, g_now + 1), "attention_mask": wide_mask, "past_key_values": cache}
+        verify = adapter.embed(window)
+        stepper = window_steps(adapter, window, verify)
+        hidden_k: list[Tensor] = []  # (b, 1, d) layer-k states of the pending token and the drafts
+        draft_tokens: list[Tensor] = []  # (b, 1) each
         draft_probs: list[Tensor] = []
-        token = pending
+        token = pend
         for j in range(g_now + 1):
-            st = adapter.embed({
-                "input_ids": token[:, None], "attention_mask": wide_mask[:, :past + j + 1], "past_key_values": cache})
+            if stepper is not None:
+                st = stepper(j, token)
+            else:
+                st = adapter.embed({"input_ids": token, "attention_mask": wide_mask[:, :past + j + 1],
+                                    "past_key_values": cache})
             for layer in range(1, k + 1):
                 st = adapter.block(layer, st)
-            hidden_k.append(st.hidden[:, -1])
+            hidden_k.append(st.hidden)
             if j == g_now:
                 break
-            logits = adapter.readout(hidden_k[-1]).float()
+            logits = adapter.readout(st.hidden)  # (b, 1, V)
+            if logits.dtype != f32:
+                logits = logits.float()
             if sampling.do_sample:
-                q = _probs(logits, sampling)
-                token = _draw(q, generator)
+                q = _probs(logits[:, 0], sampling)
+                token = _draw(q, generator)[:, None]
                 confident = q.max(-1).values >= confidence if confidence > 0 else None
             else:
                 token = logits.argmax(-1)
-                confident = torch.softmax(logits, -1).max(-1).values >= confidence if confidence > 0 else None
+                confident = torch.softmax(logits[:, 0], -1).max(-1).values >= confidence if confidence > 0 else None
             if confident is not None and not bool(confident.any()):
                 # no row's draft is confident: stop drafting (this draft is dropped; hidden_k already
                 # holds the last kept draft's layer-k state, so the verify pass gets g_eff + 1 positions)
@@ -213,12 +344,14 @@ def self_speculative_generate(
         blocks_run += (g_now + 1) * k * b + (n_layers - k) * b
         # positions past g_now (a draft stopped early) are filler: causal attention keeps them out of
         # the kept positions, their logits are not read and their cache entries are cropped below
-        hidden = torch.stack(hidden_k + hidden_k[-1:] * (g_win - g_now), dim=1)
+        hidden = torch.cat(hidden_k + hidden_k[-1:] * (g_win - g_now), dim=1)
         st = verify.replace(hidden)
         for layer in range(k + 1, n_layers + 1):
             st = adapter.block(layer, st)
-        full_logits = adapter.readout(st.hidden[:, :g_now + 1]).float()  # (b, g_now + 1, V)
-        drafts = torch.stack(draft_tokens, dim=1) if draft_tokens else pending.new_zeros(b, 0)
+        full_logits = adapter.readout(st.hidden if g_now == g_win else st.hidden[:, :g_now + 1])  # (b, g_now + 1, V)
+        if full_logits.dtype != f32:
+            full_logits = full_logits.float()
+        drafts = torch.cat(draft_tokens, dim=1) if draft_tokens else pend.new_zeros(b, 0)
         if sampling.do_sample:
             p = _probs(full_logits, sampling)
             if g_now:
@@ -243,27 +376,39 @@ def self_speculative_generate(
             emitted[torch.arange(b, device=device), n_ok] = last_token
         else:
             full_tokens = full_logits.argmax(-1)  # (b, g_now + 1)
-            n_ok = (drafts == full_tokens[:, :g_now]).long().cumprod(1).sum(1)
+            n_ok = (drafts == full_tokens[:, :g_now]).cumprod(1).sum(1) if g_now else full_tokens.new_zeros(b)
             emitted = full_tokens  # equal to the drafts on the accepted prefix
         rounds += 1
         row_rounds += b
         drafted += g_now * b
-        accepted += int(n_ok.sum())
-        # write tokens 0..n_ok of each row after what it has; positions past n_ok go to the dump column
-        keep_tok = steps[: g_now + 1][None] <= n_ok[:, None]
-        dest = torch.where(keep_tok, count[rows][:, None] + steps[: g_now + 1][None], torch.full_like(emitted, width))
-        out[rows[:, None].expand_as(dest), dest.clamp(max=width)] = emitted
-        count[rows] += n_ok + 1
-        pending = emitted[torch.arange(b, device=device), n_ok]
+        n_max = int(n_ok.max())
+        longest = n_max + 1
+        if b == 1:  # one row keeps tokens 0..n_ok: plain slices, no holes
+            accepted += n_max
+            c = int(cnt)
+            out[rows, c:c + longest] = emitted[:, :longest]
+            if hit is not None:
+                hit = torch.isin(emitted[:, :longest], eos).any(1)
+        else:
+            accepted += int(n_ok.sum())
+            # write tokens 0..n_ok of each row after what it has; positions past n_ok go to the dump column
+            keep_tok = steps[: g_now + 1] <= n_ok[:, None]
+            dest = torch.where(keep_tok, cnt[:, None] + steps[: g_now + 1], width)
+            out[rows[:, None], dest] = emitted
+            if hit is not None:
+                hit = hit | (torch.isin(emitted, eos) & keep_tok).any(1)
+            # rejected drafts of rows that accepted fewer than the longest become holes
+            mask_buf[:, past:past + longest] = keep_tok[:, :longest]
+        cnt = cnt + n_ok + 1
+        pend = emitted.gather(1, n_ok[:, None])
         # the cache holds pending + drafts (g_now + 1 positions; g_win + 1 in blocks k+1..L); a row
-        # keeps 0..n_ok (the pending token and its accepted drafts), rejected ones become holes; every
-        # layer is cropped past the longest kept prefix
-        longest = int(n_ok.max()) + 1
-        mask = torch.cat([mask, keep_tok[:, :longest].long()], dim=1)
-        for layer_cache in cache.layers:
-            extra = layer_cache.get_seq_length() - (past + longest)
-            if extra:
-                layer_cache.crop(-extra)
+        # keeps 0..n_ok (the pending token and its accepted drafts); every layer is cropped past the
+        # longest kept prefix
+        past += longest
+        for layers, held in ((shallow, g_now + 1), (deep, g_win + 1)):
+            if held > longest:
+                for layer_cache in layers:
+                    layer_cache.crop(longest - held)
     seconds = time.perf_counter() - start
 
     tokens = out[:, :max_new_tokens].clone()
@@ -282,15 +427,15 @@ def self_speculative_generate(
     )
 
 
-def _hf_early_exit(model: Any, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, eos: int | None):
-    """HF's self-speculative decoding (``generate(..., assistant_early_exit=k)``, batch 1 only):
-    (new tokens (1, n), their real-token mask, seconds)."""
+def _hf_generate(model: Any, ids: Tensor, mask: Tensor, max_new_tokens: int, eos: int | None, **extra: Any):
+    """HF ``model.generate`` greedy (``extra``: e.g. ``assistant_early_exit=k``, HF's self-speculative
+    decoding, batch 1 only): (new tokens (B, n), their real-token mask, seconds)."""
     config = model.config
     n_layers = config.num_hidden_layers  # HF sets it to k while drafting and does not restore it on an error
     start = time.perf_counter()
     try:
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             assistant_early_exit=k, eos_token_id=eos, pad_token_id=eos if eos is not None else 0)
+                             eos_token_id=eos, pad_token_id=eos if eos is not None else 0, **extra)
     finally:
         config.num_hidden_layers = n_layers
     seconds = time.perf_counter() - start
@@ -306,8 +451,9 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
                      analysis: Any = None, tau: float = 0.4, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3,
                      max_new_tokens: int = 32, eos_token_id: int | None = None, hf: bool = True,
                      confidence: float = 0.0, costs: StepCosts | str | None = "measure") -> dict[str, Any]:
-    """Greedy decoding side by side: full, self-speculative (ours), CALM-style early exit (ours, ``tau``)
-    and, at batch 1, HF ``generate(..., assistant_early_exit=k)`` with the same k.
+    """Greedy decoding side by side: full, self-speculative (ours), CALM-style early exit (ours, ``tau``),
+    HF ``model.generate`` (plain greedy: what users run) and, at batch 1, HF
+    ``generate(..., assistant_early_exit=k)`` with the same k.
 
     For every repeat and every chunk of ``batch_size`` prompts all decoders run back to back
     (interleaved), so machine noise hits them alike. tokens/s of a decoder in a repeat = its real
@@ -318,9 +464,11 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
         model: an HF causal LM (its adapter is built here); prompts: (N, P) unpadded prompts.
         draft_layer, gamma, analysis, costs: as for :func:`self_speculative_generate`; what is not
             given is chosen per batch size (``"measure"``: the cost model calibrated on the first
-            chunk of that batch size, before any decoder is timed).
-        hf: include HF's decoder (skipped when it fails on this model, e.g. GPT-2 in transformers 5:
-            its early-exit assistant builds a cache of k layers and the model runs all L into it).
+            chunk of that batch size, before any decoder is timed; ``analysis="measure"``: the
+            acceptance measured once on the greedy continuation of all ``prompts``).
+        hf: include HF's decoders (assistant_early_exit is skipped when it fails on this model, e.g.
+            GPT-2 in transformers 5: its early-exit assistant builds a cache of k layers and the model
+            runs all L into it).
     Returns:
         ``{"draft_layer", "gamma", "choice", "tau", "repeats", "max_new_tokens", "n_prompts",
         "batches": {"<batch size>": {decoder: {tokens_per_s, speedup, identical, rows}}}, "hf_error"}``;
@@ -336,8 +484,15 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
     hf_model = adapter.model
     chunks_of = {int(b): [prompts[i:i + int(b)].to(adapter.device) for i in range(0, prompts.shape[0], int(b))]
                  for b in batch_sizes}
-    choices = {b: _choice(adapter, c[0], torch.ones_like(c[0]), draft_layer, gamma, analysis, costs)
+    measured = isinstance(analysis, str) and analysis == "measure"
+    if measured and (draft_layer is None or gamma is None):  # one estimate over all prompts, not per chunk
+        analysis = measure_acceptance(adapter, prompts.to(adapter.device), torch.ones_like(prompts).to(adapter.device),
+                                      new_tokens=max_new_tokens)
+    choices = {b: _choice(adapter, c[0], torch.ones_like(c[0]), draft_layer, gamma, analysis, costs, max_new_tokens)
                for b, c in chunks_of.items()}
+    if measured:
+        for c in choices.values():
+            c.source = "greedy continuation" if c.source == "analysis" else c.source
     choice = choices[int(batch_sizes[0])]
     k = choice.draft_layer
     greedy = SamplingConfig("greedy")
@@ -345,7 +500,8 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
     hf_error = None
     if hf:
         try:
-            _hf_early_exit(hf_model, prompts[:1], torch.ones_like(prompts[:1]), k, max_new_tokens, eos_token_id)
+            _hf_generate(hf_model, prompts[:1], torch.ones_like(prompts[:1]), max_new_tokens, eos_token_id,
+                         assistant_early_exit=k)
         except Exception as exc:  # noqa: BLE001 - HF's own limitation, reported in the result
             hf_error = f"{type(exc).__name__}: {exc}"
     out: dict[str, Any] = {"draft_layer": k, "gamma": choice.gamma, "choice": choice.to_dict(), "tau": float(tau),
@@ -359,9 +515,11 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
                                                                      confidence=confidence, **common),
             "calm": lambda i, m: early_exit_generate(adapter, i, m, tau=tau, **common),
         }
+        if hf:  # what users run: HF's own greedy decoding (any batch size)
+            decoders["hf-generate"] = lambda i, m: _hf_generate(hf_model, i, m, max_new_tokens, eos_token_id)
         if hf and hf_error is None and batch == 1:
-            decoders["hf-assistant-early-exit"] = lambda i, m: _hf_early_exit(hf_model, i, m, k, max_new_tokens,
-                                                                             eos_token_id)
+            decoders["hf-assistant-early-exit"] = lambda i, m: _hf_generate(hf_model, i, m, max_new_tokens,
+                                                                           eos_token_id, assistant_early_exit=k)
         chunks = chunks_of[int(batch)]
         speeds: dict[str, list[float]] = {n: [] for n in decoders}
         first: dict[str, list[Tensor]] = {n: [] for n in decoders}
@@ -404,4 +562,5 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
 
 
 __all__ = ["DraftChoice", "StepCosts", "acceptance_by_layer", "choose_draft", "compare_decoders", "expected_speedup",
-           "expected_tokens_per_round", "measure_step_costs", "prompt_acceptance", "self_speculative_generate"]
+           "expected_tokens_per_round", "measure_acceptance", "measure_step_costs", "prompt_acceptance",
+           "self_speculative_generate"]

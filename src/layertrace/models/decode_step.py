@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +54,8 @@ class DecodeStep:
                        and id(m) not in blocks]
         self.cases: dict[tuple, Any] = {}  # case -> (hidden rule, per-sample rules, templates) or None
         self.broken = False
+        self.sliced: dict[tuple, bool] = {}  # rotary rule -> its window slice equals the module's call
+        self.last_case: tuple[Any, tuple | None] = (None, None)  # (2-D mask, case) of the last state()
 
     @staticmethod
     def refusal(model: nn.Module) -> str | None:
@@ -195,6 +197,7 @@ class DecodeStep:
     def state(self, inputs: Mapping[str, Any], keep: Mapping[str, Tensor]) -> State | None:
         """The State of a cached decoding step, or ``None`` where the replay must run (unlearned case)."""
         case = self._case(inputs, keep)
+        self.last_case = (inputs["attention_mask"], case)  # window_steps of the same window reuses it
         learned = self.cases.get(case) if case is not None else None
         if learned is None:
             return None
@@ -208,3 +211,74 @@ class DecodeStep:
             per_sample[key] = self._derive(rule, ctx)
         shared = {"calls": calls, "cache": inputs["past_key_values"]}
         return State(hidden=hidden, per_sample=per_sample, shared=shared)
+
+    # --------------------------------------------------------------- one-token steps inside a window
+    def window_steps(self, batch: Mapping[str, Any], window: State) -> "Callable[[int, Tensor], State] | None":
+        """The one-token decoding steps at the positions of a T-token window, derived from its embed.
+
+        Self-speculative drafting embeds a window of T new positions once (for the verify pass) and then
+        decodes its positions one token at a time, the cache holding ``past + j`` tokens at position j.
+        Everything such a step's State holds but the token embedding is a slice of the window's: the
+        position ids, the 2-D mask's first ``past + j + 1`` columns, the rotary ``(cos, sin)`` of that
+        position (elementwise in the position, so the slice is bit-equal to the module's call; checked
+        once per table with ``torch.equal``). The returned ``step(j, ids)`` ((B, 1) ids) gives the
+        State :meth:`state` would derive for that step, without re-deriving the window's positions
+        and masks. ``None`` where the one-token case is not learned or the window is not a cached
+        decoding step (then ``adapter.embed`` per step is the way).
+
+        Args:
+            batch: the window's batch (``input_ids`` (B, T), ``attention_mask`` (B, past + T),
+                ``past_key_values``), as given to ``adapter.embed``.
+            window: the State ``adapter.embed(batch)`` returned.
+        """
+        mask2d = batch.get("attention_mask")
+        if mask2d is None or "position_ids" not in window.per_sample:
+            return None
+        last = self.last_case
+        case = last[1] if last[0] is mask2d else self._case(batch, {})  # the window's embed just derived it
+        if case is None:
+            return None
+        learned = self.cases.get((case[0], True, case[2], case[3]))
+        if learned is None:
+            return None
+        hidden_rule, rules, calls = learned
+        cache = batch["past_key_values"]
+        pos_w = window.per_sample["position_ids"]
+        t = int(pos_w.shape[1])
+        past = int(mask2d.shape[1]) - t
+        window_rules = self.cases.get(case) or (None, {}, None)
+        tables = {rule: window.per_sample[key] for key, rule in window_rules[1].items() if rule[0] == "rotary"}
+
+        # every per-step slice made at once (one split per tensor instead of a slice per step)
+        pos_steps = pos_w.split(1, dim=1)
+        new_cols = mask2d[:, past:].split(1, dim=1)
+        table_steps = {rule: table.split(1, dim=1) for rule, table in tables.items()
+                       if table.dim() >= 2 and table.shape[1] == t}
+        masked = any(rule[0].startswith("mask") for rule in rules.values())
+
+        def step(j: int, ids: Tensor) -> State:
+            pos = pos_steps[j]
+            hidden = self._hidden(hidden_rule, ids, pos)
+            ctx = {"pos": pos, "t": 1, "hidden": hidden}
+            if masked:
+                ctx["mask2d"] = mask2d[:, :past + j + 1]
+            per_sample = {"attention_mask": new_cols[j], "position_ids": pos}
+            for key, rule in rules.items():
+                sliced = table_steps.get(rule)
+                if sliced is not None:
+                    got = sliced[j]
+                    if rule not in self.sliced:  # once per table: the slice is what the module returns
+                        self.sliced[rule] = torch.equal(got, self._derive(rule, ctx))
+                    per_sample[key] = got if self.sliced[rule] else self._derive(rule, ctx)
+                else:
+                    per_sample[key] = self._derive(rule, ctx)
+            return State(hidden=hidden, per_sample=per_sample, shared={"calls": calls, "cache": cache})
+
+        return step
+
+
+def window_steps(adapter: Any, batch: Mapping[str, Any], window: State) -> "Callable[[int, Tensor], State] | None":
+    """:meth:`DecodeStep.window_steps` of ``adapter``'s decode path, or ``None`` (no decode path: an
+    adapter without one, a replayed family, an unlearned one-token case): then embed each step."""
+    step = getattr(adapter, "_decode_step", None)
+    return step.window_steps(batch, window) if step is not None else None
