@@ -392,6 +392,10 @@ def test_cli_generate_speculative_equals_full(tmp_path, capsys):
     assert outs["speculative"]["texts"] == outs["full"]["texts"] and len(outs["full"]["texts"]) == 2
     assert outs["speculative"]["stats"]["choice"]["source"] == "prompts"
     assert "tokens/round" in capsys.readouterr().out
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the film,the plan is", "--analysis",
+                 "measure", "--max_new_tokens", "9", "--out", str(tmp_path / "measured")]) == 0
+    measured = read_json(tmp_path / "measured" / "generate.json")
+    assert measured["texts"] == outs["full"]["texts"] and measured["stats"]["choice"]["source"] == "greedy continuation"
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "x", "--decoder", "fast"]) == 2
 
 
