@@ -89,6 +89,26 @@ def test_greedy_with_eos_stops_rows_like_full_decoding(lm):
     assert bool((spec.new_mask[:, width:] == 0).all()) and bool((spec.new_tokens[:, width:] == 5).all())
 
 
+@pytest.mark.parametrize("k,gamma", [(1, 3), (2, 2)])
+def test_greedy_with_eos_at_batch_1_stops_like_full_decoding(lm, k, gamma):
+    """Batch 1 takes its own path (plain slices, no holes): eos mid-round stops the row there."""
+    batch = padded_batch(lm.config.vocab_size, "left")
+    for row in range(4):
+        prompt = batch["input_ids"][row][batch["attention_mask"][row].bool()][None]
+        free = generate(lm, prompt, max_new_tokens=14, sampling=GREEDY)
+        eos = int(free.new_tokens[0, 5])
+        full = generate(lm, prompt, max_new_tokens=14, sampling=GREEDY, eos_token_id=eos, pad_token_id=7)
+        spec = self_speculative_generate(lm, prompt, draft_layer=k, gamma=gamma, max_new_tokens=14, sampling=GREEDY,
+                                         eos_token_id=eos, pad_token_id=7)
+        width = full.new_tokens.shape[1]
+        assert torch.equal(spec.new_tokens[:, :width], full.new_tokens), row
+        assert torch.equal(spec.new_mask[:, :width], full.new_mask)
+        assert int(spec.new_mask.sum()) == int(full.new_mask.sum())
+        unstopped = self_speculative_generate(lm, prompt, draft_layer=k, gamma=gamma, max_new_tokens=14,
+                                              sampling=GREEDY)
+        assert spec.stats["rounds"] < unstopped.stats["rounds"]  # decoding stopped at the eos
+
+
 def test_verify_pass_reuses_the_draft_blocks(lm):
     """Blocks 1..k run once per draft step (gamma + 1 per round), blocks k+1..L once per round."""
     adapter = adapt(lm)
@@ -372,6 +392,10 @@ def test_cli_generate_speculative_equals_full(tmp_path, capsys):
     assert outs["speculative"]["texts"] == outs["full"]["texts"] and len(outs["full"]["texts"]) == 2
     assert outs["speculative"]["stats"]["choice"]["source"] == "prompts"
     assert "tokens/round" in capsys.readouterr().out
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the film,the plan is", "--analysis",
+                 "measure", "--max_new_tokens", "9", "--out", str(tmp_path / "measured")]) == 0
+    measured = read_json(tmp_path / "measured" / "generate.json")
+    assert measured["texts"] == outs["full"]["texts"] and measured["stats"]["choice"]["source"] == "greedy continuation"
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "x", "--decoder", "fast"]) == 2
 
 

@@ -42,7 +42,8 @@ class GenerateConfig:
         "help": "stop a round's drafting when no row's draft probability reaches this (0 = off; lossless)",
         "check": "[0, 1]"})
     analysis: Optional[str] = field(default=None, metadata={
-        "help": "analysis.json (or its folder) giving per-layer acceptance (default: the model folder's)"})
+        "help": "analysis.json (or its folder) giving per-layer acceptance (default: the model folder's); "
+                "'measure': measured on the prompts' greedy continuation"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per prompt", "check": ">= 1"})
     strategy: str = field(default="greedy", metadata={"help": "greedy | nucleus | top_k | sample",
                                                            "choices": ("greedy", "nucleus", "top_k", "sample")})

@@ -322,11 +322,6 @@ def compare_with_paper(standard: dict[str, Any], aligned: dict[str, Any]) -> dic
     }
 
 
-def _train_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / run_folder.TRAIN_SUMMARY
-    return read_json(path) if path.is_file() else {}
-
-
 def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", progress: Any = None,
                  threads: int | None = None, encoder: Any = "default", device: str = "auto",
                  **overrides: Any) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Choosing the draft layer k and the draft length gamma of self-speculative decoding
-(:mod:`layertrace.lm.speculative`): the acceptance rate per layer (from the analysis pass's
-saturation statistic or from the prompts) and the expected speed-up of a simple cost model."""
+(:mod:`layertrace.lm.speculative`): the acceptance rate per layer (measured on the prompts' greedy
+continuation, from the analysis pass's saturation statistic or from the prompts' text) and the
+expected speed-up of a cost model (its constants measured by
+:func:`~layertrace.lm.speculative.measure_step_costs`)."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def expected_rounds(acceptance: float, gamma: int, new_tokens: int, batch: int =
 @dataclass
 class StepCosts:
     """The constants of :func:`expected_speedup`'s cost model, in units of one block on one new token
-    of every row: defaults (measured once on the 6 x 128 demo LM) or :func:`measure_step_costs`'.
+    of every row: defaults (measured once on the 6 x 128 demo LM) or :func:`~layertrace.lm.speculative.measure_step_costs`'.
 
     Attributes:
         position_cost: extra cost of each further new token in a block call (when ``block_costs`` is empty).
@@ -147,7 +149,7 @@ def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: 
     draft), ``gamma`` draft readouts, ``(n_layers - k + readout_cost) * block(gamma + 1)`` (the
     verify pass over gamma + 1 positions), ``round_cost`` (its bookkeeping and first two draft-step
     embeds) and ``step_embed_cost`` per further draft step. ``costs`` (a :class:`StepCosts`) replaces
-    the three keyword constants; :func:`measure_step_costs` measures all of them on a model and batch.
+    the three keyword constants; :func:`~layertrace.lm.speculative.measure_step_costs` measures all of them on a model and batch.
     Without ``costs`` (or with unmeasured ones) every draft step embeds at ``embed_cost`` and the
     bookkeeping costs nothing else.
 
@@ -228,7 +230,7 @@ def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int
                  source: str = "analysis", batch: int = 1, new_tokens: int | None = None) -> DraftChoice:
     """The draft layer k in 1..L-1 and draft length gamma in 1..max_gamma maximising
     :func:`expected_speedup` with the per-layer ``acceptance`` (L + 1 rates, index = layer) and the
-    cost model's ``costs`` (default :class:`StepCosts`; :func:`measure_step_costs` calibrates them) at
+    cost model's ``costs`` (default :class:`StepCosts`; :func:`~layertrace.lm.speculative.measure_step_costs` calibrates them) at
     ``batch`` rows decoding ``new_tokens`` (``None``: per-round tokens only); a given ``draft_layer``
     or ``gamma`` is kept and only the other one is chosen."""
     costs = costs or StepCosts()

@@ -17,8 +17,10 @@ KV reuse. The verify pass does not re-run blocks 1..k: the draft already ran the
 token and the drafts (one more single-token step feeds the last draft), left their keys / values in
 the cache and its layer-k hidden states are kept; the verify pass runs blocks k+1..L on those
 ``gamma + 1`` hidden states only, with the masks of one ``embed`` over the window made before the
-draft (the adapter's decode path makes an embed cheap). Blocks 1..k cost ``gamma + 1`` single-token
-steps per round and blocks k+1..L one (gamma + 1)-token step.
+draft; each draft step's own state is a slice of that embed
+(:meth:`~layertrace.models.decode_step.DecodeStep.window_steps`; ``adapter.embed`` per step where the
+adapter has no decode path). Blocks 1..k cost ``gamma + 1`` single-token steps per round and blocks
+k+1..L one (gamma + 1)-token step.
 
 Batching: padding, not per-row cache lengths. All rows share one rectangular cache (one HF
 ``DynamicCache``). After verification a row that accepted fewer tokens than the batch's longest keeps
@@ -26,13 +28,17 @@ its rejected positions as holes: they are set to 0 in the attention mask (so not
 and ``cumsum(mask)`` position ids skip them), and the cache is cropped (``DynamicCache.crop``) only
 past the longest accepted prefix. A row that is done (``max_new_tokens`` reached or eos emitted) is
 dropped from the batch (``DynamicCache.batch_select_indices``), so it costs nothing afterwards.
-Everything goes through the public adapter API (``embed`` / ``block`` / ``readout``, ``new_cache``).
+Nothing is recomputed for a row that rejected early (every row runs the same window once); what a
+batch costs is waiting for its slowest row (:func:`~layertrace.lm.draft_choice.expected_rounds`).
+Everything goes through the adapter API (``embed`` / ``block`` / ``readout``, ``new_cache``).
 
 Choosing ``k`` and ``gamma``. A greedy draft token is accepted when the layer-k readout agrees with
-the final prediction: the saturation statistic of the analysis pass (fraction of tokens whose
-prediction has settled at layer k, ``saturation_cumulative``) is that acceptance rate (a lower
-bound). :func:`choose_draft` picks the (k, gamma) with the best expected speed-up under a simple cost
-model (:func:`expected_speedup`); ``draft_layer=`` / ``gamma=`` override it.
+the final prediction: measured on the prompts' greedy continuation (``analysis="measure"``,
+:func:`measure_acceptance`), or the saturation statistic of the analysis pass (fraction of tokens
+whose prediction has settled at layer k, ``saturation_cumulative``: a lower bound).
+:func:`choose_draft` picks the (k, gamma) with the best expected speed-up under a cost model
+(:func:`expected_speedup`; :func:`measure_step_costs` calibrates it); ``draft_layer=`` / ``gamma=``
+override it.
 """
 
 from __future__ import annotations
