@@ -185,3 +185,4 @@ def test_training_mode_and_switch_replay(monkeypatch):
     model.eval()
     adapter.embed(b)
     assert replays["n"] == 2
+

@@ -58,8 +58,6 @@ from .self_check import (VERIFIED, _input_device, dispatched, dispatched_fast, p
                          run_self_check, unmaterialised)
 
 POOLINGS = ("auto", "cls", "mean", "last")
-# prediction features that are single tokens (or ViT-style two): read before the per-token final norm
-_TOKEN_SELECTS = ("cls", "final_pos", "two", "last", "eos")
 # Batch keys adapt() handles itself (everything else in a batch goes to the model unchanged).
 _CAUSAL_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "position_ids", "past_key_values")
 
@@ -376,19 +374,16 @@ class HFAutoAdapter(Adapter):
         if self.kind == "causal_lm":
             return h
         spec, select = self.spec, self._select_mode()
-        norm = spec.norm if (self.pooling == "auto" and spec.norm_first and self.final_norm) else None
-        if select in _TOKEN_SELECTS:  # the final norm is per token: norm the selected tokens only (same values)
-            if select == "cls":
-                h = h[:, 0]
-            elif select == "final_pos":
-                h = h[:, -1]
-            elif select == "two":
-                h = h[:, :2]
-            else:  # last / eos
-                h = h[torch.arange(h.shape[0], device=h.device), state.per_sample["pool_index"].to(h.device)]
-            return h if norm is None else norm(h)
-        if norm is not None:
-            h = norm(h)
+        if self.pooling == "auto" and spec.norm_first and self.final_norm and spec.norm is not None:
+            h = spec.norm(h)
+        if select == "cls":
+            return h[:, 0]
+        if select in ("last", "eos"):
+            return h[torch.arange(h.shape[0], device=h.device), state.per_sample["pool_index"].to(h.device)]
+        if select == "final_pos":
+            return h[:, -1]
+        if select == "two":
+            return h[:, :2]
         if select == "mean":
             mask = state.per_sample.get("attention_mask")
             if mask is None:
