@@ -185,4 +185,3 @@ def test_training_mode_and_switch_replay(monkeypatch):
     model.eval()
     adapter.embed(b)
     assert replays["n"] == 2
-
