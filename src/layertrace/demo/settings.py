@@ -99,7 +99,7 @@ class ExitSection:
         "samples timed at batch size 64 per threshold (every sweep point is timed; 8 batches, whose running samples "
         "the stream executor pools between layers)", check=">= 1"))
     measure_samples_batch1: int = field(default=8, metadata=_h("samples timed at batch size 1 per threshold", check=">= 0"))
-    repeats: int = field(default=3, metadata=_h("interleaved timing repeats (medians are reported)", check=">= 1"))
+    repeats: int = field(default=5, metadata=_h("interleaved timing repeats (medians are reported)", check=">= 1"))
     threads: Optional[int] = field(default=1, metadata=_h(
         "torch CPU threads while timing (1: the benchmark protocol, steadier on a shared CPU; none = unchanged)"))
     tolerance: float = field(default=0.01, metadata=_h(
