@@ -4,7 +4,9 @@ head, at one threshold and with nothing exiting, plus a cProfile of the stream c
 
     .venv/bin/python benchmarks/bench_exit_fixed_costs.py RUN_DIR/exit-config.yaml --threshold 0.5
 
-CPU time, one torch thread, median of ``--repeats`` calls; 8 batches (the demo's stream window).
+CPU time (the executor timing's ``cpu`` clock), one torch thread, ``--repeats`` interleaved rounds of
+full forward then stream call, speed-up = the median of the per-round ratios; 8 batches (the demo's
+stream window).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import cProfile
 import os
 import pstats
-import time
+import statistics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -23,15 +25,7 @@ from layertrace.config import load_config  # noqa: E402
 from layertrace.exits.config import ExitConfig  # noqa: E402
 from layertrace.exits.executor import run_early_exit_stream  # noqa: E402
 from layertrace.exits.run import _load  # noqa: E402
-
-
-def _median_cpu_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return sorted(times)[repeats // 2]
+from layertrace.exits.timing import CLOCKS, _timed  # noqa: E402
 
 
 def main() -> None:
@@ -51,12 +45,16 @@ def main() -> None:
             for threshold in (args.threshold, 2.0):  # 2.0: nobody exits (the fixed-depth path)
                 result = run_early_exit_stream(adapter, batches, "confidence", threshold, readout)
                 layer_speedup = adapter.n_layers / result.exit_layers.float().mean().item()
-                full = _median_cpu_s(lambda: [adapter.model(**b) for b in batches], args.repeats)
-                stream = _median_cpu_s(lambda: run_early_exit_stream(adapter, batches, "confidence", threshold,
-                                                                     readout), args.repeats)
+                device = result.logits.device
+                rounds = [(_timed(lambda: [adapter.model(**b) for b in batches], device, CLOCKS["cpu"]),
+                           _timed(lambda: run_early_exit_stream(adapter, batches, "confidence", threshold, readout),
+                                  device, CLOCKS["cpu"]))
+                          for _ in range(args.repeats)]
+                measured = statistics.median(full / stream for full, stream in rounds)
                 print(f"readout {name}, threshold {threshold:g}: layer speed-up {layer_speedup:.2f}x, full "
-                      f"{full:.4f} s, stream {stream:.4f} s, measured {full / stream:.2f}x, ratio "
-                      f"{full / stream / layer_speedup:.2f}")
+                      f"{statistics.median(r[0] for r in rounds):.4f} s, stream "
+                      f"{statistics.median(r[1] for r in rounds):.4f} s, measured {measured:.2f}x, ratio "
+                      f"{measured / layer_speedup:.2f}")
         profile = cProfile.Profile()
         profile.enable()
         for _ in range(5):
