@@ -58,6 +58,19 @@ def test_aligned_trainer_loss_is_the_aligned_loss(tmp_path):
     torch.testing.assert_close(plain, F.cross_entropy(model(**batch).logits, batch["labels"]))
 
 
+def test_aligned_trainer_passes_self_distillation(tmp_path):
+    model = _tiny_bert().train()
+    trainer = _trainer(tmp_path, model, distill=0.5)
+    batch = _batch(_examples(8))
+    torch.manual_seed(0)  # the dropout of both forwards below
+    loss = trainer.compute_loss(model, dict(batch))
+    torch.manual_seed(0)
+    trace = adapt(model).trace(batch, layers="1:")
+    w = weights_for_layers("linear", 3, [1, 2, 3])
+    torch.testing.assert_close(loss, aligned_loss(trace.logits, batch["labels"], w, distill=0.5).total)
+    assert not torch.allclose(loss, aligned_loss(trace.logits, batch["labels"], w).total)
+
+
 def test_aligned_trainer_trains_and_alternates(tmp_path):
     model = _tiny_bert()
     before = {k: v.clone() for k, v in model.state_dict().items()}

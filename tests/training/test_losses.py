@@ -265,3 +265,111 @@ def test_alternating_objective_gives_ce_on_odd_and_aligned_on_even_steps(toy_mod
 def test_unknown_mode_suggests_the_right_one(toy_model):
     with pytest.raises(LayertraceError, match="did you mean 'aligned'"):
         TrainingObjective(adapt(toy_model), "alinged", [4], [1.0])
+
+
+# ----------------------------------------------------------------------------- self-distillation
+def _naive_distilled_total(per_layer_logits, labels, weights, beta, lm=False):
+    """sum_s w_s [(1 - beta) CE_s + beta KL(p_last || p_s)] below the last layer, w_last CE_last: written
+    with torch's own cross_entropy / kl_div, position by position for an LM."""
+    last = per_layer_logits[-1].detach()
+    total = 0.0
+    for s, logits in enumerate(per_layer_logits):
+        if lm:  # position t predicts token t + 1; -100 is not scored
+            rows = [(b, t) for b in range(labels.shape[0]) for t in range(labels.shape[1] - 1)
+                    if labels[b, t + 1] != -100]
+            student = torch.stack([logits[b, t] for b, t in rows])
+            teacher = torch.stack([last[b, t] for b, t in rows])
+            target = torch.stack([labels[b, t + 1] for b, t in rows])
+        else:
+            student, teacher, target = logits, last, labels
+        ce = F.cross_entropy(student, target)
+        if s < len(per_layer_logits) - 1:
+            kl = F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
+            total = total + weights[s] * ((1 - beta) * ce + beta * kl)
+        else:
+            total = total + weights[s] * ce
+    return total
+
+
+@pytest.mark.parametrize("beta", [0.25, 0.9])
+def test_distilled_aligned_loss_matches_torch_kl_div(toy_model, toy_batch, beta):
+    adapter = adapt(toy_model)
+    trace = adapter.trace(toy_batch, layers="1:")
+    w = weights_for_layers("linear", adapter.n_layers, trace.layers)
+    out = aligned_loss(trace.logits, toy_batch["labels"], w, distill=beta)
+    torch.testing.assert_close(out.total, _naive_distilled_total(trace.logits, toy_batch["labels"], w, beta))
+    # per_layer stays the plain cross-entropy of each layer
+    plain = aligned_loss(trace.logits, toy_batch["labels"], w)
+    torch.testing.assert_close(out.per_layer, plain.per_layer)
+    assert not torch.allclose(out.total, plain.total)
+
+
+def test_distillation_sends_no_gradient_into_the_teacher(toy_model, toy_batch):
+    adapter = adapt(toy_model)
+    logits = adapter.trace(toy_batch, layers="1:").logits.detach().requires_grad_(True)
+    labels = toy_batch["labels"]
+    w = weights_for_layers("uniform", adapter.n_layers, list(range(1, adapter.n_layers + 1)))
+    (g_distilled,) = torch.autograd.grad(aligned_loss(logits, labels, w, distill=0.5).total, logits)
+    (g_last_ce,) = torch.autograd.grad(w[-1] * F.cross_entropy(logits[-1], labels), logits)
+    torch.testing.assert_close(g_distilled[-1], g_last_ce[-1])  # the last layer only learns from the labels
+    assert g_distilled[0].abs().sum() > 0
+
+
+def test_distilled_lm_loss_stacked_and_layer_by_layer_agree_with_a_naive_loop():
+    from layertrace.training.losses import causal_lm_labels
+
+    model = _tiny_gpt2()
+    adapter = adapt(model)
+    batch = _lm_batch()
+    labels = causal_lm_labels(batch)
+    assert (labels == -100).any()  # padded positions are left out of the KL as of the CE
+    layers = list(range(1, adapter.n_layers + 1))
+    weights = weights_for_layers("linear", adapter.n_layers, layers)
+    params = list(model.parameters())
+    trace = adapter.trace(batch, layers=layers)
+    stacked = aligned_loss(trace.logits, labels, weights, distill=0.5)
+    torch.testing.assert_close(stacked.total, _naive_distilled_total(trace.logits, labels, weights, 0.5, lm=True))
+    g_stacked = torch.autograd.grad(stacked.total, params, allow_unused=True)
+    feats, _ = adapter.layer_features(batch, layers)
+    for use_checkpoint in (True, False):
+        layerwise = aligned_loss_layerwise(adapter, feats, labels, weights, use_checkpoint=use_checkpoint, distill=0.5)
+        torch.testing.assert_close(layerwise.total, stacked.total)
+        torch.testing.assert_close(layerwise.per_layer, stacked.per_layer)
+        g_layerwise = torch.autograd.grad(layerwise.total, params, allow_unused=True, retain_graph=True)
+        for a, b in zip(g_stacked, g_layerwise):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_objective_passes_distill_and_refuses_it_where_it_means_nothing(toy_model, toy_batch):
+    adapter = adapt(toy_model)
+    layers = list(range(1, adapter.n_layers + 1))
+    w = weights_for_layers("linear", adapter.n_layers, layers)
+    out = TrainingObjective(adapter, "aligned", layers, w, distill=0.5)(toy_batch)
+    trace = adapter.trace(toy_batch, layers=layers)
+    torch.testing.assert_close(out.total, aligned_loss(trace.logits, toy_batch["labels"], w, distill=0.5).total)
+    with pytest.raises(LayertraceError, match="distill=0.5 applies to the aligned and multi-head losses"):
+        TrainingObjective(adapter, "cos-reg", layers, w, distill=0.5)
+    for bad in (1.0, -0.1):
+        with pytest.raises(LayertraceError, match=r"must be in \[0, 1\)"):
+            aligned_loss(trace.logits, toy_batch["labels"], w, distill=bad)
+
+
+def test_distill_kl_scores_exactly_the_positions_the_cross_entropy_scores():
+    from layertrace.training import distill_kl
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(3, 6, 11, generator=g) * 3, torch.randn(3, 6, 11, generator=g) * 3
+    labels = torch.randint(0, 11, (3, 6), generator=g)
+    labels[0, 4:] = -100
+    labels[2, 1] = -100
+    rows = [(b, t) for b in range(3) for t in range(5) if labels[b, t + 1] != -100]
+    naive = F.kl_div(torch.stack([student[b, t] for b, t in rows]).log_softmax(-1),
+                     torch.stack([teacher[b, t] for b, t in rows]).log_softmax(-1), log_target=True,
+                     reduction="batchmean")
+    torch.testing.assert_close(distill_kl(student, teacher.log_softmax(-1), labels), naive)
+    # a classifier: every sample
+    torch.testing.assert_close(distill_kl(student[:, 0], teacher[:, 0].log_softmax(-1), labels[:, 0]),
+                               F.kl_div(student[:, 0].log_softmax(-1), teacher[:, 0].log_softmax(-1),
+                                        log_target=True, reduction="batchmean"))

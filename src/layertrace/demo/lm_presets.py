@@ -27,6 +27,7 @@ class LMTrackPreset:
         tie_embeddings: the LM head shares the input embedding matrix (GPT-2's layout; Llama-layout
             models are built both ways).
         steps, batch_size, lr: training budget (AdamW, cosine, 5% warmup) for each mode.
+        distill: the aligned run's self-distillation weight (``train.distill``; 0 = the paper's loss).
         train_parallel: on CPU, train the two modes at once in two processes with half the threads
             each (small models use two cores better as two 1-thread runs than as one 2-thread run);
             on CUDA, or with False, one after the other.
@@ -52,6 +53,7 @@ class LMTrackPreset:
     steps: int = 600
     batch_size: int = 8
     lr: float = 3e-3
+    distill: float = 0.0
     train_parallel: bool = True
     eval_blocks: int = 128
     n_prompts: int = 32

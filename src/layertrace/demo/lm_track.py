@@ -146,7 +146,7 @@ def train_config(base: Path, corpus_dir: Path, mode: str, p: LMTrackPreset, thre
         train=TrainSection(mode=mode, steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=0.01,
                            warmup_ratio=0.05, schedule="cosine", seed=p.seed, eval_batch_size=16,
                            log_every=10, checkpoint_every=0 if p.steps < 1000 else 500, progress=False,
-                           threads=threads, device=device),
+                           threads=threads, device=device, distill=p.distill if mode == "aligned" else 0.0),
     )
 
 

@@ -4,6 +4,7 @@ Losses (pure functions over per-layer features and the model's own shared readou
 
     layer_weights(name, L)                    linear 2l/(L(L+1)) | uniform | last | list -> L weights
     aligned_loss(per_layer_logits, labels, w) -> LayerLosses(total, per_layer)
+    aligned_loss(..., distill=beta)           + self-distillation: (1-beta) CE + beta KL(p_L || p_l) below L
     aligned_loss_layerwise(adapter, feats, labels, w)   causal LMs: head layer by layer, checkpointed
     cosine_regularized_loss(...)              the paper's rejected baseline
     PerLayerHeads / load_heads(run_dir)       the multi-exit baseline (one head per layer)
@@ -29,6 +30,7 @@ from .losses import (
     aligned_loss,
     aligned_loss_layerwise,
     cosine_regularized_loss,
+    distill_kl,
     layer_weights,
     per_layer_cross_entropy,
     weights_for_layers,
@@ -50,7 +52,7 @@ _LAZY = {
 
 __all__ = [
     "layer_weights", "weights_for_layers", "aligned_loss", "aligned_loss_layerwise", "cosine_regularized_loss",
-    "per_layer_cross_entropy", "LayerLosses", "PerLayerHeads", "load_heads", "save_heads", "MODES",
+    "per_layer_cross_entropy", "distill_kl", "LayerLosses", "PerLayerHeads", "load_heads", "save_heads", "MODES",
     "TrainingObjective", *_LAZY,
 ]
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import LayertraceError
 from ..layers import LayerSpec, resolve_layers
-from .losses import WeightSpec, weights_for_layers
+from .losses import WeightSpec, check_distill, weights_for_layers
 from .objective import TrainingObjective, uses_layerwise_loss
 
 
@@ -44,7 +44,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def aligned_compute_loss(model: nn.Module, inputs: Mapping[str, Any], layer_weights: WeightSpec = "linear",
                          layers: LayerSpec = "1:", final_norm: bool = True, step: int = 2,
                          mode: str = "aligned", return_logits: bool = False,
-                         _cache: dict | None = None, pooling: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
+                         _cache: dict | None = None, pooling: str = "auto",
+                         distill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The aligned loss of an HF model on one batch, and the model's own (last-layer) logits.
 
     Args:
@@ -58,6 +59,8 @@ def aligned_compute_loss(model: nn.Module, inputs: Mapping[str, Any], layer_weig
         return_logits: also compute the model's own logits (one more forward pass without gradients).
         pooling: the classifier's prediction feature (``auto`` | ``cls`` | ``mean`` | ``last``, see
             :func:`~layertrace.models.adapt`).
+        distill: self-distillation weight beta in [0, 1) (``aligned`` modes; see
+            :func:`~layertrace.training.aligned_loss`).
 
     Returns:
         ``(loss, logits)``: scalar loss with gradients; logits (B, K) / (B, T, V) of the last layer
@@ -66,12 +69,13 @@ def aligned_compute_loss(model: nn.Module, inputs: Mapping[str, Any], layer_weig
     from ..models import adapt
 
     base = _unwrap(model)
-    key = (id(base), str(layer_weights), str(layers), final_norm, mode, pooling)
+    key = (id(base), str(layer_weights), str(layers), final_norm, mode, pooling, float(distill))
     objective = (_cache or {}).get(key)
     if objective is None:
         adapter = adapt(base, final_norm=final_norm, pooling=pooling)
         chosen = resolve_layers(adapter.n_layers, layers)
-        objective = TrainingObjective(adapter, mode, chosen, weights_for_layers(layer_weights, adapter.n_layers, chosen))
+        objective = TrainingObjective(adapter, mode, chosen, weights_for_layers(layer_weights, adapter.n_layers, chosen),
+                                      distill=distill)
         if _cache is not None:
             _cache[key] = objective
     out = objective(inputs, step=step)
@@ -97,12 +101,14 @@ class AlignedTrainer(_Trainer):  # type: ignore[misc,valid-type]
         alternate: odd optimizer steps plain last-layer CE, even steps aligned (the paper's ViT recipe).
         final_norm: apply the final norm in the shared readout.
         pooling: the classifier's prediction feature: auto (default) | cls | mean | last.
+        distill: self-distillation weight beta in [0, 1) toward the last layer (default 0: the paper's loss).
     """
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: Trainer divides by accumulation steps
 
     def __init__(self, *args: Any, layer_weights: WeightSpec = "linear", aligned_layers: LayerSpec = "1:",
-                 alternate: bool = False, final_norm: bool = True, pooling: str = "auto", **kwargs: Any):
+                 alternate: bool = False, final_norm: bool = True, pooling: str = "auto", distill: float = 0.0,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.args.world_size > 1:
             raise LayertraceError(
@@ -114,6 +120,7 @@ class AlignedTrainer(_Trainer):  # type: ignore[misc,valid-type]
         self.alternate = alternate
         self.final_norm = final_norm
         self.pooling = pooling
+        self.distill = check_distill(distill)
         self._objectives: dict = {}
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -125,7 +132,7 @@ class AlignedTrainer(_Trainer):  # type: ignore[misc,valid-type]
         mode = "aligned-alternating" if self.alternate else "aligned"
         loss, logits = aligned_compute_loss(model, inputs, self.layer_weights, self.aligned_layers,
                                             self.final_norm, step=step, mode=mode, return_logits=return_outputs,
-                                            _cache=self._objectives, pooling=self.pooling)
+                                            _cache=self._objectives, pooling=self.pooling, distill=self.distill)
         if return_outputs:
             return loss, {"logits": logits}
         return loss

@@ -337,7 +337,7 @@ def fit(
     total = total_steps_of(cfg, len(train_batches))
     heads = PerLayerHeads(adapter, layers) if mode == "multi-head" else None
     objective = TrainingObjective(adapter, mode, layers, weights, heads=heads, cos_beta=cfg.cos_beta,
-                                  alternate=cfg.alternate, lm_checkpoint=cfg.lm_checkpoint)
+                                  alternate=cfg.alternate, lm_checkpoint=cfg.lm_checkpoint, distill=cfg.distill)
     objective.to(accelerator.device)
     optimizer = make_optimizer(objective, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg))
@@ -357,7 +357,7 @@ def fit(
     log = MetricsLog(run_dir, state.step, is_main, cfg.tensorboard)
     if is_main:
         shown = (f"layers={layers} weights={[round(w, 4) for w in weights]}" if mode != "standard"
-                 else f"layer={adapter.n_layers}")
+                 else f"layer={adapter.n_layers}") + (f" distill={cfg.distill:g}" if cfg.distill else "")
         print(f"[train] mode={mode} {shown} steps={total} "
               f"batch={cfg.batch_size} (x{world} proc, accum {cfg.grad_accum}) device={accelerator.device} "
               f"precision={accelerator.mixed_precision}"

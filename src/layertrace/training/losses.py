@@ -4,6 +4,10 @@ PAPER.md section 5. With ``R`` the model's own head path (final norm -> pooler -
 head, :meth:`Adapter.readout`) and ``h_l`` the prediction-token feature after block ``l``:
 
 * aligned loss        ``sum_l lambda_l * CE(R(h_l), y)`` with ``lambda`` from :func:`layer_weights`;
+  with self-distillation ``beta`` (``distill``) every layer l < L is scored by
+  ``(1 - beta) CE(R(h_l), y) + beta KL(p_L || p_l)`` against the last layer's detached distribution
+  ``p_L`` (not in the paper: it trains shallow layers to agree with the last one, the acceptance rate
+  of a self-speculative draft);
 * cosine regularizer  ``CE(R(h_L), y) + beta * sum_l lambda_l * (1 - cos(h_l, h_L))`` (a baseline the
   paper rejected: it barely moves shallow layers);
 * per-layer heads     ``sum_l lambda_l * CE(R_l(h_l), y)`` with a separate head ``R_l`` per layer
@@ -147,6 +151,42 @@ def readout_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     raise LayertraceError(f"readout logits must be (B, K) or (B, T, V), got shape {tuple(logits.shape)}")
 
 
+def distill_kl(logits: Tensor, teacher_log_probs: Tensor, labels: Tensor) -> Tensor:
+    """Mean ``KL(p_teacher || p_student)`` of one layer's logits against fixed teacher log-probabilities.
+
+    Args:
+        logits: student logits (B, K), or causal LM (B, T, V).
+        teacher_log_probs: log-softmax of the teacher's logits, same shape, without gradients.
+        labels: (B,) or (B, T) unshifted, as in :func:`readout_cross_entropy`: a causal LM is scored at
+            the positions its cross-entropy reads (t < T - 1 whose next token is not ``-100``).
+    Returns:
+        Scalar tensor (float32), averaged like the cross-entropy: over samples, or over scored positions.
+    """
+    student = logits.float().log_softmax(-1)
+    kl = (teacher_log_probs.exp() * (teacher_log_probs - student)).sum(-1)  # (B,) or (B, T)
+    if kl.dim() == 1:
+        return kl.mean()
+    scored = (labels[:, 1:] != IGNORE_INDEX).to(kl.dtype)
+    return (kl[:, :-1] * scored).sum() / scored.sum().clamp_min(1.0)
+
+
+def _layer_loss(logits: Tensor, labels: Tensor, teacher: Tensor | None, beta: float) -> tuple[Tensor, Tensor]:
+    """(training loss, cross-entropy) of one layer: the CE alone, or ``(1 - beta) CE + beta KL`` to ``teacher``."""
+    ce = readout_cross_entropy(logits, labels)
+    if teacher is None or beta == 0.0:
+        return ce, ce
+    return (1.0 - beta) * ce + beta * distill_kl(logits, teacher, labels), ce
+
+
+def check_distill(beta: float) -> float:
+    """``beta`` as a float in [0, 1), or a one-line error."""
+    beta = float(beta)
+    if not 0.0 <= beta < 1.0:
+        raise LayertraceError(f"distill={beta} must be in [0, 1): the weight of the KL to the last layer "
+                              f"against the cross-entropy (0 = the paper's aligned loss)")
+    return beta
+
+
 def per_layer_cross_entropy(per_layer_logits: Tensor, labels: Tensor) -> Tensor:
     """(S,) mean cross-entropy of each layer's logits.
 
@@ -173,7 +213,8 @@ def _weights_tensor(weights: Sequence[float] | Tensor, n: int, like: Tensor) -> 
 
 
 def aligned_loss(per_layer_logits: Tensor | tuple, labels: Tensor, weights: Sequence[float] | Tensor, *,
-                 layers: Sequence[int] | None = None, use_checkpoint: bool = True) -> LayerLosses:
+                 layers: Sequence[int] | None = None, use_checkpoint: bool = True,
+                 distill: float = 0.0) -> LayerLosses:
     """The aligned loss ``sum_s weights[s] * CE(logits[s], labels)`` and its per-layer breakdown.
 
     What training runs (``TrainingObjective`` for ``aligned`` and ``multi-head``), and the public name.
@@ -195,33 +236,45 @@ def aligned_loss(per_layer_logits: Tensor | tuple, labels: Tensor, weights: Sequ
             weights of sum 1 give a loss on the scale of one cross-entropy.
         layers: the S layer indices of ``features`` (needed by per-layer heads; default the last S).
         use_checkpoint: causal LMs: recompute each layer's logits in backward instead of keeping them.
+        distill: self-distillation weight beta in [0, 1): each of the first S - 1 layers is scored by
+            ``(1 - beta) CE + beta KL(p_last || p_l)`` (:func:`distill_kl`) against the deepest selected
+            layer's detached distribution; 0 (default) is the paper's aligned loss.
 
     Returns:
-        :class:`LayerLosses` (total scalar, per-layer (S,)), both with gradients.
+        :class:`LayerLosses`: ``total`` (scalar) = ``sum_s weights[s] * loss_s``; ``per_layer`` (S,)
+        the cross-entropy of each layer (without the KL term), both with gradients.
     """
+    distill = check_distill(distill)
     if isinstance(per_layer_logits, tuple):
         reader, feats = per_layer_logits
         if hasattr(feats, "features"):  # an (adapter, Trace) pair
             if feats.logits is None:
-                return aligned_loss_layerwise(reader, list(feats.features), labels, weights)
+                return aligned_loss_layerwise(reader, list(feats.features), labels, weights, distill=distill)
             per_layer_logits = feats.logits
         else:
             read = reader if isinstance(reader, LayerReadout) else LayerReadout.of(reader)
             feats = list(feats)
             layers = read.layers[-len(feats):] if layers is None else [int(l) for l in layers]
             if getattr(read.adapter, "kind", "classifier") == "causal_lm":
-                return aligned_loss_layerwise(read, feats, labels, weights, use_checkpoint, layers=layers)
+                return aligned_loss_layerwise(read, feats, labels, weights, use_checkpoint, layers=layers,
+                                              distill=distill)
             per_layer_logits = read.stacked(layers, feats)
     per_layer = per_layer_cross_entropy(per_layer_logits, labels)
     w = _weights_tensor(weights, per_layer.shape[0], per_layer)
-    return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)
+    if distill == 0.0 or per_layer.shape[0] < 2:
+        return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)
+    teacher = per_layer_logits[-1].detach().float().log_softmax(-1)
+    kl = torch.stack([distill_kl(layer_logits, teacher, labels) for layer_logits in per_layer_logits[:-1]])
+    mixed = torch.cat([(1.0 - distill) * per_layer[:-1] + distill * kl, per_layer[-1:]])
+    return LayerLosses(total=(w * mixed).sum(), per_layer=per_layer)
 
 
-def _checkpointed_readout_ce(readout: Callable[[Tensor], Tensor], h: Tensor, labels: Tensor) -> Tensor:
-    """CE(readout(h), labels) whose logits are freed after the forward and recomputed in backward."""
+def _checkpointed_layer_loss(readout: Callable[[Tensor], Tensor], h: Tensor, labels: Tensor,
+                             teacher: Tensor | None, beta: float) -> tuple[Tensor, Tensor]:
+    """:func:`_layer_loss` of ``readout(h)`` whose logits are freed after the forward and recomputed in backward."""
     if not torch.is_grad_enabled() or not h.requires_grad:
-        return readout_cross_entropy(readout(h), labels)
-    return checkpoint(lambda x: readout_cross_entropy(readout(x), labels), h, use_reentrant=False)
+        return _layer_loss(readout(h), labels, teacher, beta)
+    return checkpoint(lambda x: _layer_loss(readout(x), labels, teacher, beta), h, use_reentrant=False)
 
 
 def aligned_loss_layerwise(
@@ -231,6 +284,7 @@ def aligned_loss_layerwise(
     weights: Sequence[float] | Tensor,
     use_checkpoint: bool = True,
     layers: Sequence[int] | None = None,
+    distill: float = 0.0,
 ) -> LayerLosses:
     """The aligned loss with the head applied one layer at a time (causal LMs).
 
@@ -243,20 +297,32 @@ def aligned_loss_layerwise(
         features: S readout inputs ``h_l``, each (B, T, d) (or (B, d) for classifiers).
         labels, weights: as in :func:`aligned_loss`.
         layers: the S layer indices of ``features`` (a LayerReadout only; default its last S).
+        distill: as in :func:`aligned_loss`; the teacher is the last feature's readout, computed once
+            more without gradients (one extra head forward, no (S, B, T, V) logits kept).
     """
+    distill = check_distill(distill)
     if isinstance(readout, LayerReadout):
         at = readout.layers[-len(features):] if layers is None else [int(l) for l in layers]
         fns = [(lambda h, l=l: readout(l, h)) for l in at]
     else:
         fn = readout.readout if hasattr(readout, "readout") else readout
         fns = [fn] * len(features)
-    if use_checkpoint:
-        losses = [_checkpointed_readout_ce(fn, h, labels) for fn, h in zip(fns, features)]
-    else:
-        losses = [readout_cross_entropy(fn(h), labels) for fn, h in zip(fns, features)]
-    per_layer = torch.stack(losses)
+    teacher = None
+    if distill and len(features) > 1:
+        with torch.no_grad():
+            teacher = fns[-1](features[-1]).float().log_softmax(-1)
+    last = len(features) - 1
+    pairs = [(_checkpointed_layer_loss if use_checkpoint else _plain_layer_loss)(
+        fn, h, labels, teacher if s < last else None, distill) for s, (fn, h) in enumerate(zip(fns, features))]
+    per_layer = torch.stack([ce for _, ce in pairs])
     w = _weights_tensor(weights, per_layer.shape[0], per_layer)
-    return LayerLosses(total=(w * per_layer).sum(), per_layer=per_layer)
+    return LayerLosses(total=(w * torch.stack([loss for loss, _ in pairs])).sum(), per_layer=per_layer)
+
+
+def _plain_layer_loss(readout: Callable[[Tensor], Tensor], h: Tensor, labels: Tensor, teacher: Tensor | None,
+                      beta: float) -> tuple[Tensor, Tensor]:
+    """:func:`_layer_loss` of ``readout(h)`` (logits kept for backward)."""
+    return _layer_loss(readout(h), labels, teacher, beta)
 
 
 # --------------------------------------------------------------------------- cosine regularizer

@@ -5,6 +5,7 @@ Modes (PAPER.md section 5):
 ==========================  ==========================================================================
 ``standard``                CE of the model's own logits (= R(h_L))
 ``aligned``                 ``sum_l lambda_l CE(R(h_l), y)`` over the selected layers, one shared head
+                            (with ``distill`` beta: ``(1 - beta) CE + beta KL(p_L || p_l)`` below L)
 ``aligned-alternating``     odd steps ``standard``, even steps ``aligned`` (the paper's ViT recipe)
 ``multi-head``              ``sum_l lambda_l CE(R_l(h_l), y)`` with a separate head per layer
 ``cos-reg``                 ``CE(R(h_L), y) + beta sum_l lambda_l (1 - cos(h_l, h_L))``
@@ -24,7 +25,8 @@ from ..errors import LayertraceError, did_you_mean
 from ..models.layer_readout import LayerReadout
 from ..run_folder import MODES  # the one mode list (also layertrace.training.MODES)
 from .heads import PerLayerHeads
-from .losses import LayerLosses, aligned_loss, causal_lm_labels, cosine_regularized_loss, readout_cross_entropy
+from .losses import (LayerLosses, aligned_loss, causal_lm_labels, check_distill, cosine_regularized_loss,
+                     readout_cross_entropy)
 
 
 def check_mode(mode: str) -> str:
@@ -32,6 +34,16 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise LayertraceError(f"unknown training mode {mode!r}{did_you_mean(mode, MODES)}; use one of {', '.join(MODES)}")
     return mode
+
+
+def check_mode_distill(mode: str, distill: float) -> float:
+    """``distill`` as a float in [0, 1) for a mode whose layer-wise loss it can weight (aligned,
+    aligned-alternating, multi-head), or a one-line error naming the fix."""
+    beta = check_distill(distill)
+    if beta and mode not in ("aligned", "aligned-alternating", "multi-head"):
+        raise LayertraceError(f"distill={beta:g} applies to the aligned and multi-head losses, not to mode "
+                              f"{mode!r}; drop train.distill or pick one of those modes")
+    return beta
 
 
 def uses_layerwise_loss(mode: str, step: int, alternate: bool = False) -> bool:
@@ -60,6 +72,7 @@ class TrainingObjective(nn.Module):
         cos_beta: beta of ``cos-reg``.
         alternate: odd/even schedule for ``multi-head`` / ``cos-reg`` too.
         lm_checkpoint: causal LMs apply the head layer by layer under activation checkpointing.
+        distill: ``aligned`` / ``multi-head``: self-distillation weight (:func:`aligned_loss`).
 
     ``forward(batch, step)`` returns :class:`LayerLosses`; ``per_layer`` is over ``layers`` for
     layer-wise steps and a single entry (layer L) for plain CE steps.
@@ -75,6 +88,7 @@ class TrainingObjective(nn.Module):
         cos_beta: float = 1.0,
         alternate: bool = False,
         lm_checkpoint: bool = True,
+        distill: float = 0.0,
     ):
         super().__init__()
         self.adapter = adapter
@@ -89,6 +103,7 @@ class TrainingObjective(nn.Module):
         self.cos_beta = float(cos_beta)
         self.alternate = bool(alternate)
         self.lm_checkpoint = bool(lm_checkpoint)
+        self.distill = check_mode_distill(mode, distill)
 
     @property
     def is_causal_lm(self) -> bool:
@@ -122,7 +137,7 @@ class TrainingObjective(nn.Module):
                                            self.weights, beta=self.cos_beta, mask=mask)
         feats, _ = adapter.layer_features(batch, self.layers)
         return aligned_loss((self.readout, feats), labels, self.weights, layers=self.layers,
-                            use_checkpoint=self.lm_checkpoint)
+                            use_checkpoint=self.lm_checkpoint, distill=self.distill)
 
     @property
     def readout(self) -> LayerReadout:

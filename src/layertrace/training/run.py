@@ -33,6 +33,7 @@ from .batches import TensorBatches
 from .config import COSMETIC_KEYS, TrainConfig
 from .heads import HEADS_FILE, save_heads
 from .loop import fit, micro_batch_size
+from .objective import check_mode, check_mode_distill
 
 SUMMARY_FILE = run_folder.TRAIN_SUMMARY
 
@@ -273,6 +274,7 @@ def train_from_config(cfg: TrainConfig, out_dir: str | Path) -> RunSummary:
     from ..models import load_model
 
     out = Path(out_dir)
+    check_mode_distill(check_mode(cfg.train.mode), cfg.train.distill)  # before any work
     reused = _check_run_dir(cfg, out)
     if reused is not None:
         print(f"[train] {out} is finished with this config; reusing it (delete it to retrain)", flush=True)
