@@ -370,6 +370,33 @@ def test_errors_are_one_line(lm):
         acceptance_by_layer([0.5, 1.0], n_layers=4)
 
 
+def test_a_draft_expected_to_lose_decodes_fully_and_a_given_one_always_speculates():
+    lm = tiny_llama(n_layers=4)
+    ids = torch.randint(2, 100, (2, 6), generator=torch.Generator().manual_seed(1))
+    never = np.zeros(5)
+    never[-1] = 1.0
+    full = generate(lm, ids, max_new_tokens=10, sampling=GREEDY)
+    res = self_speculative_generate(lm, ids, analysis=never, max_new_tokens=10, sampling=GREEDY)
+    assert res.stats["decoder"] == "full" and res.stats["drafted"] == 0 and res.stats["draft_layer"] is None
+    assert res.stats["choice"]["full"] and res.stats["choice"]["expected_speedup"] < 1.0
+    assert torch.equal(res.sequences, full.sequences)
+    for given in ({"draft_layer": 2}, {"gamma": 2}):  # one of them given: speculate with it
+        res = self_speculative_generate(lm, ids, analysis=never, max_new_tokens=10, sampling=GREEDY, **given)
+        assert res.stats["decoder"] == "speculative" and res.stats["drafted"] > 0
+        assert torch.equal(res.sequences, full.sequences)
+    sure = np.ones(5)
+    res = self_speculative_generate(lm, ids, analysis=sure, max_new_tokens=10, sampling=GREEDY)
+    assert res.stats["decoder"] == "speculative" and not res.stats["choice"]["full"]
+    assert torch.equal(res.sequences, full.sequences)
+    # the benchmark's comparison times what the decoder runs
+    from layertrace.lm.speculative import compare_decoders
+
+    table = compare_decoders(lm, ids, analysis=never, batch_sizes=(2,), repeats=1, max_new_tokens=6,
+                             hf=False)["batches"]["2"]["self-speculative"]
+    assert table["decoder"] == "full" and table["draft_layer"] is None and table["identical"] == 2
+    assert "acceptance" not in table
+
+
 def test_cli_generate_speculative_equals_full(tmp_path, capsys):
     """`layertrace generate` on a saved tiny GPT-2 + BPE tokenizer: same greedy text both decoders."""
     from transformers import AutoTokenizer
@@ -385,13 +412,21 @@ def test_cli_generate_speculative_equals_full(tmp_path, capsys):
     model.save_pretrained(str(tmp_path / "m"))
     tok.save_pretrained(str(tmp_path / "m"))
     outs = {}
-    for decoder in ("speculative", "full"):
+    for decoder, extra in (("speculative", ["--draft_layer", "1", "--gamma", "2"]), ("full", [])):
         assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the film,the plan is",
-                     "--decoder", decoder, "--max_new_tokens", "9", "--out", str(tmp_path / decoder)]) == 0
+                     "--decoder", decoder, "--max_new_tokens", "9", "--out", str(tmp_path / decoder), *extra]) == 0
         outs[decoder] = read_json(tmp_path / decoder / "generate.json")
     assert outs["speculative"]["texts"] == outs["full"]["texts"] and len(outs["full"]["texts"]) == 2
-    assert outs["speculative"]["stats"]["choice"]["source"] == "prompts"
+    assert outs["speculative"]["stats"]["decoder"] == "speculative" and outs["speculative"]["stats"]["drafted"] > 0
     assert "tokens/round" in capsys.readouterr().out
+    # chosen from the prompts: this random model's shallow layers agree too rarely for any draft to pay,
+    # so it decodes fully (and says so)
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the film,the plan is",
+                 "--max_new_tokens", "9", "--out", str(tmp_path / "chosen")]) == 0
+    chosen = read_json(tmp_path / "chosen" / "generate.json")
+    assert chosen["texts"] == outs["full"]["texts"] and chosen["stats"]["choice"]["source"] == "prompts"
+    assert chosen["stats"]["decoder"] == "full" and chosen["stats"]["choice"]["expected_speedup"] < 1.0
+    assert "decoded fully" in capsys.readouterr().out
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the film,the plan is", "--analysis",
                  "measure", "--max_new_tokens", "9", "--out", str(tmp_path / "measured")]) == 0
     measured = read_json(tmp_path / "measured" / "generate.json")
@@ -423,7 +458,7 @@ def test_compare_decoders_side_by_side_on_llama_and_gpt2():
         own = res["batches"][b]["self-speculative"]
         assert own["choice"]["costs"]["source"] == f"measured at batch {b}" and own["identical"] == 4
         assert own["choice"]["source"] == "prompts" and len(own["choice"]["costs"]["block_costs"]) == 5
-    assert res["draft_layer"] == res["batches"]["1"]["self-speculative"]["draft_layer"]
+    assert res["draft_layer"] == res["batches"]["1"]["self-speculative"]["choice"]["draft_layer"]  # HF's k
     res = compare_decoders(tiny_llama(n_layers=4), prompts, analysis="measure", batch_sizes=(2,), repeats=1,
                            max_new_tokens=6, hf=False)
     assert res["batches"]["2"]["self-speculative"]["choice"]["source"] == "greedy continuation"

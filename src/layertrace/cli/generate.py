@@ -10,7 +10,8 @@ Examples::
 verifies with the full model (layertrace.lm.speculative): the text equals full decoding (greedy) or
 has its distribution (sampling). k and gamma come from the run folder's ``analysis.json`` (the
 saturation statistic = draft acceptance rate) or, without one, from the prompts; ``--draft_layer`` /
-``--gamma`` override them.
+``--gamma`` override them. When the cost model expects even the best draft to be slower than full
+decoding, the prompts are decoded fully (same output) and the summary line says so.
 """
 
 from __future__ import annotations
@@ -114,7 +115,12 @@ def run(args: argparse.Namespace) -> int:
     for prompt, text in zip(body["prompts"], body["texts"]):
         print(f"{prompt}{text}")
     stats = body["stats"]
-    if stats:
+    if stats and stats["decoder"] == "full":
+        choice = stats["choice"]
+        print(f"[speculative] decoded fully: the best draft (k {choice['draft_layer']}, gamma {choice['gamma']}, "
+              f"{choice['source']}) is expected at {choice['expected_speedup']:.2f}x of full decoding; "
+              f"--draft_layer and --gamma speculate anyway; {body['tokens_per_s']:.1f} tokens/s")
+    elif stats:
         print(f"[{body['decoder']}] draft layer {stats['draft_layer']}, gamma {stats['gamma']} "
               f"({stats['choice']['source']}), acceptance {stats['acceptance']:.2f}, "
               f"{stats['tokens_per_round']:.2f} tokens/round, {body['tokens_per_s']:.1f} tokens/s")

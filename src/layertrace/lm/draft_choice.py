@@ -210,7 +210,12 @@ def acceptance_by_layer(source: Any, n_layers: int | None = None) -> np.ndarray:
 
 @dataclass
 class DraftChoice:
-    """The (k, gamma) :func:`choose_draft` picked and why."""
+    """The (k, gamma) :func:`choose_draft` picked and why.
+
+    ``full``: both were chosen (none given) and the best draft's expected speed-up is below 1, so the
+    decoder runs full decoding instead (the same greedy output, the same sampling distribution); a
+    given ``draft_layer`` or ``gamma`` always speculates.
+    """
 
     draft_layer: int
     gamma: int
@@ -218,11 +223,12 @@ class DraftChoice:
     expected_speedup: float
     source: str
     costs: StepCosts | None = None
+    full: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"draft_layer": self.draft_layer, "gamma": self.gamma, "acceptance": self.acceptance,
                 "expected_speedup": self.expected_speedup, "source": self.source,
-                "costs": (self.costs or StepCosts()).to_dict()}
+                "costs": (self.costs or StepCosts()).to_dict(), "full": self.full}
 
 
 def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int | None = None,
@@ -232,7 +238,8 @@ def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int
     :func:`expected_speedup` with the per-layer ``acceptance`` (L + 1 rates, index = layer) and the
     cost model's ``costs`` (default :class:`StepCosts`; :func:`~layertrace.lm.speculative.measure_step_costs` calibrates them) at
     ``batch`` rows decoding ``new_tokens`` (``None``: per-round tokens only); a given ``draft_layer``
-    or ``gamma`` is kept and only the other one is chosen."""
+    or ``gamma`` is kept and only the other one is chosen. With neither given, a best expected speed-up
+    below 1 sets ``full`` (decode without drafting)."""
     costs = costs or StepCosts()
     rates = np.asarray(acceptance, dtype=np.float64)
     if n_layers < 2:
@@ -246,7 +253,8 @@ def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int
     best = max(((expected_speedup(rates[k], k, g, n_layers, costs=costs, batch=batch, new_tokens=new_tokens), -k, -g)
                 for k in ks for g in gs))
     s, k, g = best[0], -best[1], -best[2]
-    return DraftChoice(k, g, float(rates[k]), float(s), source, costs)
+    return DraftChoice(k, g, float(rates[k]), float(s), source, costs,
+                       full=draft_layer is None and gamma is None and s < 1.0)
 
 
 def prompt_acceptance(adapter: Any, ids: Tensor, mask: Tensor) -> np.ndarray:

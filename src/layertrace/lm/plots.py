@@ -166,7 +166,10 @@ def lm_figures(lm_json: Mapping[str, Any] | str | Path) -> list[tuple[str, Any, 
         fig.tight_layout()
         per_batch = {b: dec["batches"][b].get("self-speculative", {}) for b in batches}
         if all("draft_layer" in t for t in per_batch.values()):  # chosen per batch size (lm.json since 2026-12-02)
-            draft = ", ".join(f"{t['draft_layer']}, {t['gamma']} at batch {b}" for b, t in per_batch.items())
+            draft = ", ".join((f"none (full decoding: the best draft expected at "
+                               f"{t['choice']['expected_speedup']:.2f}x)" if t.get("decoder") == "full"
+                               else f"{t['draft_layer']}, {t['gamma']}") + f" at batch {b}"
+                              for b, t in per_batch.items())
         else:
             draft = f"{dec['draft_layer']}, {dec['gamma']}"
         sources = {t.get("choice", {}).get("source", "analysis") for t in per_batch.values()}

@@ -53,7 +53,7 @@ from torch import Tensor
 from ..errors import LayertraceError
 from ..models.decode_step import window_steps
 from .generate import (
-    GenerationResult, SamplingConfig, _eos_set, as_causal_adapter, choose_tokens, filter_logits,
+    GenerationResult, SamplingConfig, _eos_set, as_causal_adapter, choose_tokens, filter_logits, generate,
     last_real_positions, prepare_prompt,
 )
 # Choosing k and gamma lives in draft_choice.py (its names stay importable from here: the tests, lm/__init__);
@@ -105,7 +105,6 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
     """
     import statistics
 
-    from .generate import generate
 
     def median_s(fn) -> float:
         times = []
@@ -250,14 +249,20 @@ def self_speculative_generate(
 
     Returns:
         :class:`GenerationResult`; ``stats`` holds ``draft_layer``, ``gamma``, ``rounds``,
-        ``acceptance`` (accepted / drafted tokens), ``tokens_per_round`` and ``choice`` (the
-        :class:`DraftChoice` as a dict).
+        ``acceptance`` (accepted / drafted tokens), ``tokens_per_round``, ``decoder``
+        (``"speculative"``, or ``"full"`` when the choice's ``full`` is set: with k and gamma both
+        chosen and the cost model expecting the best draft to run slower than full decoding, the
+        prompts are decoded fully; give ``draft_layer`` and ``gamma`` to speculate anyway) and
+        ``choice`` (the :class:`DraftChoice` as a dict).
     """
     adapter = as_causal_adapter(model)
     n_layers = adapter.n_layers
     sampling = sampling or SamplingConfig()
     ids, mask = prepare_prompt(input_ids, attention_mask, adapter.device)
     choice = _choice(adapter, ids, mask, draft_layer, gamma, analysis, costs, max_new_tokens)
+    if choice.full:
+        return full_decoding_instead(generate(adapter, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling,
+                                              eos_token_id=eos_token_id, pad_token_id=pad_token_id), choice)
     k, g = choice.draft_layer, choice.gamma
     eos = _eos_set(eos_token_id, ids.device)
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
@@ -426,11 +431,19 @@ def self_speculative_generate(
     tokens[new_mask == 0] = pad
     stats = {"draft_layer": k, "gamma": g, "choice": choice.to_dict(), "rounds": rounds, "drafted": drafted,
              "accepted": accepted, "acceptance": accepted / drafted if drafted else float("nan"),
-             "tokens_per_round": (accepted + row_rounds) / max(1, row_rounds)}
+             "tokens_per_round": (accepted + row_rounds) / max(1, row_rounds), "decoder": "speculative"}
     return GenerationResult(
         sequences=torch.cat([ids, tokens], dim=1), new_tokens=tokens, new_mask=new_mask, layer=None,
         blocks_run=blocks_run, seconds=seconds, stats=stats,
     )
+
+
+def full_decoding_instead(result: GenerationResult, choice: DraftChoice) -> GenerationResult:
+    """``result`` of full decoding, with the self-speculative ``stats`` saying why it ran: no draft
+    (``draft_layer`` None, ``gamma`` 0), one token per step, the rejected ``choice``."""
+    result.stats = {"draft_layer": None, "gamma": 0, "choice": choice.to_dict(), "rounds": 0, "drafted": 0,
+                    "accepted": 0, "acceptance": float("nan"), "tokens_per_round": 1.0, "decoder": "full"}
+    return result
 
 
 def _hf_generate(model: Any, ids: Tensor, mask: Tensor, max_new_tokens: int, eos: int | None, **extra: Any):
@@ -479,12 +492,13 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
         ``{"draft_layer", "gamma", "choice", "tau", "repeats", "max_new_tokens", "n_prompts",
         "batches": {"<batch size>": {decoder: {tokens_per_s, speedup, identical, rows}}}, "hf_error"}``;
         the top-level choice is the first batch size's (HF gets its k), each batch's
-        ``"self-speculative"`` entry holds its own ``draft_layer``, ``gamma``, ``choice`` and ``acceptance``.
+        ``"self-speculative"`` entry holds its own ``draft_layer``, ``gamma``, ``decoder`` (``"full"``
+        where that batch size's choice expects no gain: the row then times the full decoding
+        :func:`self_speculative_generate` falls back to), ``choice`` and ``acceptance``.
     """
     import statistics
 
     from .early_exit import early_exit_generate
-    from .generate import generate
 
     adapter = as_causal_adapter(model)
     hf_model = adapter.model
@@ -514,11 +528,15 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
                            "repeats": int(repeats), "max_new_tokens": int(max_new_tokens),
                            "n_prompts": int(prompts.shape[0]), "batches": {}, "hf_error": hf_error}
     for batch in batch_sizes:
-        kb, gb = choices[int(batch)].draft_layer, choices[int(batch)].gamma
+        chosen = choices[int(batch)]
+        kb, gb = chosen.draft_layer, chosen.gamma
         decoders: dict[str, Any] = {
             "full": lambda i, m: generate(adapter, i, m, **common),
-            "self-speculative": lambda i, m: self_speculative_generate(adapter, i, m, draft_layer=kb, gamma=gb,
-                                                                     confidence=confidence, **common),
+            # what self_speculative_generate runs with this choice made inside it
+            "self-speculative": ((lambda i, m: full_decoding_instead(generate(adapter, i, m, **common), chosen))
+                                 if chosen.full else
+                                 (lambda i, m: self_speculative_generate(adapter, i, m, draft_layer=kb, gamma=gb,
+                                                                         confidence=confidence, **common))),
             "calm": lambda i, m: early_exit_generate(adapter, i, m, tau=tau, **common),
         }
         if hf:  # what users run: HF's own greedy decoding (any batch size)
@@ -542,7 +560,7 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
                         new, real, secs = res
                     else:
                         new, real, secs = res.new_tokens, res.new_mask, res.seconds
-                        if rep == 0 and res.stats:
+                        if rep == 0 and res.stats and res.stats["drafted"]:
                             acceptance.append(res.stats["acceptance"])
                     totals[name][0] += int(real.sum())
                     totals[name][1] += secs
@@ -560,7 +578,8 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
             table[name] = {"tokens_per_s": statistics.median(speeds[name]),
                            "speedup": statistics.median(a / b for a, b in zip(speeds[name], speeds["full"])),
                            "identical": same, "rows": rows}
-        table["self-speculative"].update(draft_layer=kb, gamma=gb, choice=choices[int(batch)].to_dict())
+        table["self-speculative"].update(draft_layer=None if chosen.full else kb, gamma=0 if chosen.full else gb,
+                                         decoder="full" if chosen.full else "speculative", choice=chosen.to_dict())
         if acceptance:
             table["self-speculative"]["acceptance"] = float(np.mean(acceptance))
         out["batches"][str(int(batch))] = table  # str keys: the dict is written as JSON
@@ -568,5 +587,5 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
 
 
 __all__ = ["DraftChoice", "StepCosts", "acceptance_by_layer", "choose_draft", "compare_decoders", "expected_speedup",
-           "expected_tokens_per_round", "measure_acceptance", "measure_step_costs", "prompt_acceptance",
+           "expected_tokens_per_round", "full_decoding_instead", "measure_acceptance", "measure_step_costs", "prompt_acceptance",
            "self_speculative_generate"]
