@@ -92,6 +92,20 @@ def test_lm_figures(smoke_track):
         "LM: quality of text generated from each layer", "LM: early-exit decoding", "LM: decoding comparison"]
     for _, fig, caption in figures:
         assert fig.axes and caption
+    caption = figures[-1][2]  # the decoding comparison names what each batch size ran
+    for batch, table in lm["decoding"]["batches"].items():
+        own = table["self-speculative"]
+        ran = ("none (full decoding" if own["decoder"] == "full" else f"{own['draft_layer']}, {own['gamma']}")
+        assert f"{ran}" in caption and f"at batch {batch}" in caption
+    # a batch size whose best draft was expected to lose decodes fully, and the caption says so
+    import copy
+
+    fell_back = copy.deepcopy(lm)
+    own = fell_back["decoding"]["batches"]["1"]["self-speculative"]
+    own.update(decoder="full", draft_layer=None, gamma=0)
+    own["choice"]["expected_speedup"] = 0.9
+    caption = lm_figures(fell_back)[-1][2]
+    assert "none (full decoding: the best draft expected at 0.90x) at batch 1" in caption
     import matplotlib.pyplot as plt
 
     plt.close("all")
