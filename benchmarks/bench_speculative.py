@@ -224,8 +224,8 @@ def run(args) -> str:
         f"{args.new_tokens} new tokens ({'eos ignored: every row decodes all of them' if args.no_eos else 'eos stops a row'}); median of {args.repeats} interleaved repeats",
         ("- draft: k and gamma given with --k / --gamma" if c["source"] == "given" else
          "- draft: k and gamma chosen per batch size by `choose_draft` from the per-layer acceptance ("
-         + ("the analysis pass's saturation" if args.acceptance == "analysis" else
-            "measured on the prompts' greedy continuation, `measure_acceptance`")
+         + ("the analysis pass's agreement with the last layer, `final_agreement`"
+            if args.acceptance == "analysis" else "measured on the prompts' greedy continuation, `measure_acceptance`")
          + ") and the cost model calibrated on the first chunk of that batch size (`measure_step_costs`)")
         + f"; ours stops drafting below draft confidence {args.confidence} (0 = off); HF gets ours' batch-1 "
         f"k (with its own draft-length schedule and confidence threshold); CALM tau = {res['tau']}",
@@ -267,7 +267,7 @@ def main() -> None:
     ap.add_argument("--gamma", type=int, default=None, help="draft length (default: chosen)")
     ap.add_argument("--acceptance", default="measure", choices=["measure", "analysis"],
                     help="per-layer acceptance for the choice: measured on the prompts' greedy continuation "
-                         "(default) or the run's analysis.json saturation (a lower bound)")
+                         "(default) or the run's analysis.json agreement with the last layer (on test text)")
     ap.add_argument("--confidence", type=float, default=0.0,
                     help="ours: stop a round's drafting when no row's draft probability reaches it (0 = off)")
     ap.add_argument("--tau", type=float, default=0.4, help="CALM-style exit threshold (softmax confidence)")

@@ -57,6 +57,9 @@ def test_readout_statistics_equal_a_direct_computation(setup):
     preds = logits.argmax(-1).T.numpy()
     hist = np.bincount(saturation_positions(preds), minlength=5)
     assert result.saturation_hist.tolist() == hist.tolist()
+    # agreement with the last layer's prediction, layer by layer
+    np.testing.assert_allclose(result.final_agreement, (preds == preds[:, -1:]).mean(0), rtol=1e-12)
+    assert result.final_agreement[-1] == 1.0
     assert result.n_samples == result.n_predictions == len(labels)
     assert result.cos_matrix is None and result.cka_matrix is None
 
@@ -140,7 +143,8 @@ def test_json_and_npz_round_trip(setup, tmp_path):
     result = analyze(adapter, batches, model_name="toy", data_name="random")
     result.save(tmp_path)
     back = AnalysisResult.from_json(tmp_path / "analysis.json")
-    for key in ("accuracy", "cos_matrix", "cka_matrix", "saturation_hist", "norm_ratio", "adjacent_cos"):
+    for key in ("accuracy", "cos_matrix", "cka_matrix", "saturation_hist", "norm_ratio", "adjacent_cos",
+                "final_agreement"):
         np.testing.assert_array_equal(np.asarray(getattr(back, key)), np.asarray(getattr(result, key)))
     assert back.theory["theorem_2_1"] == pytest.approx(result.theory["theorem_2_1"])
     assert back.effective_depth == result.effective_depth and back.layers == result.layers
@@ -151,7 +155,7 @@ def test_json_and_npz_round_trip(setup, tmp_path):
     data = json.loads((tmp_path / "analysis.json").read_text())
     for key in ("n_layers", "layers", "n_samples", "accuracy", "true_class_prob", "max_prob", "entropy",
                 "cos_to_last", "adjacent_cos", "cos_matrix", "cka_matrix", "cos_cka_agreement", "saturation_hist",
-                "effective_depth", "norm_ratio", "theory", "cross_entropy", "saturation_cumulative", "cos_box",
+                "effective_depth", "norm_ratio", "theory", "cross_entropy", "saturation_cumulative", "final_agreement", "cos_box",
                 "center", "cka_estimator", "zero_norm_count", "timing", "model", "data"):
         assert key in data, key
     assert data["adjacent_cos"][0] is None  # NaN is written as null

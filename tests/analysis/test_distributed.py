@@ -55,7 +55,7 @@ def test_two_processes_equal_one_process(tmp_path):
         assert got.n_similarity_samples == one.n_similarity_samples, name
         assert got.layers == one.layers
         for key in ("accuracy", "true_class_prob", "max_prob", "entropy", "cross_entropy", "cos_matrix",
-                    "cka_matrix", "norm_ratio", "saturation_cumulative", "rbf_cka_matrix"):
+                    "cka_matrix", "norm_ratio", "saturation_cumulative", "final_agreement", "rbf_cka_matrix"):
             a, b = getattr(got, key), getattr(one, key)
             if b is None:
                 assert a is None, (name, key)

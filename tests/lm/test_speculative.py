@@ -3,6 +3,7 @@ distribution), KV reuse, the choice of k and gamma. Tiny GPT-2 / Llama built fro
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -342,11 +343,18 @@ def test_acceptance_from_analysis_pass_and_prompts(lm, tmp_path):
     batch = padded_batch(lm.config.vocab_size, "left")
     result = analyze(adapter, [{**batch, "labels": batch["input_ids"]}], seed=0)
     rates = acceptance_by_layer(result, adapter.n_layers)
-    cum = np.asarray(result.saturation_cumulative)
-    assert np.allclose(rates[result.layers], np.where(np.asarray(result.layers) == adapter.n_layers, 1.0, cum))
-    assert np.all(np.diff(rates) >= -1e-12)
+    # the pass's agreement with the last layer, written naively from its per-token predictions
+    pred = result.samples["pred"]  # (scored tokens, S)
+    naive = (pred == pred[:, -1:]).mean(axis=0)
+    assert np.allclose(result.final_agreement, naive) and np.allclose(rates[result.layers], naive)
+    assert np.all(result.final_agreement >= np.asarray(result.saturation_cumulative) - 1e-12)
     result.to_json(tmp_path / "analysis.json")
     assert np.allclose(acceptance_by_layer(tmp_path, adapter.n_layers), rates)
+    # an analysis.json from before final_agreement existed: its saturation curve (a lower bound)
+    old = dataclasses.replace(result, final_agreement=None)
+    cum = np.asarray(result.saturation_cumulative)
+    assert np.allclose(acceptance_by_layer(old, adapter.n_layers)[result.layers],
+                       np.where(np.asarray(result.layers) == adapter.n_layers, 1.0, cum))
     # the prompt estimate: naive per-layer agreement with the last layer's argmax on real tokens
     est = prompt_acceptance(adapter, batch["input_ids"], batch["attention_mask"])
     with torch.no_grad():

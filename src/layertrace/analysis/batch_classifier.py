@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..errors import LayertraceError
-from ..readout import saturation_histogram, saturation_positions, stacked_layer_readout
+from ..readout import final_agreement_counts, saturation_histogram, saturation_positions, stacked_layer_readout
 from ..trace import trace_batch
 from .options import AUTO_LOGITS_BYTES
 from .records import BatchRecord
@@ -69,6 +69,7 @@ class ClassifierBatches:
         per = {k: getattr(r, k).T.to(torch.float32).cpu().numpy() for k in ("max_prob", "true_class_prob", "entropy")}
         positions = saturation_positions(pred)
         self.sat_hist += saturation_histogram(positions, self.S)
+        self.final_agree += final_agreement_counts(pred)
         rec = BatchRecord(n_samples=n)
         # similarity samples of a classifier = every sample; T2.2 reads their true-class probability
         rec.arrays["sim_true_class_prob"] = per["true_class_prob"]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..errors import LayertraceError
-from ..readout import layer_readout, saturation_histogram, saturation_positions
+from ..readout import final_agreement_counts, layer_readout, saturation_histogram, saturation_positions
 from ..trace import autocast, check_finite, next_token_targets, subsample_tokens, trace_batch
 from .records import BatchRecord
 
@@ -65,6 +65,7 @@ class LMBatches:
         self.readout.add_count(n_tok)
         positions = saturation_positions(pred)
         self.sat_hist += saturation_histogram(positions, self.S)
+        self.final_agree += final_agreement_counts(pred)
         # similarity tokens: seeded subsample of the scored positions (same on every process)
         srow, scol = subsample_tokens(scored, self.opts.tokens_per_sample, self.opts.seed, b)
         flat_index = torch.full(scored.shape, -1, dtype=torch.long)

@@ -145,6 +145,7 @@ class _Pass(SimilarityPlan, ClassifierBatches, LMBatches, FinishSteps, SampleRec
         self.readout = ReadoutAccumulator(self.S)
         self.records: dict[int, BatchRecord] = {}
         self.sat_hist = np.zeros(self.S, dtype=np.int64)
+        self.final_agree = np.zeros(self.S, dtype=np.int64)  # predictions equal to the last layer's, per layer
         # sums over similarity samples: per-layer feature sums (centres), norm-ratio sums / counts
         self.feature_sum: np.ndarray | None = None
         self.n_sim = 0

@@ -32,6 +32,7 @@ class FinishSteps:
         # ---- merge the streaming sums of all processes
         self.readout.load_state(d.sum(self.readout.state()))
         sat_hist = d.sum(self.sat_hist).round().astype(np.int64)
+        final_agree = d.sum(self.final_agree).round().astype(np.int64)
         dim_known = d.gather(self.dim)
         dims = {x for x in dim_known if x is not None}
         if not dims:
@@ -101,6 +102,7 @@ class FinishSteps:
             entropy=counts["entropy"], cross_entropy=counts["cross_entropy"],
             perplexity=np.exp(counts["cross_entropy"]) if self.is_lm else None,
             saturation_hist=sat_hist, saturation_cumulative=saturation_cumulative(sat_hist),
+            final_agreement=np.full(self.S, np.nan) if self.headless else final_agree / n_pred,
             effective_depth={} if self.headless else effective_depths(counts["accuracy"], self.layers, o.epsilons),
         )
         if self.S > 1:

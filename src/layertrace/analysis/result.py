@@ -27,8 +27,8 @@ SCHEMA_VERSION = 1
 # Keys whose JSON lists become float64 numpy arrays (null -> NaN) when read back.
 _FLOAT_ARRAYS = (
     "accuracy", "true_class_prob", "max_prob", "entropy", "cross_entropy", "perplexity",
-    "cos_to_last", "adjacent_cos", "cos_matrix", "cka_matrix", "saturation_cumulative", "norm_ratio",
-    "rbf_cka_matrix", "procrustes_matrix",
+    "cos_to_last", "adjacent_cos", "cos_matrix", "cka_matrix", "saturation_cumulative", "final_agreement",
+    "norm_ratio", "rbf_cka_matrix", "procrustes_matrix",
 )
 _INT_ARRAYS = ("saturation_hist", "zero_norm_per_layer")
 _REQUIRED = ("n_layers", "layers", "n_samples")
@@ -62,6 +62,7 @@ class AnalysisResult:
     # --- saturation and effective depth
     saturation_hist: np.ndarray | None = None
     saturation_cumulative: np.ndarray | None = None
+    final_agreement: np.ndarray | None = None
     effective_depth: dict[str, Any] = field(default_factory=dict)
     # --- similarity
     center: str | None = None

@@ -1,6 +1,6 @@
 """Choosing the draft layer k and the draft length gamma of self-speculative decoding
 (:mod:`layertrace.lm.speculative`): the acceptance rate per layer (measured on the prompts' greedy
-continuation, from the analysis pass's saturation statistic or from the prompts' text) and the
+continuation, from the analysis pass's agreement with the last layer or from the prompts' text) and the
 expected speed-up of a cost model (its constants measured by
 :func:`~layertrace.lm.speculative.measure_step_costs`)."""
 
@@ -177,12 +177,14 @@ def acceptance_by_layer(source: Any, n_layers: int | None = None) -> np.ndarray:
 
     Args:
         source: an :class:`~layertrace.analysis.result.AnalysisResult` of a causal LM, a folder or
-            ``analysis.json`` it wrote (its ``saturation_cumulative``: the fraction of tokens whose
-            prediction has settled on the final one at layer l), or a sequence of L + 1 rates.
+            ``analysis.json`` it wrote (its ``final_agreement``: the fraction of test tokens whose
+            layer-l prediction equals the last layer's, what a greedy draft from layer l meets; an
+            ``analysis.json`` written before that field existed gives its ``saturation_cumulative``,
+            the fraction settled at layer l for good, a lower bound), or a sequence of L + 1 rates.
         n_layers: L, to check the length.
     Returns:
         (L + 1,) float64 in [0, 1]; layers the pass did not trace are filled with the rate of the
-        closest traced layer below (a lower bound, as agreement grows with depth).
+        closest traced layer below (agreement grows with depth, nearly always).
     """
     from ..analysis.result import AnalysisResult
 
@@ -190,14 +192,17 @@ def acceptance_by_layer(source: Any, n_layers: int | None = None) -> np.ndarray:
         p = Path(source)
         source = AnalysisResult.from_json(p / "analysis.json" if p.is_dir() else p, load_samples=False)
     if isinstance(source, AnalysisResult):
-        if source.saturation_cumulative is None:
+        agreement = source.final_agreement
+        if agreement is None or not np.all(np.isfinite(agreement)):
+            agreement = source.saturation_cumulative
+        if agreement is None:
             raise LayertraceError("the analysis result has no saturation_cumulative; re-run `layertrace analyze`")
         n = int(source.n_layers)
         rates = np.zeros(n + 1)
-        cum = np.asarray(source.saturation_cumulative, dtype=np.float64)
+        traced = np.asarray(agreement, dtype=np.float64)
         for l in range(n + 1):
             below = [i for i, t in enumerate(source.layers) if t <= l]
-            rates[l] = cum[below[-1]] if below else 0.0
+            rates[l] = traced[below[-1]] if below else 0.0
         rates[n] = 1.0
     else:
         rates = np.asarray(list(source), dtype=np.float64)

@@ -174,7 +174,7 @@ def lm_figures(lm_json: Mapping[str, Any] | str | Path) -> list[tuple[str, Any, 
             draft = f"{dec['draft_layer']}, {dec['gamma']}"
         sources = {t.get("choice", {}).get("source", "analysis") for t in per_batch.values()}
         chosen = ("from the acceptance measured on the prompts' greedy continuation" if sources == {"greedy continuation"}
-                  else "from the analysis pass's saturation statistic")
+                  else "from the analysis pass's agreement with the last layer")
         same = "; ".join(f"batch {b}: " + ", ".join(f"{n} {t['identical']}/{t['rows']}" for n, t in dec["batches"][b].items())
                          for b in batches)
         caption = (f"Greedy decoding of the aligned model, {dec['n_prompts']} test prompts x {dec['max_new_tokens']} "

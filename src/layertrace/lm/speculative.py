@@ -34,8 +34,9 @@ Everything goes through the adapter API (``embed`` / ``block`` / ``readout``, ``
 
 Choosing ``k`` and ``gamma``. A greedy draft token is accepted when the layer-k readout agrees with
 the final prediction: measured on the prompts' greedy continuation (``analysis="measure"``,
-:func:`measure_acceptance`), or the saturation statistic of the analysis pass (fraction of tokens
-whose prediction has settled at layer k, ``saturation_cumulative``: a lower bound).
+:func:`measure_acceptance`), or the analysis pass's ``final_agreement`` on test text (fraction of
+tokens whose layer-k prediction equals the last layer's; older files: ``saturation_cumulative``,
+the fraction settled at layer k for good, a lower bound).
 :func:`choose_draft` picks the (k, gamma) with the best expected speed-up under a cost model
 (:func:`expected_speedup`; :func:`measure_step_costs` calibrates it); ``draft_layer=`` / ``gamma=``
 override it.
@@ -235,7 +236,7 @@ def self_speculative_generate(
         analysis: where the per-layer acceptance comes from when k or gamma is chosen: an
             ``AnalysisResult``, its folder / ``analysis.json``, or L + 1 rates; ``"measure"``
             measures it on the prompts' own greedy continuation (:func:`measure_acceptance`: what
-            drafting meets; the analysis pass's saturation on test text is a lower bound); ``None``
+            drafting meets; the analysis pass reads test text, where agreement is a little lower); ``None``
             estimates it on the prompts' text (:func:`prompt_acceptance`).
         max_new_tokens, sampling, eos_token_id, pad_token_id: as for ``generate``. Greedy output is
             full greedy decoding's; sampled output has full sampling's distribution (not its random

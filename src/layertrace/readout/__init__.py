@@ -13,6 +13,7 @@ from .collapse import COLLAPSE_FIELDS, CollapseAccumulator, collapse_measures
 from .saturation import (
     effective_depth,
     effective_depths,
+    final_agreement_counts,
     saturation_cumulative,
     saturation_histogram,
     saturation_layers,
@@ -32,7 +33,7 @@ from .theory import (
 __all__ = [
     "COLLAPSE_FIELDS", "CollapseAccumulator", "collapse_measures",
     "READOUT_FIELDS", "ReadoutValues", "ReadoutAccumulator", "layer_readout", "stacked_layer_readout",
-    "effective_depth", "effective_depths", "saturation_cumulative", "saturation_histogram",
+    "effective_depth", "effective_depths", "final_agreement_counts", "saturation_cumulative", "saturation_histogram",
     "saturation_layers", "saturation_positions",
     "THEORY_TOLERANCE", "geodesic_residual", "n_layer_triples", "norm_ratios",
     "theorem_2_1_violations", "theorem_2_2_cooccurrence", "trajectory_straightness",

@@ -59,6 +59,17 @@ def saturation_histogram(positions: np.ndarray, n_positions: int) -> np.ndarray:
     return np.bincount(np.asarray(positions, dtype=np.int64), minlength=n_positions)[:n_positions].astype(np.int64)
 
 
+def final_agreement_counts(preds: np.ndarray) -> np.ndarray:
+    """Per traced layer, how many predictions equal the last layer's: (S,) int64 from (n, S) ``preds``.
+
+    Divided by n this is the fraction a draft read at that layer would get accepted by the last one
+    (greedy self-speculation); unlike saturation it does not ask the later layers to agree too, so it
+    is at least :func:`saturation_cumulative` at every layer.
+    """
+    preds = np.asarray(preds)
+    return (preds == preds[:, -1:]).sum(axis=0).astype(np.int64)
+
+
 def saturation_cumulative(hist: np.ndarray) -> np.ndarray:
     """Cumulative saturation curve: (S,) float64, entry i = fraction saturated at or before layers[i]."""
     hist = np.asarray(hist, dtype=np.float64)
