@@ -163,14 +163,16 @@ class AnalysisResult:
 
     # ------------------------------------------------------------------ conveniences
     def layer_table(self) -> str:
-        """A small Markdown table: layer, accuracy, COS to last, CKA to last, saturated fraction."""
-        head = "| layer | accuracy | COS to last | CKA to last | saturated by |\n|---:|---:|---:|---:|---:|"
+        """A small Markdown table: layer, accuracy, COS to last, CKA to last, saturated fraction, fraction
+        agreeing with the last layer's prediction."""
+        head = ("| layer | accuracy | COS to last | CKA to last | saturated by | agrees with last |\n"
+                "|---:|---:|---:|---:|---:|---:|")
         rows = []
         for i, layer in enumerate(self.layers):
-            rows.append("| {} | {} | {} | {} | {} |".format(
+            rows.append("| {} | {} | {} | {} | {} | {} |".format(
                 layer, _fmt(self.accuracy, i), _fmt(self.cos_to_last, i),
                 _fmt(None if self.cka_matrix is None else self.cka_matrix[:, -1], i),
-                _fmt(self.saturation_cumulative, i)))
+                _fmt(self.saturation_cumulative, i), _fmt(self.final_agreement, i)))
         return "\n".join([head, *rows])
 
 

@@ -243,12 +243,16 @@ class Figures(ExitFigures, TrainingFigures):
                          edgecolor="#333333", linewidth=0.3)
                 cum = _saturation_cumulative(r, frac)
                 ax_c.plot(sorted(cum), [cum[x] for x in sorted(cum)], label=r.mode or r.name, **st.kwargs())
+                agree = {x: v for x, v in layer_series(r.analysis, "final_agreement").items() if math.isfinite(v)}
+                if agree:  # analysis.json since 2026-12-02: the same prediction as the last layer, no more
+                    ax_c.plot(sorted(agree), [agree[x] for x in sorted(agree)], color=st.color, linestyle=":",
+                              linewidth=1.2, label="agrees with last (dotted)" if i == 0 else "_nolegend_")
             ax_h.set_title(group)
             ax_h.set_xlabel("saturation layer")
             ax_h.set_ylabel("fraction of test samples")
             ax_h.legend(frameon=False)
             ax_c.set_xlabel("layer index l")
-            ax_c.set_ylabel("fraction saturated by layer l")
+            ax_c.set_ylabel("fraction saturated by layer l")  # dotted: agreeing at layer l
             ax_c.set_ylim(0, 1.02)
             ax_c.legend(frameon=False, loc="lower right")
         fig.tight_layout()
@@ -257,7 +261,9 @@ class Figures(ExitFigures, TrainingFigures):
             "Top: histogram of each test sample's saturation layer, the first layer from which argmax R(h_k) equals "
             "the model's final prediction at every deeper layer k (Geva et al. 2022; relative to the final "
             "prediction, not the label). Bottom: the cumulative fraction of samples already saturated at layer "
-            "l. Look for: mass moving to shallow layers after aligned training, which is what early exit "
+            "l; dotted (where the analysis has it): the fraction whose layer-l prediction equals the final one "
+            "without asking the deeper layers to agree, the acceptance rate of a greedy draft read at layer l. "
+            "Look for: mass moving to shallow layers after aligned training, which is what early exit "
             "exploits. " + LAYER_NOTE)]
 
     def effective_depth(self) -> list[FigureItem]:
