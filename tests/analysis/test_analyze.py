@@ -60,6 +60,10 @@ def test_readout_statistics_equal_a_direct_computation(setup):
     # agreement with the last layer's prediction, layer by layer
     np.testing.assert_allclose(result.final_agreement, (preds == preds[:, -1:]).mean(0), rtol=1e-12)
     assert result.final_agreement[-1] == 1.0
+    table = result.layer_table().splitlines()  # one row per traced layer, agreement in the last column
+    assert table[0].split("|")[-2].strip() == "agrees with last" and len(table) == 2 + len(result.layers)
+    for row, value in zip(table[2:], result.final_agreement):
+        assert row.split("|")[-2].strip() == f"{value:.3f}"
     assert result.n_samples == result.n_predictions == len(labels)
     assert result.cos_matrix is None and result.cka_matrix is None
 
