@@ -236,8 +236,11 @@ def run(args) -> str:
     for batch, table in res["batches"].items():
         own = table["self-speculative"]
         ch = own["choice"]
-        draft = (f"Draft: none, full decoding (the best, k = {ch['draft_layer']}, gamma = {ch['gamma']}, is expected "
-                 f"below 1x)" if own.get("decoder") == "full" else f"Draft: k = {own['draft_layer']}, gamma = {own['gamma']}")
+        if own.get("decoder") == "full":
+            draft = (f"Draft: none, full decoding (the best, k = {ch['draft_layer']}, gamma = {ch['gamma']}, "
+                     f"is expected below 1x)")
+        else:
+            draft = f"Draft: k = {own['draft_layer']}, gamma = {own['gamma']}"
         if ch["source"] != "given":
             co = ch["costs"]
             blocks = ", ".join(f"{c:.2f}" for c in co.get("block_costs", []))

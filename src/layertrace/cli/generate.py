@@ -10,9 +10,9 @@ Examples::
 verifies with the full model (layertrace.lm.speculative): the text equals full decoding (greedy) or
 has its distribution (sampling). k and gamma come from the run folder's ``analysis.json`` (its
 per-layer agreement with the last layer = the draft acceptance rate) or, without one, from the
-prompts; ``--draft_layer`` /
-``--gamma`` override them. When the cost model expects even the best draft to be slower than full
-decoding, the prompts are decoded fully (same output) and the summary line says so.
+prompts; ``--draft_layer`` / ``--gamma`` override them. When the cost model expects even the best
+draft to be slower than full decoding, the prompts are decoded fully (same output) and the summary
+line says so.
 """
 
 from __future__ import annotations

@@ -588,5 +588,5 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
 
 
 __all__ = ["DraftChoice", "StepCosts", "acceptance_by_layer", "choose_draft", "compare_decoders", "expected_speedup",
-           "expected_tokens_per_round", "full_decoding_instead", "measure_acceptance", "measure_step_costs", "prompt_acceptance",
-           "self_speculative_generate"]
+           "expected_tokens_per_round", "full_decoding_instead", "measure_acceptance", "measure_step_costs",
+           "prompt_acceptance", "self_speculative_generate"]

@@ -73,8 +73,8 @@ class TrainSection:
     cos_beta: float = field(default=1.0, metadata=_h("cos-reg: weight beta of the cosine term", check=">= 0"))
     distill: float = field(default=0.0, metadata=_h(
         "aligned / multi-head: self-distillation weight beta in [0, 1): layers below L are scored by "
-        "(1 - beta) CE + beta KL(p_L || p_l) against the last layer's detached prediction (raises draft "
-        "agreement for self-speculative decoding; 0 = the paper's loss)", check="[0, 1)"))
+        "(1 - beta) CE + beta KL(p_L || p_l) against the last layer's detached prediction (aimed at draft "
+        "agreement for self-speculative decoding, measured in docs/lm.md; 0 = the paper's loss)", check="[0, 1)"))
     epochs: float = field(default=1.0, metadata=_h("passes over the training data (ignored when steps is set)", check="> 0"))
     steps: Optional[int] = field(default=None, metadata=_h("optimizer steps (overrides epochs)", check=">= 1"))
     batch_size: int = field(default=32, metadata=_h("global batch per optimizer step (all processes, all accumulation micro-batches)", check=">= 1"))
