@@ -119,15 +119,56 @@ def test_unknown_preset_is_a_one_line_error(tmp_path):
         run_lm_track(tmp_path, "quik")
 
 
-def test_config_file_matches_the_quick_preset():
+@pytest.mark.parametrize("name", ["quick", "quick-draft"])
+def test_config_file_matches_the_preset(name):
     from dataclasses import asdict
     from pathlib import Path
 
     from layertrace.demo.lm_track import PRESETS, get_preset
 
-    path = Path(__file__).parents[2] / "configs" / "lm-quick.yaml"
+    path = Path(__file__).parents[2] / "configs" / f"lm-{name}.yaml"
     from_file = asdict(get_preset(str(path)))
-    preset = asdict(PRESETS["quick"])
+    preset = asdict(PRESETS[name])
     preset["taus"] = list(preset["taus"])
     preset["decode_batch_sizes"] = list(preset["decode_batch_sizes"])
     assert from_file == preset
+
+
+def test_aligned_run_takes_the_presets_loss_settings(tmp_path):
+    """layer_weights and distill reach the aligned run's config only; the standard run keeps the
+    plain last-layer loss (the weights and distill are inert there, recorded as the defaults)."""
+    from dataclasses import replace
+
+    from layertrace.demo.lm_track import get_preset, train_config
+
+    p = replace(get_preset("smoke"), layer_weights="uniform", distill=0.3)
+    aligned = train_config(tmp_path / "base", tmp_path / "corpus", "aligned", p, 1)
+    standard = train_config(tmp_path / "base", tmp_path / "corpus", "standard", p, 1)
+    assert (aligned.train.layer_weights, aligned.train.distill) == ("uniform", 0.3)
+    assert (standard.train.layer_weights, standard.train.distill) == ("linear", 0.0)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("layer_weights", "quadratic", "layer_weights='quadratic'"),
+    ("layer_weights", [1.0, 2.0, 3.0], "layer_weights=[1.0, 2.0, 3.0]"),
+    ("distill", 1.0, "distill=1.0"),
+])
+def test_bad_loss_settings_fail_before_any_work(tmp_path, field, value, named):
+    from layertrace.errors import LayertraceError
+    from layertrace.demo.lm_track import run_lm_track
+
+    with pytest.raises(LayertraceError) as err:
+        run_lm_track(tmp_path / "out", "smoke", progress=False, encoder=None, **{field: value})
+    assert named in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing was prepared
+
+
+def test_quick_draft_changes_only_the_aligned_loss():
+    """quick-draft's standard run is quick's (configs/lm-quick-draft.yaml and docs/lm.md say so): the
+    presets differ in the aligned run's loss settings only."""
+    from dataclasses import asdict
+
+    from layertrace.demo.lm_track import PRESETS
+
+    quick, draft = asdict(PRESETS["quick"]), asdict(PRESETS["quick-draft"])
+    assert {k for k in quick if quick[k] != draft[k]} == {"name", "layer_weights", "distill"}

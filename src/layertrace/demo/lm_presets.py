@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Union
 
 from ..errors import LayertraceError, did_you_mean
 
@@ -28,6 +29,8 @@ class LMTrackPreset:
             models are built both ways).
         steps, batch_size, lr: training budget (AdamW, cosine, 5% warmup) for each mode.
         distill: the aligned run's self-distillation weight (``train.distill``; 0 = the paper's loss).
+        layer_weights: the aligned run's ``train.layer_weights`` (``linear``, the paper's, | ``uniform``
+            | ``last`` | a list of L weights).
         train_parallel: on CPU, train the two modes at once in two processes with half the threads
             each (small models use two cores better as two 1-thread runs than as one 2-thread run);
             on CUDA, or with False, one after the other.
@@ -54,6 +57,7 @@ class LMTrackPreset:
     batch_size: int = 8
     lr: float = 3e-3
     distill: float = 0.0
+    layer_weights: Union[str, list] = "linear"
     train_parallel: bool = True
     eval_blocks: int = 128
     n_prompts: int = 32
@@ -85,6 +89,14 @@ PRESETS: dict[str, LMTrackPreset] = {
     # The Llama layout also lets HF's `assistant_early_exit` run beside our decoders (it fails on GPT-2).
     "quick": LMTrackPreset("quick", family="llama", train_docs=12052, n_layers=8, hidden=112, block_size=128,
                            steps=2000, tie_embeddings=False),
+    # the quick LM trained for self-speculative drafts (issue 15): its aligned run weights every layer
+    # alike (uniform) and self-distils the layers below L toward layer L's prediction (distill 0.25),
+    # which lifts the draft's agreement with the last layer (greedy continuation, layer 2: 0.66 -> 0.79)
+    # at the same last-layer perplexity (34.3 -> 34.6) and a better layer 1 (57.6 -> 47.5), so the
+    # depth ratio falls to 1.37x (issue 15's item 4 asks 1.5x; `quick` keeps it). docs/lm.md.
+    "quick-draft": LMTrackPreset("quick-draft", family="llama", train_docs=12052, n_layers=8, hidden=112,
+                                 block_size=128, steps=2000, tie_embeddings=False, layer_weights="uniform",
+                                 distill=0.25),
     # a longer CPU run (~1 h): all the training text, a deeper and wider model, more steps
     "full": LMTrackPreset("full", train_docs=12052, test_docs=1489, vocab_size=2048, n_layers=8, hidden=192,
                           heads=6, block_size=128, steps=3000, batch_size=16, lr=2e-3, eval_blocks=256,
@@ -103,7 +115,7 @@ PRESETS: dict[str, LMTrackPreset] = {
 
 
 def get_preset(preset: str | Path | LMTrackPreset) -> LMTrackPreset:
-    """A copy of a preset by name (``quick``, ``full``, ``paper``, ``smoke``), a YAML file of preset
+    """A copy of a preset by name (``quick``, ``quick-draft``, ``full``, ``paper``, ``smoke``), a YAML file of preset
     fields (``configs/lm-quick.yaml``), or the preset itself."""
     if isinstance(preset, LMTrackPreset):
         return preset

@@ -9,7 +9,9 @@
 3. base model: a GPT-2- or Llama-layout model (the preset's ``family``; quick: Llama) built from config, seeded, saved with the tokenizer
    (``lm-base/``); both runs start from these same weights;
 4. training: ``layertrace.training.train_from_config`` in the modes ``standard`` and ``aligned``
-   (the paper's linear layer weights) -> run folders ``corpus-<family>-standard`` / ``corpus-<family>-aligned``;
+   (the aligned run with the preset's ``layer_weights`` and ``distill``: quick, the paper's linear
+   weights and no distillation; quick-draft, uniform and 0.25) -> run folders
+   ``corpus-<family>-standard`` / ``corpus-<family>-aligned``;
 5. per run: the analysis pass on test blocks (``analysis.json``: per-layer next-token accuracy,
    perplexity, saturation, COS / CKA), text generated from every layer k (nucleus p = 0.95,
    seeded) scored for diversity and coherence (bundled MiniLM), and early-exit decoding at several
@@ -146,7 +148,8 @@ def train_config(base: Path, corpus_dir: Path, mode: str, p: LMTrackPreset, thre
         train=TrainSection(mode=mode, steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=0.01,
                            warmup_ratio=0.05, schedule="cosine", seed=p.seed, eval_batch_size=16,
                            log_every=10, checkpoint_every=0 if p.steps < 1000 else 500, progress=False,
-                           threads=threads, device=device, distill=p.distill if mode == "aligned" else 0.0),
+                           threads=threads, device=device, distill=p.distill if mode == "aligned" else 0.0,
+                           layer_weights=p.layer_weights if mode == "aligned" else "linear"),
     )
 
 
@@ -322,6 +325,20 @@ def compare_with_paper(standard: dict[str, Any], aligned: dict[str, Any]) -> dic
     }
 
 
+def _check_loss_settings(p: LMTrackPreset) -> None:
+    """Fail before any work (and before the training processes start) on a preset whose aligned-run
+    loss settings the trainer would reject."""
+    from ..training.losses import weights_for_layers
+
+    try:
+        weights_for_layers(p.layer_weights, p.n_layers, range(1, p.n_layers + 1))
+    except LayertraceError as exc:
+        raise LayertraceError(f"LM-track preset field layer_weights={p.layer_weights!r}: {exc}") from None
+    if not 0.0 <= float(p.distill) < 1.0:
+        raise LayertraceError(f"LM-track preset field distill={p.distill!r} is outside [0, 1); "
+                              f"use 0 for the paper's loss or e.g. 0.5")
+
+
 def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", progress: Any = None,
                  threads: int | None = None, encoder: Any = "default", device: str = "auto",
                  **overrides: Any) -> dict[str, Any]:
@@ -330,7 +347,8 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
     Args:
         out_dir: folder for the corpus, tokenizer, base model, the two run folders and ``lm.json``.
         preset: ``"quick"`` (~20 min on 2 idle CPU cores, estimated; 19.75 min measured on a
-            shared one), ``"full"`` (~1 h on CPU), ``"paper"`` (GPT-2 small shape, for a GPU) or ``"smoke"``
+            shared one), ``"quick-draft"`` (quick trained for self-speculative drafts), ``"full"``
+            (~1 h on CPU), ``"paper"`` (GPT-2 small shape, for a GPU) or ``"smoke"``
             (seconds), or an :class:`LMTrackPreset`.
         progress: ``None`` / ``True`` prints ``[lm] ...`` lines, ``False`` is silent, a callable gets
             each message.
@@ -345,6 +363,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
         the ``lm.json`` content (schema in docs/lm.md).
     """
     p = replace(get_preset(preset), **overrides) if overrides else get_preset(preset)
+    _check_loss_settings(p)
     say = _reporter(progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
