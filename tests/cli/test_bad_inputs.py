@@ -218,6 +218,8 @@ def _cases(w) -> list[tuple[str, list, tuple[str, ...]]]:
          ("max_new_tokens",)),
         ("generate strategy typo", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--strategy", "greedyy"],
          ("did you mean 'greedy'",)),
+        ("generate costs typo", ["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--costs", "measured"],
+         ("costs", "default, measure")),
         ("generate from an image model", ["generate", "--model", run, "--prompt", "hi"], ("causal LM",)),
         ("generate out is a file", ["generate", "--model", run, "--prompt", "hi", "--out", w["file"]],
          ("existing file",)),

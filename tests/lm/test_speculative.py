@@ -439,6 +439,13 @@ def test_cli_generate_speculative_equals_full(tmp_path, capsys):
                  "measure", "--max_new_tokens", "9", "--out", str(tmp_path / "measured")]) == 0
     measured = read_json(tmp_path / "measured" / "generate.json")
     assert measured["texts"] == outs["full"]["texts"] and measured["stats"]["choice"]["source"] == "greedy continuation"
+    # the cost model calibrated on this model (what --costs measure adds): the same text, costs marked measured
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the film,the plan is", "--costs",
+                 "measure", "--max_new_tokens", "9", "--out", str(tmp_path / "costs")]) == 0
+    timed = read_json(tmp_path / "costs" / "generate.json")
+    assert timed["texts"] == outs["full"]["texts"]
+    assert timed["stats"]["choice"]["costs"]["source"] == "measured at batch 2"
+    assert outs["speculative"]["stats"]["choice"]["costs"]["source"] != "measured at batch 2"
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "x", "--decoder", "fast"]) == 2
 
 

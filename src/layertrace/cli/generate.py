@@ -46,6 +46,10 @@ class GenerateConfig:
     analysis: Optional[str] = field(default=None, metadata={
         "help": "analysis.json (or its folder) giving per-layer acceptance (default: the model folder's); "
                 "'measure': measured on the prompts' greedy continuation"})
+    costs: str = field(default="default", metadata={
+        "help": "the cost model choosing k and gamma: default (fixed constants) | measure (time the blocks, "
+                "readout, embed and bookkeeping on this model and batch first, ~1-2 s on the demo LM; "
+                "worth it for long generations)", "choices": ("default", "measure")})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per prompt", "check": ">= 1"})
     strategy: str = field(default="greedy", metadata={"help": "greedy | nucleus | top_k | sample",
                                                            "choices": ("greedy", "nucleus", "top_k", "sample")})
@@ -68,6 +72,8 @@ def generate_from_config(cfg: GenerateConfig) -> dict:
         raise LayertraceError("no prompt given: pass --prompt TEXT (or a comma list for a batch)")
     if cfg.decoder not in ("speculative", "full"):
         raise LayertraceError(f"decoder={cfg.decoder!r}: use speculative or full")
+    if cfg.costs not in ("default", "measure"):
+        raise LayertraceError(f"costs={cfg.costs!r}: use default or measure")
     if cfg.out:
         from ..io import check_out_dir
 
@@ -95,7 +101,8 @@ def generate_from_config(cfg: GenerateConfig) -> dict:
             analysis = str(found) if found.is_file() else None
         res = self_speculative_generate(adapter, enc["input_ids"], enc["attention_mask"], draft_layer=cfg.draft_layer,
                                         gamma=cfg.gamma, analysis=analysis, max_new_tokens=cfg.max_new_tokens,
-                                        sampling=sampling, confidence=cfg.confidence)
+                                        sampling=sampling, confidence=cfg.confidence,
+                                        costs="measure" if cfg.costs == "measure" else None)
     texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(res.new_tokens, res.new_mask)]
     body = {"decoder": cfg.decoder, "prompts": list(cfg.prompt), "texts": texts, "stats": res.stats,
             "seconds": res.seconds, "tokens_per_s": res.tokens_per_second}
