@@ -73,6 +73,9 @@ class LMTrackPreset:
     seed: int = 0
 
 
+_QUICK = LMTrackPreset("quick", family="llama", train_docs=12052, n_layers=8, hidden=112, block_size=128,
+                       steps=2000, tie_embeddings=False)
+
 PRESETS: dict[str, LMTrackPreset] = {
     # the LM track of `layertrace demo --with-lm`. History: 600 steps of 8 x 64 tokens (GPT-2 layout,
     # 4000 documents) stopped at test loss 5.32, a near-unigram model (perplexity ~220 at every layer
@@ -87,16 +90,13 @@ PRESETS: dict[str, LMTrackPreset] = {
     # step; with 2000 steps (the preset now): standard 97.1 -> 37.0 (2.63x), aligned 57.6 -> 34.3
     # (1.68x); both modes train at once (train_parallel); 19 min 45 s end to end, docs/lm.md.
     # The Llama layout also lets HF's `assistant_early_exit` run beside our decoders (it fails on GPT-2).
-    "quick": LMTrackPreset("quick", family="llama", train_docs=12052, n_layers=8, hidden=112, block_size=128,
-                           steps=2000, tie_embeddings=False),
+    "quick": _QUICK,
     # the quick LM trained for self-speculative drafts (issue 15): its aligned run weights every layer
     # alike (uniform) and self-distils the layers below L toward layer L's prediction (distill 0.25),
     # which lifts the draft's agreement with the last layer (greedy continuation, layer 2: 0.66 -> 0.79)
     # at the same last-layer perplexity (34.3 -> 34.6) and a better layer 1 (57.6 -> 47.5), so the
     # depth ratio falls to 1.37x (issue 15's item 4 asks 1.5x; `quick` keeps it). docs/lm.md.
-    "quick-draft": LMTrackPreset("quick-draft", family="llama", train_docs=12052, n_layers=8, hidden=112,
-                                 block_size=128, steps=2000, tie_embeddings=False, layer_weights="uniform",
-                                 distill=0.25),
+    "quick-draft": replace(_QUICK, name="quick-draft", layer_weights="uniform", distill=0.25),
     # a longer CPU run (~1 h): all the training text, a deeper and wider model, more steps
     "full": LMTrackPreset("full", train_docs=12052, test_docs=1489, vocab_size=2048, n_layers=8, hidden=192,
                           heads=6, block_size=128, steps=3000, batch_size=16, lr=2e-3, eval_blocks=256,
@@ -115,8 +115,8 @@ PRESETS: dict[str, LMTrackPreset] = {
 
 
 def get_preset(preset: str | Path | LMTrackPreset) -> LMTrackPreset:
-    """A copy of a preset by name (``quick``, ``quick-draft``, ``full``, ``paper``, ``smoke``), a YAML file of preset
-    fields (``configs/lm-quick.yaml``), or the preset itself."""
+    """A copy of a preset by name (``quick``, ``quick-draft``, ``full``, ``paper``, ``smoke``), a YAML
+    file of preset fields (``configs/lm-quick.yaml``), or the preset itself."""
     if isinstance(preset, LMTrackPreset):
         return preset
     if str(preset).endswith((".yaml", ".yml")):

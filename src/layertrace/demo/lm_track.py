@@ -328,15 +328,15 @@ def compare_with_paper(standard: dict[str, Any], aligned: dict[str, Any]) -> dic
 def _check_loss_settings(p: LMTrackPreset) -> None:
     """Fail before any work (and before the training processes start) on a preset whose aligned-run
     loss settings the trainer would reject."""
-    from ..training.losses import weights_for_layers
+    from ..training.losses import check_distill, weights_for_layers
 
-    try:
-        weights_for_layers(p.layer_weights, p.n_layers, range(1, p.n_layers + 1))
-    except LayertraceError as exc:
-        raise LayertraceError(f"LM-track preset field layer_weights={p.layer_weights!r}: {exc}") from None
-    if not 0.0 <= float(p.distill) < 1.0:
-        raise LayertraceError(f"LM-track preset field distill={p.distill!r} is outside [0, 1); "
-                              f"use 0 for the paper's loss or e.g. 0.5")
+    checks = {"layer_weights": lambda: weights_for_layers(p.layer_weights, p.n_layers, range(1, p.n_layers + 1)),
+              "distill": lambda: check_distill(p.distill)}
+    for name, check in checks.items():
+        try:
+            check()
+        except (LayertraceError, TypeError, ValueError) as exc:
+            raise LayertraceError(f"LM-track preset field {name}={getattr(p, name)!r}: {exc}") from None
 
 
 def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", progress: Any = None,
