@@ -130,7 +130,7 @@ def sweep_section(args, adapter, prompts, run_dir) -> str:
     rates = measure_acceptance(adapter, prompts, torch.ones_like(prompts), new_tokens=n)
     lines = [f"## Sweep of (k, gamma): measured vs the cost model ({args.mode} demo LM)", "",
              f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py {' '.join(sys.argv[1:])}`",
-             f"- machine: 2-core CPU shared with another developer's jobs (load average {os.getloadavg()[0]:.1f} "
+             f"- machine: {os.cpu_count()}-core CPU (load average {os.getloadavg()[0]:.1f} "
              f"at the start), torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
              f"- model: {run_dir}; {prompts.shape[0]} test prompts of {prompts.shape[1]} tokens, {n} new tokens "
              f"(no eos), greedy; median of {args.repeats} interleaved repeats of full decoding and every "
@@ -216,7 +216,7 @@ def run(args) -> str:
         f"## Self-speculative decoding vs full, HF assistant_early_exit and CALM-style exit ({args.mode} demo LM)",
         "",
         f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py {' '.join(sys.argv[1:])}`",
-        f"- machine: 2-core CPU, no GPU, shared with other jobs (load average {load:.1f} at the start, "
+        f"- machine: {os.cpu_count()}-core CPU, device {adapter.device} (load average {load:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
         f"Python {platform.python_version()}; date {datetime.date.today()}",
         f"- model: {run_dir} ({adapter.n_layers} layers, d={adapter.hidden_size}, vocab {adapter.num_outputs}, "
