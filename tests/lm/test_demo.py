@@ -122,7 +122,7 @@ def test_unknown_preset_is_a_one_line_error(tmp_path):
         run_lm_track(tmp_path, "quik")
 
 
-@pytest.mark.parametrize("name", ["quick", "quick-draft"])
+@pytest.mark.parametrize("name", ["quick", "quick-draft", "draft"])
 def test_config_file_matches_the_preset(name):
     from dataclasses import asdict
     from pathlib import Path
@@ -175,3 +175,15 @@ def test_quick_draft_changes_only_the_aligned_loss():
 
     quick, draft = asdict(PRESETS["quick"]), asdict(PRESETS["quick-draft"])
     assert {k for k in quick if quick[k] != draft[k]} == {"name", "layer_weights", "distill"}
+
+
+def test_draft_is_quick_draft_deeper():
+    """draft is quick-draft's training on a 12 x 96 model (configs/lm-draft.yaml and docs/lm.md say so):
+    the presets differ in shape only."""
+    from dataclasses import asdict
+
+    from layertrace.demo.lm_track import PRESETS
+
+    quick_draft, draft = asdict(PRESETS["quick-draft"]), asdict(PRESETS["draft"])
+    assert {k for k in draft if draft[k] != quick_draft[k]} == {"name", "n_layers", "hidden"}
+    assert (draft["n_layers"], draft["hidden"]) == (12, 96)

@@ -10,7 +10,7 @@
    (``lm-base/``); both runs start from these same weights;
 4. training: ``layertrace.training.train_from_config`` in the modes ``standard`` and ``aligned``
    (the aligned run with the preset's ``layer_weights`` and ``distill``: quick, the paper's linear
-   weights and no distillation; quick-draft, uniform and 0.25) -> run folders
+   weights and no distillation; quick-draft and draft, uniform and 0.25) -> run folders
    ``corpus-<family>-standard`` / ``corpus-<family>-aligned``;
 5. per run: the analysis pass on test blocks (``analysis.json``: per-layer next-token accuracy,
    perplexity, saturation, COS / CKA), text generated from every layer k (nucleus p = 0.95,
@@ -347,7 +347,8 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
     Args:
         out_dir: folder for the corpus, tokenizer, base model, the two run folders and ``lm.json``.
         preset: ``"quick"`` (~20 min on 2 idle CPU cores, estimated; 19.75 min measured on a
-            shared one), ``"quick-draft"`` (quick trained for self-speculative drafts), ``"full"``
+            shared one), ``"quick-draft"`` (quick trained for self-speculative drafts), ``"draft"``
+            (12 x 96 trained for them, ~18 min), ``"full"``
             (~1 h on CPU), ``"paper"`` (GPT-2 small shape, for a GPU) or ``"smoke"``
             (seconds), or an :class:`LMTrackPreset`.
         progress: ``None`` / ``True`` prints ``[lm] ...`` lines, ``False`` is silent, a callable gets
@@ -468,12 +469,13 @@ def _load_params(base: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m layertrace.demo.lm_track --out DIR [--preset quick|full|paper|smoke|FILE.yaml]``."""
+    """``python -m layertrace.demo.lm_track --out DIR [--preset quick|quick-draft|draft|full|paper|smoke|FILE.yaml]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m layertrace.demo.lm_track", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (reused stage by stage when it exists)")
-    parser.add_argument("--preset", default="quick", help="quick | full | paper | smoke | a YAML file of preset fields")
+    parser.add_argument("--preset", default="quick",
+                        help="quick | quick-draft | draft | full | paper | smoke | a YAML file of preset fields")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-coherence", action="store_true", help="skip the MiniLM coherence score")

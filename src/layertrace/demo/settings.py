@@ -115,8 +115,9 @@ class DemoConfig:
     out: str = field(default="demo-out", metadata=_h("output folder (reused: finished stages are skipped)"))
     with_lm: bool = field(default=False, metadata=_h("also run the causal-LM track (per-layer generation)"))
     lm_preset: str = field(default="quick", metadata=_h(
-        "preset of the LM track (quick | quick-draft: the quick LM trained for self-speculative drafts, "
-        "docs/lm.md | paper)", choices=("quick", "quick-draft", "paper")))
+        "preset of the LM track (quick | quick-draft: the quick LM trained for self-speculative drafts | "
+        "draft: a 12-layer LM trained for them, docs/lm.md | paper)",
+        choices=("quick", "quick-draft", "draft", "paper")))
     device: str = field(default="auto", metadata=_h("auto | cpu | cuda", choices=("auto", "cpu", "cuda")))
     threads: Optional[int] = field(default=None, metadata=_h("torch CPU threads (default: all cores)", check=">= 1"))
     vision: TrackSection = field(default_factory=_vision)
