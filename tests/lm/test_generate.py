@@ -66,6 +66,22 @@ def test_eos_stops_rows_and_pads_them(lm):
     assert res.new_mask[0, : first + 1].all() and not res.new_mask[0, first + 1:].any()
 
 
+def test_greedy_drops_finished_rows_with_the_same_tokens(lm):
+    """Greedy decoding steps a row only until its eos (the rows left keep HF's tokens); blocks_run counts
+    one full pass per generated token, where stepping finished rows along would count B per step."""
+    batch = padded_batch(lm.config.vocab_size, "left")
+    greedy = SamplingConfig("greedy")
+    free = generate(lm, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, sampling=greedy)
+    eos = int(free.new_tokens[0, 1])  # row 0 emits it at step 2
+    res = generate(lm, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, sampling=greedy,
+                   eos_token_id=eos, pad_token_id=99)
+    hf = lm.generate(**batch, max_new_tokens=8, eos_token_id=eos, pad_token_id=99, **greedy.hf_kwargs())
+    assert torch.equal(res.sequences, hf)
+    stopped_early = (res.new_mask == 0).any(1)
+    assert stopped_early.any() and not stopped_early.all()  # a mixed batch: some rows left, some went on
+    assert res.blocks_run == lm.config.num_hidden_layers * int(res.new_mask.sum())
+
+
 def _shallow_reference(lm, batch, k, steps):
     """Naive greedy decoding from layer k: re-run the first k blocks on the whole sequence each step."""
     a = adapt(lm)

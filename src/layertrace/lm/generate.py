@@ -113,7 +113,8 @@ class GenerationResult:
         new_mask: (B, n) 1 where a token was really generated (0 after the row finished).
         layer: the readout layer (generation from layer k), or ``None`` for early exit.
         exit_layers: (B, n) the layer each token exited at (early exit only; 0 where ``new_mask`` is 0).
-        blocks_run: block applications executed, summed over rows and steps (finished rows included).
+        blocks_run: block applications executed, summed over rows and steps (finished rows included
+            where the decoder keeps stepping them: sampling in :func:`generate`, early exit).
         seconds: wall-clock time of the decoding loop (prefill included).
         stats: extra counters of the decoder (self-speculative decoding: draft layer, gamma, rounds,
             acceptance); ``None`` otherwise.
@@ -199,7 +200,9 @@ def generate(
         max_new_tokens: number of decoding steps.
         sampling: :class:`SamplingConfig`; default nucleus p = 0.95, seed 0.
         eos_token_id: a row stops after emitting it (then gets ``pad_token_id``); stop early when all
-            rows stopped. ``None`` = never stop early.
+            rows stopped. ``None`` = never stop early. Greedy decoding drops a stopped row from the
+            batch (less work, the same tokens); sampling keeps stepping it, as HF does, so that its
+            seeded draws stay HF's.
         pad_token_id: filler after eos (default ``eos_token_id``).
 
     Returns:
@@ -219,37 +222,48 @@ def generate(
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos is not None else 0)
     generator = torch.Generator(device=ids.device).manual_seed(int(sampling.seed))
 
+    # Greedy decoding drops a finished row from the batch (and its cache rows), as self-speculative
+    # decoding does; sampling keeps stepping it like HF `generate`, because one multinomial draw over
+    # the whole batch per step is what keeps the seeded random stream equal to HF's.
+    drop_finished = eos is not None and not sampling.do_sample
     start = time.perf_counter()
     cache = adapter.new_cache()
-    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+    batch = ids.shape[0]
+    tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=ids.device)
+    new_mask = torch.zeros_like(tokens)
+    rows = torch.arange(batch, device=ids.device)  # original row of each row still in the batch
+    unfinished = torch.ones(batch, dtype=torch.bool, device=ids.device)
     step_input = ids
-    new_tokens: list[Tensor] = []
-    new_mask: list[Tensor] = []
-    blocks_run = 0
+    blocks_run = steps = 0
     for _ in range(max_new_tokens):
         state = adapter.state_at({"input_ids": step_input, "attention_mask": mask, "past_key_values": cache}, depth)
-        blocks_run += depth * ids.shape[0]
+        blocks_run += depth * rows.shape[0]
         if step_input is ids:  # prefill: read each prompt's last real token (right padding too)
-            last = state.hidden[torch.arange(ids.shape[0], device=ids.device), last_real_positions(mask)]
+            last = state.hidden[torch.arange(batch, device=ids.device), last_real_positions(mask)]
         else:
             last = state.hidden[:, -1]
         logits = adapter.readout(last)
         token = choose_tokens(logits, sampling, generator)
         token = torch.where(unfinished, token, torch.full_like(token, pad))
-        new_tokens.append(token)
-        new_mask.append(unfinished.long())
+        tokens[rows, steps] = token
+        new_mask[rows, steps] = unfinished.long()
+        steps += 1
         if eos is not None:
             unfinished = unfinished & ~torch.isin(token, eos)
         if not bool(unfinished.any()):
             break
+        if drop_finished and not bool(unfinished.all()):
+            keep = unfinished.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, token, mask, unfinished = rows[keep], token[keep], mask[keep], unfinished[keep]
         step_input = token[:, None]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     seconds = time.perf_counter() - start
-    tokens = torch.stack(new_tokens, dim=1) if new_tokens else ids[:, :0]
+    tokens, new_mask = tokens[:, :steps], new_mask[:, :steps]
     return GenerationResult(
         sequences=torch.cat([ids, tokens], dim=1),
         new_tokens=tokens,
-        new_mask=torch.stack(new_mask, dim=1) if new_mask else ids[:, :0],
+        new_mask=new_mask,
         layer=depth,
         blocks_run=blocks_run,
         seconds=seconds,
