@@ -115,6 +115,119 @@ def agreement_section(args, adapter, prompts, run_dir) -> str:
     return "\n".join(lines) + "\n"
 
 
+def acceptance_needed(target: float, k: int, gamma: int, n_layers: int, costs, batch: int, new_tokens: int):
+    """The smallest draft acceptance (a 0.01 grid) at which the cost model (``expected_speedup`` with
+    these measured ``costs``) expects ``target`` x full decoding at (k, gamma); ``None`` if not even
+    acceptance 1 does."""
+    from layertrace.lm.draft_choice import expected_speedup
+
+    for a in [i / 100 for i in range(101)]:
+        if expected_speedup(a, k, gamma, n_layers, costs=costs, batch=batch, new_tokens=new_tokens) >= target:
+            return a
+    return None
+
+
+def call_breakdown(adapter, chunks: list[torch.Tensor], decoders: dict, repeats: int) -> dict:
+    """Where each decoder's time goes: seconds per ``adapter.embed`` / ``readout`` call and per
+    ``adapter.block`` call by the number m of new positions it runs on (m = 1: a decoding or draft
+    step, m = gamma + 1: a verify window, m = the prompt length: the prefill); the rest of the
+    decoder's own time is its loop. ``decoders`` maps a name to ``fn(ids) -> GenerationResult``; after
+    one warm-up pass, every repeat runs every decoder on every (B, P) chunk, interleaved (all
+    decoders back to back per chunk), like the decoder comparison.
+
+    Returns {name: {"total": seconds, "tokens": generated tokens, "calls": {key: [calls, seconds]}}}.
+    """
+    import time
+
+    for ids in chunks:  # warm-up: the decode path learns its cases
+        for fn in decoders.values():
+            fn(ids)
+    out = {name: {"total": 0.0, "tokens": 0, "calls": {}} for name in decoders}
+    current: list[dict] = [{}]  # the calls dict of the decoder now running
+
+    def wrap(kind, method):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return method(*a, **kw)
+            finally:
+                key = f"block, m = {a[1].hidden.shape[1]}" if kind == "block" else kind
+                acc = current[0].setdefault(key, [0, 0.0])
+                acc[0] += 1
+                acc[1] += time.perf_counter() - t0
+        return timed
+
+    kinds = ("embed", "block", "readout")
+    for kind in kinds:  # instance attributes shadow the methods for these runs only
+        object.__setattr__(adapter, kind, wrap(kind, getattr(adapter, kind)))
+    try:
+        for _ in range(max(1, repeats)):
+            for ids in chunks:
+                for name, fn in decoders.items():
+                    current[0] = out[name]["calls"]
+                    res = fn(ids)
+                    out[name]["total"] += res.seconds
+                    out[name]["tokens"] += res.n_generated
+    finally:
+        for kind in kinds:
+            object.__delattr__(adapter, kind)
+    return out
+
+
+def breakdown_section(args, adapter, prompts, run_dir) -> str:
+    """The Markdown section of ``--breakdown``: full decoding's and self-speculative decoding's time per
+    generated token, split by adapter call (``call_breakdown``), per batch size."""
+    from layertrace.lm.generate import SamplingConfig, generate
+    from layertrace.lm.speculative import self_speculative_generate
+
+    greedy = SamplingConfig("greedy")
+    n = args.new_tokens
+    lines = [f"## Where the time goes: full vs self-speculative decoding by adapter call ({args.mode} demo LM)", "",
+             f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py {' '.join(sys.argv[1:])}`",
+             f"- machine: {os.cpu_count()}-core CPU (load average {os.getloadavg()[0]:.1f} at the start), torch "
+             f"{torch.__version__}, {torch.get_num_threads()} thread(s); date {datetime.date.today()}",
+             f"- model: {run_dir}; {prompts.shape[0]} test prompts of {prompts.shape[1]} tokens, {n} new tokens "
+             f"(no eos), greedy, {args.repeats} interleaved passes over the prompts per decoder; calls and ms "
+             "per step of the batch (generated tokens / batch size: one token of every row), and the share of the decoder's time; `block, m = ...`: `adapter.block` on m new "
+             "positions per row (m = 1: a decoding or draft step; m = gamma + 1: a verify window; m = "
+             f"{prompts.shape[1]}: the prefill); loop = the rest (the decoder's own bookkeeping, and a draft "
+             "step's sliced embed)", ""]
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        chunks = [prompts[i:i + batch] for i in range(0, prompts.shape[0], batch)]
+        k, g = args.k or 1, args.gamma or 2
+        decoders = {"full": lambda i: generate(adapter, i, torch.ones_like(i), max_new_tokens=n, sampling=greedy),
+                    f"self-speculative (k = {k}, gamma = {g})": lambda i: self_speculative_generate(
+                        adapter, i, torch.ones_like(i), draft_layer=k, gamma=g, max_new_tokens=n, sampling=greedy)}
+        res = call_breakdown(adapter, chunks, decoders, args.repeats)
+        keys = sorted({key for r in res.values() for key in r["calls"]},
+                      key=lambda s: (not s.startswith("block"), int(s.rsplit("= ", 1)[1]) if s.startswith("block") else 0, s))
+        names = list(res)
+        lines += [f"### batch size {batch}", "",
+                  "| call | " + " | ".join(f"{nm}: calls, ms per batch step (share)" for nm in names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for key in keys + ["loop", "total"]:
+            cells = []
+            for nm in names:
+                r = res[nm]
+                inside = sum(s for _, s in r["calls"].values())
+                if key == "total":
+                    calls, secs = None, r["total"]
+                elif key == "loop":
+                    calls, secs = None, r["total"] - inside
+                else:
+                    calls, secs = r["calls"].get(key, [0, 0.0])
+                steps = r["tokens"] / batch
+                share = secs / r["total"]
+                cells.append((f"{calls / steps:.2f}, " if calls is not None else "") + f"{secs / steps * 1e3:.3f} ({share:.0%})")
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        full, spec = (res[nm] for nm in names)
+        lines += ["", f"Self-speculative / full tokens/s: {(spec['tokens'] / spec['total']) / (full['tokens'] / full['total']):.2f}x "
+                  "(the instrumented runs, interleaved; the timers add a little to every call, so the "
+                  "decoder comparison's ratio is the one to quote).", ""]
+        print("\n".join(lines[-(len(keys) + 8):]), flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def sweep_section(args, adapter, prompts, run_dir) -> str:
     """The Markdown section of ``--sweep``: measured speed-up of every (k, gamma) against the cost
     model's (what ``choose_draft`` maximises), per batch size, interleaved like the decoders."""
@@ -141,6 +254,7 @@ def sweep_section(args, adapter, prompts, run_dir) -> str:
         chunks = [prompts[i:i + batch] for i in range(0, prompts.shape[0], batch)]
         costs = measure_step_costs(adapter, chunks[0], torch.ones_like(chunks[0]))
         choice = choose_draft(rates, adapter.n_layers, costs=costs, batch=batch, new_tokens=n)
+        target = 1.3 if batch == 1 else 1.15  # issue 15's targets
         fns = {"full": lambda i: generate(adapter, i, torch.ones_like(i), max_new_tokens=n, sampling=greedy)}
         for k, g in configs:
             fns[(k, g)] = (lambda k, g: lambda i: self_speculative_generate(
@@ -168,12 +282,15 @@ def sweep_section(args, adapter, prompts, run_dir) -> str:
         lines += [f"### batch size {batch}", "",
                   f"choose_draft picks k = {choice.draft_layer}, gamma = {choice.gamma} (expected "
                   f"{choice.expected_speedup:.2f}x); full decoding {statistics.median(speeds['full']):.0f} tokens/s.", "",
-                  "| k, gamma | measured speed-up | model | measured acceptance | rows identical |", "|---|---|---|---|---|"]
+                  "| k, gamma | measured speed-up | model | measured acceptance | rows identical | layer-k agreement | "
+                  f"agreement the model needs for {target:.2f}x |", "|---|---|---|---|---|---|---|"]
         for k, g in configs:
             ratio = statistics.median(a / b for a, b in zip(speeds[(k, g)], speeds["full"]))
             model = expected_speedup(rates[k], k, g, adapter.n_layers, costs=costs, batch=batch, new_tokens=n)
+            need = acceptance_needed(target, k, g, adapter.n_layers, costs, batch, n)
             lines.append(f"| {k}, {g} | {ratio:.2f}x | {model:.2f}x | {statistics.fmean(acc[(k, g)]):.3f} | "
-                         f"{same[(k, g)]}/{prompts.shape[0]} |")
+                         f"{same[(k, g)]}/{prompts.shape[0]} | {rates[k]:.3f} | "
+                         + (f"{need:.2f}" if need is not None else "none <= 1") + " |")
         lines.append("")
         print("\n".join(lines[-(len(configs) + 6):]), flush=True)
     return "\n".join(lines) + "\n"
@@ -205,6 +322,8 @@ def run(args) -> str:
         return text
     if args.sweep:
         return sweep_section(args, adapter, prompts, run_dir)
+    if args.breakdown:
+        return breakdown_section(args, adapter, prompts, run_dir)
     load = os.getloadavg()[0]
     analysis = run_dir if args.acceptance == "analysis" else "measure"
     res = compare_decoders(adapter, prompts, draft_layer=args.k, gamma=args.gamma, analysis=analysis, tau=args.tau,
@@ -287,6 +406,9 @@ def main() -> None:
     ap.add_argument("--sweep", default=None, metavar="K,G;K,G;...",
                     help="instead of the decoder comparison: these (k, gamma) side by side with full decoding, "
                          "measured against the cost model")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="instead of the decoder comparison: full and self-speculative decoding (--k / --gamma, "
+                         "default 1 / 2) timed per adapter call (block by new positions, embed, readout, loop)")
     ap.add_argument("--out", default=None, help="write the Markdown section to this file")
     args = ap.parse_args()
     text = run(args)

@@ -297,14 +297,9 @@ def test_measured_acceptance_is_the_agreement_on_the_greedy_continuation(lm):
 def test_draft_agreement_of_the_benchmark_matches_measured_acceptance():
     """benchmarks/bench_speculative.py --agreement: the plain draft's agreement equals
     measure_acceptance (another code path); blocks 1..L-1 then block L is the full model (1.0)."""
-    import importlib.util
-
     from layertrace.lm.speculative import measure_acceptance
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_speculative", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_speculative.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_speculative()
     adapter = adapt(tiny_llama(n_layers=4))
     ids = padded_batch(adapter.num_outputs, "left")["input_ids"][[0, 2]]
     res = bench.draft_agreement(adapter, ids, 6, [(1,), (2,), (3, 4), (1, 4)])
@@ -482,3 +477,61 @@ def test_compare_decoders_side_by_side_on_llama_and_gpt2():
     assert res["batches"]["1"]["self-speculative"]["identical"] == 4
     if res["hf_error"] is None:  # a transformers release that fixed it
         assert res["batches"]["1"]["hf-assistant-early-exit"]["identical"] == 4
+
+
+def _bench_speculative():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_speculative", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_speculative.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_call_breakdown_of_the_benchmark_counts_every_block_call():
+    """benchmarks/bench_speculative.py --breakdown: full decoding runs L blocks on the P prompt
+    positions once and L one-token blocks per further token; self-speculative decoding's draft and
+    verify calls add up to what its stats say (k one-token calls per drafted position and L - k
+    window calls per round); the timed calls fit inside each decoder's own time."""
+    from layertrace.lm.generate import SamplingConfig, generate
+
+    bench = _bench_speculative()
+    adapter = adapt(tiny_llama(n_layers=4))
+    ids = padded_batch(adapter.num_outputs, "left")["input_ids"][:2]
+    greedy, n, (k, g) = SamplingConfig("greedy"), 6, (1, 2)
+    rounds = []
+
+    def spec(i):
+        res = self_speculative_generate(adapter, i, torch.ones_like(i), draft_layer=k, gamma=g, max_new_tokens=n,
+                                        sampling=greedy)
+        rounds.append(res.stats["rounds"])
+        return res
+
+    res = bench.call_breakdown(adapter, [ids[:1], ids[1:]], {
+        "full": lambda i: generate(adapter, i, torch.ones_like(i), max_new_tokens=n, sampling=greedy),
+        "spec": spec}, repeats=2)
+    L, p = adapter.n_layers, ids.shape[1]
+    full = res["full"]["calls"]
+    assert full[f"block, m = {p}"][0] == 2 * 2 * L and full["block, m = 1"][0] == 2 * 2 * L * (n - 1)
+    assert res["full"]["tokens"] == 2 * 2 * n
+    calls = res["spec"]["calls"]
+    window = sum(c for key, (c, _) in calls.items() if key not in (f"block, m = {p}", "block, m = 1")
+                 and key.startswith("block"))
+    assert window == (L - k) * sum(rounds[2:])  # the timed runs only (the first two are the warm-up)
+    for r in res.values():
+        assert 0 < sum(s for _, s in r["calls"].values()) <= r["total"]
+
+
+def test_acceptance_needed_is_the_smallest_grid_point_reaching_the_target():
+    """bench_speculative.acceptance_needed: the cost model reaches the target there and not 0.01 below;
+    an unreachable target (above gamma + 1 tokens per round's worth) gives None."""
+    from layertrace.lm.draft_choice import StepCosts, expected_speedup
+
+    bench = _bench_speculative()
+    costs = StepCosts(0.2, 0.3, 0.2)
+    a = bench.acceptance_needed(1.15, 2, 2, 12, costs, 8, 32)
+    assert a is not None and 0 < a <= 1
+    assert expected_speedup(a, 2, 2, 12, costs=costs, batch=8, new_tokens=32) >= 1.15
+    assert expected_speedup(a - 0.01, 2, 2, 12, costs=costs, batch=8, new_tokens=32) < 1.15
+    assert bench.acceptance_needed(10.0, 2, 2, 12, costs, 8, 32) is None
