@@ -177,13 +177,14 @@ def test_quick_draft_changes_only_the_aligned_loss():
     assert {k for k in quick if quick[k] != draft[k]} == {"name", "layer_weights", "distill"}
 
 
-def test_draft_is_quick_draft_deeper():
-    """draft is quick-draft's training on a 12 x 96 model (configs/lm-draft.yaml and docs/lm.md say so):
-    the presets differ in shape only."""
+def test_draft_is_quick_draft_deeper_and_longer():
+    """draft is quick-draft's uniform-weight training on a 12 x 96 model, 2500 steps, distill 0.15
+    (configs/lm-draft.yaml and docs/lm.md say so): the presets differ in these fields only."""
     from dataclasses import asdict
 
     from layertrace.demo.lm_track import PRESETS
 
     quick_draft, draft = asdict(PRESETS["quick-draft"]), asdict(PRESETS["draft"])
-    assert {k for k in draft if draft[k] != quick_draft[k]} == {"name", "n_layers", "hidden"}
-    assert (draft["n_layers"], draft["hidden"]) == (12, 96)
+    assert {k for k in draft if draft[k] != quick_draft[k]} == {"name", "n_layers", "hidden", "steps", "distill"}
+    assert (draft["n_layers"], draft["hidden"], draft["steps"], draft["distill"]) == (12, 96, 2500, 0.15)
+    assert draft["layer_weights"] == "uniform"

@@ -348,7 +348,7 @@ def run_lm_track(out_dir: str | Path, preset: str | LMTrackPreset = "quick", pro
         out_dir: folder for the corpus, tokenizer, base model, the two run folders and ``lm.json``.
         preset: ``"quick"`` (~20 min on 2 idle CPU cores, estimated; 19.75 min measured on a
             shared one), ``"quick-draft"`` (quick trained for self-speculative drafts), ``"draft"``
-            (12 x 96 trained for them, ~18 min), ``"full"``
+            (12 x 96 trained for them, ~16 min), ``"full"``
             (~1 h on CPU), ``"paper"`` (GPT-2 small shape, for a GPU) or ``"smoke"``
             (seconds), or an :class:`LMTrackPreset`.
         progress: ``None`` / ``True`` prints ``[lm] ...`` lines, ``False`` is silent, a callable gets
