@@ -137,7 +137,7 @@ def call_breakdown(adapter, chunks: list[torch.Tensor], decoders: dict, repeats:
 
     Returns {name: {"total": seconds, "tokens": generated tokens, "calls": {key: [calls, seconds]}}}.
     """
-    import time
+    from layertrace.lm.speculative import timed_adapter_calls
 
     for ids in chunks:  # warm-up: the decode path learns its cases
         for fn in decoders.values():
@@ -145,22 +145,13 @@ def call_breakdown(adapter, chunks: list[torch.Tensor], decoders: dict, repeats:
     out = {name: {"total": 0.0, "tokens": 0, "calls": {}} for name in decoders}
     current: list[dict] = [{}]  # the calls dict of the decoder now running
 
-    def wrap(kind, method):
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return method(*a, **kw)
-            finally:
-                key = f"block, m = {a[1].hidden.shape[1]}" if kind == "block" else kind
-                acc = current[0].setdefault(key, [0, 0.0])
-                acc[0] += 1
-                acc[1] += time.perf_counter() - t0
-        return timed
+    def record(kind: str, args: tuple, seconds: float) -> None:
+        key = f"block, m = {args[1].hidden.shape[1]}" if kind == "block" else kind
+        acc = current[0].setdefault(key, [0, 0.0])
+        acc[0] += 1
+        acc[1] += seconds
 
-    kinds = ("embed", "block", "readout")
-    for kind in kinds:  # instance attributes shadow the methods for these runs only
-        object.__setattr__(adapter, kind, wrap(kind, getattr(adapter, kind)))
-    try:
+    with timed_adapter_calls(adapter, record):
         for _ in range(max(1, repeats)):
             for ids in chunks:
                 for name, fn in decoders.items():
@@ -168,9 +159,6 @@ def call_breakdown(adapter, chunks: list[torch.Tensor], decoders: dict, repeats:
                     res = fn(ids)
                     out[name]["total"] += res.seconds
                     out[name]["tokens"] += res.n_generated
-    finally:
-        for kind in kinds:
-            object.__delattr__(adapter, kind)
     return out
 
 
@@ -188,13 +176,13 @@ def breakdown_section(args, adapter, prompts, run_dir) -> str:
              f"{torch.__version__}, {torch.get_num_threads()} thread(s); date {datetime.date.today()}",
              f"- model: {run_dir}; {prompts.shape[0]} test prompts of {prompts.shape[1]} tokens, {n} new tokens "
              f"(no eos), greedy, {args.repeats} interleaved passes over the prompts per decoder; calls and ms "
-             "per step of the batch (generated tokens / batch size: one token of every row), and the share of the decoder's time; `block, m = ...`: `adapter.block` on m new "
-             "positions per row (m = 1: a decoding or draft step; m = gamma + 1: a verify window; m = "
-             f"{prompts.shape[1]}: the prefill); loop = the rest (the decoder's own bookkeeping, and a draft "
+             "per step of the batch (generated tokens / batch size: one token of every row), and the share of "
+             "the decoder's time; `block, m = ...`: `adapter.block` on m new positions per row (m = 1: a "
+             f"decoding or draft step; m = gamma + 1: a verify window; m = {prompts.shape[1]}: the prefill); loop = the rest (the decoder's own bookkeeping, and a draft "
              "step's sliced embed)", ""]
+    k, g = args.k or 1, args.gamma or 2
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         chunks = [prompts[i:i + batch] for i in range(0, prompts.shape[0], batch)]
-        k, g = args.k or 1, args.gamma or 2
         decoders = {"full": lambda i: generate(adapter, i, torch.ones_like(i), max_new_tokens=n, sampling=greedy),
                     f"self-speculative (k = {k}, gamma = {g})": lambda i: self_speculative_generate(
                         adapter, i, torch.ones_like(i), draft_layer=k, gamma=g, max_new_tokens=n, sampling=greedy)}

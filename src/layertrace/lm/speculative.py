@@ -44,8 +44,9 @@ override it.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -64,31 +65,44 @@ from .draft_choice import (MAX_GAMMA, DraftChoice, StepCosts, acceptance_by_laye
 
 
 # ----------------------------------------------------------------------------- calibration
-def _timed(adapter: Any, fn) -> tuple[float, float]:
-    """(total seconds of ``fn()``, seconds of it spent outside ``adapter.embed`` / ``block`` / ``readout``)."""
-    import time
+@contextlib.contextmanager
+def timed_adapter_calls(adapter: Any, on_call: Callable[[str, tuple, float], None]) -> Iterator[None]:
+    """Inside the block, every ``adapter.embed`` / ``block`` / ``readout`` call also reports
+    ``on_call(kind, args, seconds)`` (``kind`` the method's name, ``args`` its positional arguments).
 
-    inside = [0.0]
-
-    def wrap(method):
+    Instance attributes shadow the methods for the block only (callers that hold the adapter see them;
+    nothing is patched on the class).
+    """
+    def wrap(kind, method):
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
-                inside[0] += time.perf_counter() - t0
+                on_call(kind, args, time.perf_counter() - t0)
         return timed
 
-    names = ("embed", "block", "readout")
-    for name in names:  # instance attributes shadow the methods for this call only
-        object.__setattr__(adapter, name, wrap(getattr(adapter, name)))
-    t0 = time.perf_counter()
+    kinds = ("embed", "block", "readout")
+    for kind in kinds:
+        object.__setattr__(adapter, kind, wrap(kind, getattr(adapter, kind)))
     try:
-        fn()
+        yield
     finally:
+        for kind in kinds:
+            object.__delattr__(adapter, kind)
+
+
+def _timed(adapter: Any, fn) -> tuple[float, float]:
+    """(total seconds of ``fn()``, seconds of it spent outside ``adapter.embed`` / ``block`` / ``readout``)."""
+    inside = [0.0]
+
+    def add(kind: str, args: tuple, seconds: float) -> None:
+        inside[0] += seconds
+
+    with timed_adapter_calls(adapter, add):
+        t0 = time.perf_counter()
+        fn()
         total = time.perf_counter() - t0
-        for name in names:
-            object.__delattr__(adapter, name)
     return total, total - inside[0]
 
 
