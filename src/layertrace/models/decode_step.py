@@ -219,9 +219,10 @@ class DecodeStep:
         Self-speculative drafting embeds a window of T new positions once (for the verify pass) and then
         decodes its positions one token at a time, the cache holding ``past + j`` tokens at position j.
         Everything such a step's State holds but the token embedding is a slice of the window's: the
-        position ids, the 2-D mask's first ``past + j + 1`` columns, the rotary ``(cos, sin)`` of that
-        position (elementwise in the position, so the slice is bit-equal to the module's call; checked
-        once per table with ``torch.equal``). The returned ``step(j, ids)`` ((B, 1) ids) gives the
+        position ids, the 2-D mask's first ``past + j + 1`` columns, the 4-D attention mask's row j
+        over those columns (where the window has one: rows with holes or padding), the rotary
+        ``(cos, sin)`` of that position (elementwise in the position, so the slice is bit-equal to the
+        module's call; checked once per table and mask kind with ``torch.equal``). The returned ``step(j, ids)`` ((B, 1) ids) gives the
         State :meth:`state` would derive for that step, without re-deriving the window's positions
         and masks. ``None`` where the one-token case is not learned or the window is not a cached
         decoding step (then ``adapter.embed`` per step is the way).
@@ -248,6 +249,11 @@ class DecodeStep:
         past = int(mask2d.shape[1]) - t
         window_rules = self.cases.get(case) or (None, {}, None)
         tables = {rule: window.per_sample[key] for key, rule in window_rules[1].items() if rule[0] == "rotary"}
+        # a step's 4-D mask is row j of the window's, its first past + j + 1 columns (the window's
+        # causal part lets query j see exactly those; the padding part is the same 2-D mask)
+        masks = {rule: window.per_sample[key] for key, rule in window_rules[1].items()
+                 if rule[0].startswith("mask") and window.per_sample[key].dim() == 4
+                 and window.per_sample[key].shape[-2] == t}
 
         # every per-step slice made at once (one split per tensor instead of a slice per step)
         pos_steps = pos_w.split(1, dim=1)
@@ -265,8 +271,8 @@ class DecodeStep:
             per_sample = {"attention_mask": new_cols[j], "position_ids": pos}
             for key, rule in rules.items():
                 sliced = table_steps.get(rule)
-                if sliced is not None:
-                    got = sliced[j]
+                if sliced is not None or rule in masks:
+                    got = sliced[j] if sliced is not None else masks[rule][:, :, j:j + 1, :past + j + 1]
                     if rule not in self.sliced:  # once per table: the slice is what the module returns
                         self.sliced[rule] = torch.equal(got, self._derive(rule, ctx))
                     per_sample[key] = got if self.sliced[rule] else self._derive(rule, ctx)
