@@ -321,7 +321,8 @@ def test_measured_step_costs_and_lossless_choice_with_them(lm):
     values = [costs.position_cost, costs.readout_cost, costs.embed_cost, costs.step_embed_cost, costs.loop_cost,
               costs.round_cost, *costs.block_costs]
     assert all(np.isfinite(v) and v >= 0 for v in values) and costs.source.startswith("measured at batch")
-    assert len(costs.block_costs) == 5 and costs.block_costs[0] == 1.0
+    # batch 4: entry 0 is the draft step (holed mask) relative to full decoding's step, both timed
+    assert len(costs.block_costs) == 5 and 0 < costs.block_costs[0] < 10
     res = self_speculative_generate(adapter, batch["input_ids"], batch["attention_mask"], costs="measure",
                                     max_new_tokens=8, sampling=GREEDY)
     full = generate(adapter, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, sampling=GREEDY)
@@ -329,6 +330,32 @@ def test_measured_step_costs_and_lossless_choice_with_them(lm):
     assert res.stats["choice"]["costs"]["source"].startswith("measured")
     with pytest.raises(LayertraceError, match="measure"):
         self_speculative_generate(adapter, batch["input_ids"], costs="fast", max_new_tokens=2)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_step_costs_time_speculative_blocks_with_a_hole_and_full_steps_without(rows):
+    """At batch > 1 a round's blocks meet holes (rejected drafts of rows that accepted fewer), full
+    decoding's steps do not: the calibration times one-token steps both ways. At batch 1 there are
+    no holes, and entry 0 of the table is full decoding's step itself."""
+    from layertrace.lm.speculative import measure_step_costs, timed_adapter_calls
+
+    adapter = adapt(tiny_llama(n_layers=3))
+    ids = torch.randint(2, adapter.num_outputs, (rows, 6), generator=torch.Generator().manual_seed(0))
+    first_steps = []  # (holed?) of every one-token embed on the prompt + 1 columns: the calibration's
+
+    def record(kind, args, seconds):
+        batch = args[0] if kind == "embed" else None
+        if batch is not None and batch["input_ids"].shape[1] == 1 and batch["attention_mask"].shape[1] == 7:
+            first_steps.append(bool((batch["attention_mask"] == 0).any()))
+
+    with timed_adapter_calls(adapter, record):
+        costs = measure_step_costs(adapter, ids, torch.ones_like(ids), repeats=2)  # nests its own timers
+    assert not {"embed", "block", "readout"} & adapter.__dict__.keys()  # both blocks undone
+    if rows == 1:
+        assert not any(first_steps) and costs.block_costs[0] == 1.0
+    else:
+        assert any(first_steps) and not all(first_steps)
+        assert costs.block_costs[0] > 0
 
 
 def test_acceptance_from_analysis_pass_and_prompts(lm, tmp_path):

@@ -64,8 +64,10 @@ class StepCosts:
         position_cost: extra cost of each further new token in a block call (when ``block_costs`` is empty).
         readout_cost: final norm + LM head on one token.
         embed_cost: one cached ``adapter.embed`` (a decoding step's layer 0).
-        block_costs: measured cost of a block call on m = 1, 2, ... new tokens per row (entry 0 is 1);
-            past its end it grows by its last step. Empty: ``1 + position_cost * (m - 1)``.
+        block_costs: measured cost of a speculative round's block call on m = 1, 2, ... new tokens
+            per row (entry 0: a draft step, relative to full decoding's step; above 1 where the
+            round's mask has holes and full decoding's has none); past its end it grows by its last
+            step. Empty: ``1 + position_cost * (m - 1)``.
         step_embed_cost: a draft step's layer 0 after the first two of a round (a slice of the
             window's embed, :meth:`~layertrace.models.decode_step.DecodeStep.window_steps`);
             default ``embed_cost``.
@@ -145,8 +147,8 @@ def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: 
     ``block(m)`` (``1 + position_cost * (m - 1)``, or the measured ``costs.block_costs``); a readout
     (final norm + LM head) on one token ``readout_cost``; one ``adapter.embed`` call ``embed_cost``.
     Full decoding pays ``embed_cost + n_layers + readout_cost + loop_cost`` per token; a round pays
-    one window embed, ``(gamma + 1) * k`` single-token draft-block calls (the last feeding the last
-    draft), ``gamma`` draft readouts, ``(n_layers - k + readout_cost) * block(gamma + 1)`` (the
+    one window embed, ``(gamma + 1) * k`` single-token draft-block calls at ``block(1)`` each (the
+    last feeding the last draft), ``gamma`` draft readouts, ``(n_layers - k + readout_cost) * block(gamma + 1)`` (the
     verify pass over gamma + 1 positions), ``round_cost`` (its bookkeeping and first two draft-step
     embeds) and ``step_embed_cost`` per further draft step. ``costs`` (a :class:`StepCosts`) replaces
     the three keyword constants; :func:`~layertrace.lm.speculative.measure_step_costs` measures all of them on a model and batch.
@@ -164,7 +166,7 @@ def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: 
     k, g, L = int(draft_layer), int(gamma), int(n_layers)
     r = costs.readout_cost
     step = k if draft_blocks is None else int(draft_blocks)
-    round_cost = (costs.embed_cost + (g + 1) * step + g * r + (L - k + r) * costs.block(g + 1) + costs.round_cost
+    round_cost = (costs.embed_cost + (g + 1) * step * costs.block(1) + g * r + (L - k + r) * costs.block(g + 1) + costs.round_cost
                   + (g - 1) * costs.step_embed_cost)
     full = costs.embed_cost + L + r + costs.loop_cost
     if new_tokens is not None and new_tokens > 1:

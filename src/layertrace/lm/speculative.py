@@ -71,7 +71,8 @@ def timed_adapter_calls(adapter: Any, on_call: Callable[[str, tuple, float], Non
     ``on_call(kind, args, seconds)`` (``kind`` the method's name, ``args`` its positional arguments).
 
     Instance attributes shadow the methods for the block only (callers that hold the adapter see them;
-    nothing is patched on the class).
+    nothing is patched on the class); blocks nest (the inner one reports to both, then restores the
+    outer one's).
     """
     def wrap(kind, method):
         def timed(*args, **kwargs):
@@ -83,13 +84,17 @@ def timed_adapter_calls(adapter: Any, on_call: Callable[[str, tuple, float], Non
         return timed
 
     kinds = ("embed", "block", "readout")
+    outer = {kind: adapter.__dict__.get(kind) for kind in kinds}  # an enclosing block's wrappers
     for kind in kinds:
         object.__setattr__(adapter, kind, wrap(kind, getattr(adapter, kind)))
     try:
         yield
     finally:
         for kind in kinds:
-            object.__delattr__(adapter, kind)
+            if outer[kind] is None:
+                object.__delattr__(adapter, kind)
+            else:
+                object.__setattr__(adapter, kind, outer[kind])
 
 
 def _timed(adapter: Any, fn) -> tuple[float, float]:
@@ -116,7 +121,11 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
     step's sliced embed and of the readout + argmax of (B, d) hidden states. The bookkeeping of both
     loops is timed on one short greedy decode each (``new_tokens``; full decoding, and
     self-speculative decoding with k = 1, gamma = 1) as their time outside embed / block / readout.
-    Everything is returned relative to one block on one new token (``block_costs[0] = 1``).
+    At batch > 1 the steps of m = 1..``window`` are timed with a hole in the mask (one masked cached
+    position in row 0), as a speculative round meets them from its second round on (rows that
+    accepted fewer drafts than the longest leave holes), and full decoding's one-token step with the
+    prompts' own mask: ``block_costs[0]`` is then the draft step's cost relative to full decoding's.
+    Everything is returned relative to one block on one new token of full decoding.
     """
     import statistics
 
@@ -134,12 +143,16 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
         cache = adapter.new_cache()
         adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, n_layers)
 
-        def step_inputs(t: int) -> dict[str, Any]:
-            return {"input_ids": ids[:, -1:].expand(-1, t),
-                    "attention_mask": torch.cat([mask, mask.new_ones(mask.shape[0], t)], 1), "past_key_values": cache}
+        holed = mask.clone()
+        if mask.shape[0] > 1:
+            holed[0, -1] = 0
 
-        def all_blocks(t: int):
-            inputs = step_inputs(t)
+        def step_inputs(t: int, prompt_mask: Tensor = mask) -> dict[str, Any]:
+            return {"input_ids": ids[:, -1:].expand(-1, t), "past_key_values": cache,
+                    "attention_mask": torch.cat([prompt_mask, mask.new_ones(mask.shape[0], t)], 1)}
+
+        def all_blocks(t: int, prompt_mask: Tensor = mask):
+            inputs = step_inputs(t, prompt_mask)
             for _ in range(2):  # the first cached step of a shape teaches the adapter's decode path
                 st = adapter.embed(inputs)
                 for layer in range(1, n_layers + 1):
@@ -156,8 +169,12 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
                     layer_cache.crop(-t)
             return run
 
-        # interleaved (every m once per repeat), so drifting machine load hits every m alike
-        runs = [all_blocks(t) for t in range(1, max(2, window) + 1)]
+        # interleaved (every m once per repeat), so drifting machine load hits every m alike; the
+        # first run is full decoding's step (the unit), the rest the speculative blocks' (holed)
+        spec_mask = holed if mask.shape[0] > 1 else mask
+        runs = [all_blocks(t, spec_mask) for t in range(1, max(2, window) + 1)]
+        if spec_mask is not mask:
+            runs.insert(0, all_blocks(1))
         times: list[list[float]] = [[] for _ in runs]
         for _ in range(repeats):
             for run, acc in zip(runs, times):
@@ -166,6 +183,8 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
                 acc.append(time.perf_counter() - t0)
         per_block = [statistics.median(acc) / n_layers for acc in times]
         one = per_block[0]
+        if spec_mask is not mask:
+            per_block = per_block[1:]
         inputs = step_inputs(1)
         embed = median_s(lambda: adapter.embed(inputs))
         hidden = adapter.embed(inputs).hidden[:, -1]
@@ -181,7 +200,7 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
         _, spec_rest = _timed(adapter, lambda: rounds.append(
             self_speculative_generate(adapter, ids, mask, draft_layer=1, gamma=1, **kw).stats["rounds"]))
         _, full_rest = _timed(adapter, lambda: generate(adapter, ids, mask, **kw))
-    return StepCosts(position_cost=max(0.0, (per_block[-1] / one - 1.0) / (len(per_block) - 1)),
+    return StepCosts(position_cost=max(0.0, (per_block[-1] - per_block[0]) / one / (len(per_block) - 1)),
                      readout_cost=readout / one, embed_cost=embed / one, source=f"measured at batch {ids.shape[0]}",
                      block_costs=tuple(t / one for t in per_block), step_embed_cost=step_embed / one,
                      loop_cost=full_rest / new_tokens / one, round_cost=spec_rest / max(1, rounds[0]) / one)
