@@ -115,15 +115,22 @@ def agreement_section(args, adapter, prompts, run_dir) -> str:
     return "\n".join(lines) + "\n"
 
 
-def acceptance_needed(target: float, k: int, gamma: int, n_layers: int, costs, batch: int, new_tokens: int):
+def acceptance_needed(target: float, k: int, gamma: int, n_layers: int, costs, batch: int, new_tokens: int,
+                      rows=None):
     """The smallest draft acceptance (a 0.01 grid) at which the cost model (``expected_speedup`` with
     these measured ``costs``) expects ``target`` x full decoding at (k, gamma); ``None`` if not even
-    acceptance 1 does."""
+    acceptance 1 does. ``rows``: the prompts' own layer-k rates (``measure_acceptance(per_row=True)``):
+    they move together by the grid's steps (clipped to [0, 1]), and the mean of the first that reaches
+    the target is returned."""
+    import numpy as np
+
     from layertrace.lm.draft_choice import expected_speedup
 
-    for a in [i / 100 for i in range(101)]:
+    base = np.zeros(1) if rows is None else np.asarray(rows, dtype=np.float64)
+    for step in range(0 if rows is None else -100, 101):
+        a = np.clip(base + step / 100, 0.0, 1.0)
         if expected_speedup(a, k, gamma, n_layers, costs=costs, batch=batch, new_tokens=new_tokens) >= target:
-            return a
+            return float(a.mean())
     return None
 
 
@@ -228,15 +235,16 @@ def sweep_section(args, adapter, prompts, run_dir) -> str:
     greedy = SamplingConfig("greedy")
     n = args.new_tokens
     configs = [tuple(int(x) for x in c.split(",")) for c in args.sweep.split(";")]
-    rates = measure_acceptance(adapter, prompts, torch.ones_like(prompts), new_tokens=n)
+    rates = measure_acceptance(adapter, prompts, torch.ones_like(prompts), new_tokens=n, per_row=True)
     lines = [f"## Sweep of (k, gamma): measured vs the cost model ({args.mode} demo LM)", "",
              f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py {' '.join(sys.argv[1:])}`",
              f"- machine: {os.cpu_count()}-core CPU (load average {os.getloadavg()[0]:.1f} "
              f"at the start), torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
              f"- model: {run_dir}; {prompts.shape[0]} test prompts of {prompts.shape[1]} tokens, {n} new tokens "
              f"(no eos), greedy; median of {args.repeats} interleaved repeats of full decoding and every "
-             "(k, gamma); model = `expected_speedup` with the acceptance measured on the prompts' greedy "
-             "continuation (`measure_acceptance`) and the costs measured on the first chunk (`measure_step_costs`)",
+             "(k, gamma); model = `expected_speedup` with each prompt's acceptance measured on its greedy "
+             "continuation (`measure_acceptance(per_row=True)`; the agreement column is their mean) and the "
+             "costs measured on the first chunk (`measure_step_costs`)",
              ""]
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         chunks = [prompts[i:i + batch] for i in range(0, prompts.shape[0], batch)]
@@ -275,9 +283,9 @@ def sweep_section(args, adapter, prompts, run_dir) -> str:
         for k, g in configs:
             ratio = statistics.median(a / b for a, b in zip(speeds[(k, g)], speeds["full"]))
             model = expected_speedup(rates[k], k, g, adapter.n_layers, costs=costs, batch=batch, new_tokens=n)
-            need = acceptance_needed(target, k, g, adapter.n_layers, costs, batch, n)
+            need = acceptance_needed(target, k, g, adapter.n_layers, costs, batch, n, rows=rates[k])
             lines.append(f"| {k}, {g} | {ratio:.2f}x | {model:.2f}x | {statistics.fmean(acc[(k, g)]):.3f} | "
-                         f"{same[(k, g)]}/{prompts.shape[0]} | {rates[k]:.3f} | "
+                         f"{same[(k, g)]}/{prompts.shape[0]} | {rates[k].mean():.3f} | "
                          + (f"{need:.2f}" if need is not None else "none <= 1") + " |")
         lines.append("")
         print("\n".join(lines[-(len(configs) + 6):]), flush=True)

@@ -292,6 +292,27 @@ def test_measured_acceptance_is_the_agreement_on_the_greedy_continuation(lm):
                 count += 1
     assert np.allclose(rates, hits / count)
     assert rates[-1] == 1.0
+    rows = measure_acceptance(adapter, ids, torch.ones_like(ids), new_tokens=n, per_row=True)
+    assert rows.shape == (adapter.n_layers + 1, 2) and np.allclose(rows.mean(1), rates)  # equal counts per row
+    assert bool((rows[-1] == 1.0).all())
+
+
+def test_rows_that_differ_cost_more_rounds_than_their_mean():
+    """A batch waits for its worst row: per-row acceptance [0.9, 0.3] takes more rounds at batch 2
+    than every row at their mean 0.6; one repeated rate is the scalar model (up to its draws); at
+    batch 1 a row is one of them, so the rounds average theirs."""
+    from layertrace.lm.draft_choice import expected_rounds
+
+    mixed = expected_rounds([0.9, 0.3], 2, 32, batch=2)
+    assert mixed > expected_rounds(0.6, 2, 32, batch=2) * 1.05
+    assert expected_rounds([0.6, 0.6, 0.6], 2, 32, batch=4) == pytest.approx(expected_rounds(0.6, 2, 32, batch=4), rel=0.03)
+    alone = (expected_rounds(0.9, 2, 32) + expected_rounds(0.3, 2, 32)) / 2
+    assert expected_rounds([0.9, 0.3], 2, 32, batch=1, trials=4000) == pytest.approx(alone, rel=0.03)
+    rates = np.array([[0.0, 0.0], [0.9, 0.3], [0.95, 0.5], [1.0, 1.0]])  # (L + 1, R) for L = 3
+    choice = choose_draft(rates, 3, batch=8, new_tokens=32)
+    assert choice.acceptance == pytest.approx(rates[choice.draft_layer].mean())
+    assert choice.expected_speedup == pytest.approx(
+        expected_speedup(rates[choice.draft_layer], choice.draft_layer, choice.gamma, 3, batch=8, new_tokens=32))
 
 
 def test_draft_agreement_of_the_benchmark_matches_measured_acceptance():
@@ -562,3 +583,9 @@ def test_acceptance_needed_is_the_smallest_grid_point_reaching_the_target():
     assert expected_speedup(a, 2, 2, 12, costs=costs, batch=8, new_tokens=32) >= 1.15
     assert expected_speedup(a - 0.01, 2, 2, 12, costs=costs, batch=8, new_tokens=32) < 1.15
     assert bench.acceptance_needed(10.0, 2, 2, 12, costs, 8, 32) is None
+    rows = np.array([0.3, 0.5, 0.7])  # per-row rates move together: the mean where the target is reached
+    m = bench.acceptance_needed(1.15, 2, 2, 12, costs, 8, 32, rows=rows)
+    step = next(i / 100 for i in range(-100, 101) if np.isclose(np.clip(rows + i / 100, 0, 1).mean(), m))
+    assert expected_speedup(np.clip(rows + step, 0, 1), 2, 2, 12, costs=costs, batch=8, new_tokens=32) >= 1.15
+    assert expected_speedup(np.clip(rows + step - 0.01, 0, 1), 2, 2, 12, costs=costs, batch=8, new_tokens=32) < 1.15
+    assert m > a  # rows that differ need more than one rate for all

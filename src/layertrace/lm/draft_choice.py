@@ -26,28 +26,36 @@ def expected_tokens_per_round(acceptance: float, gamma: int) -> float:
     return float(gamma + 1) if a >= 1.0 else (1.0 - a ** (gamma + 1)) / (1.0 - a)
 
 
-def expected_rounds(acceptance: float, gamma: int, new_tokens: int, batch: int = 1, trials: int = 400,
-                    seed: int = 0) -> float:
+def expected_rounds(acceptance: float | Sequence[float], gamma: int, new_tokens: int, batch: int = 1,
+                    trials: int = 400, seed: int = 0) -> float:
     """Expected speculative rounds until every one of ``batch`` rows has ``new_tokens`` tokens.
 
     The first token comes from the prefill; each round a row emits its accepted drafts (each
-    accepted independently with ``acceptance``, up to ``gamma``) plus the full model's own token. A
-    batch runs until its slowest row is done, so at batch > 1 this is the mean over ``trials``
-    seeded simulations of the maximum over rows (more rounds than ``(new_tokens - 1) /
+    accepted independently with the row's acceptance, up to ``gamma``) plus the full model's own
+    token. A batch runs until its slowest row is done, so at batch > 1 this is the mean over
+    ``trials`` seeded simulations of the maximum over rows (more rounds than ``(new_tokens - 1) /
     expected_tokens_per_round``: the per-round cost is nearly the same for all rows).
+
+    ``acceptance``: one rate for every row, or per-row rates (e.g. :func:`measure_acceptance` with
+    ``per_row=True``): each simulated row draws its rate from them (with replacement). Prompts differ
+    (one continuation loops and agrees at .9, another at .4), and a batch waits for its worst row:
+    on the 12 x 96 demo LM, 96 greedy tokens at k = 1, gamma = 3 took 57-60 rounds per 8 rows, which
+    per-row rates predict (57.5-60.1) and their mean does not (44.1).
     """
     need = max(int(new_tokens) - 1, 0)
     if need == 0:
         return 0.0
-    a = min(max(float(acceptance), 0.0), 1.0)
     rng = np.random.default_rng(seed)
     rows = trials * max(1, int(batch))
+    per_row = np.clip(np.asarray(acceptance, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    a = per_row if per_row.size == 1 else per_row[rng.integers(0, per_row.size, rows)]
+    a = np.broadcast_to(a, (rows,))
     done = np.zeros(rows)
     rounds = np.zeros(rows)
     active = np.ones(rows, dtype=bool)
     while active.any():
         # accepted drafts: the first rejection among gamma Bernoulli(a) draws
-        ok = rng.random((int(active.sum()), int(gamma))) < a
+        ok = rng.random((int(active.sum()), int(gamma))) < a[active][:, None]
         n_ok = np.cumprod(ok, axis=1).sum(axis=1)
         done[active] += n_ok + 1
         rounds[active] += 1
@@ -109,7 +117,8 @@ class StepCosts:
                 "step_embed_cost": self.step_embed_cost, "loop_cost": self.loop_cost, "round_cost": self.round_cost}
 
 
-def measure_acceptance(adapter: Any, ids: Tensor, mask: Tensor, new_tokens: int = 16) -> np.ndarray:
+def measure_acceptance(adapter: Any, ids: Tensor, mask: Tensor, new_tokens: int = 16,
+                       per_row: bool = False) -> np.ndarray:
     """Per-layer draft acceptance on the prompts' own greedy continuation (what drafting meets).
 
     Full greedy decoding continues the (B, P) prompts by ``new_tokens``; one traced pass over prompt +
@@ -117,7 +126,8 @@ def measure_acceptance(adapter: Any, ids: Tensor, mask: Tensor, new_tokens: int 
     predicting the next generated one); the rate at layer l is the fraction of those positions where
     the layer-l argmax equals the last layer's. The analysis pass's saturation (test text, "settled
     at l") is lower: 0.39 vs 0.50 at layer 1 of the 8 x 112 quick-preset LM.
-    Returns (L + 1,) float64, entry L = 1.
+    Returns (L + 1,) float64, entry L = 1; ``per_row``: (L + 1, B), each prompt's own rates (what
+    :func:`expected_rounds` needs for a batch that waits for its worst row).
     """
     import torch
 
@@ -134,10 +144,16 @@ def measure_acceptance(adapter: Any, ids: Tensor, mask: Tensor, new_tokens: int 
     agree = (window == window[-1:]) & real
     rates = (agree.flatten(1).sum(1).double() / max(1, int(real.sum()))).cpu().numpy()
     rates[-1] = 1.0
-    return rates
+    if not per_row:
+        return rates
+    counts = real.sum(1).cpu().numpy()  # (B,) positions per row; a row without any takes the pooled rate
+    rows = agree.sum(2).double().cpu().numpy() / np.maximum(counts, 1)
+    rows[:, counts == 0] = rates[:, None]
+    rows[-1] = 1.0
+    return rows
 
 
-def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: int,
+def expected_speedup(acceptance: float | Sequence[float], draft_layer: int, gamma: int, n_layers: int,
                      position_cost: float = 0.25, readout_cost: float = 0.5, embed_cost: float = 0.2,
                      costs: StepCosts | None = None, batch: int = 1, new_tokens: int | None = None,
                      draft_blocks: int | None = None) -> float:
@@ -155,9 +171,10 @@ def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: 
     Without ``costs`` (or with unmeasured ones) every draft step embeds at ``embed_cost`` and the
     bookkeeping costs nothing else.
 
-    Tokens per round: :func:`expected_tokens_per_round`; with ``new_tokens`` given, the rounds
-    :func:`expected_rounds` counts instead, ``batch`` rows waiting for the slowest (full decoding
-    takes ``new_tokens - 1`` steps after the prefill at any batch size). ``draft_blocks``: blocks a
+    Tokens per round: :func:`expected_tokens_per_round` (per-row ``acceptance``: their mean); with
+    ``new_tokens`` given, the rounds :func:`expected_rounds` counts instead (one rate or per-row
+    rates), ``batch`` rows waiting for the slowest (full decoding takes ``new_tokens - 1`` steps after
+    the prefill at any batch size). ``draft_blocks``: blocks a
     draft step runs when it is not blocks 1..k alone (a layer-skipping draft, blocks 1..k then
     block L: k + 1; the verify pass still runs blocks k+1..L).
     """
@@ -171,7 +188,8 @@ def expected_speedup(acceptance: float, draft_layer: int, gamma: int, n_layers: 
     full = costs.embed_cost + L + r + costs.loop_cost
     if new_tokens is not None and new_tokens > 1:
         return (new_tokens - 1) * full / (expected_rounds(acceptance, g, new_tokens, batch) * round_cost)
-    return expected_tokens_per_round(acceptance, g) * full / round_cost
+    per_round = np.mean([expected_tokens_per_round(a, g) for a in np.asarray(acceptance, dtype=np.float64).reshape(-1)])
+    return float(per_round) * full / round_cost
 
 
 def acceptance_by_layer(source: Any, n_layers: int | None = None) -> np.ndarray:
@@ -182,10 +200,11 @@ def acceptance_by_layer(source: Any, n_layers: int | None = None) -> np.ndarray:
             ``analysis.json`` it wrote (its ``final_agreement``: the fraction of test tokens whose
             layer-l prediction equals the last layer's, what a greedy draft from layer l meets; an
             ``analysis.json`` written before that field existed gives its ``saturation_cumulative``,
-            the fraction settled at layer l for good, a lower bound), or a sequence of L + 1 rates.
+            the fraction settled at layer l for good, a lower bound), or a sequence of L + 1 rates
+            (or an (L + 1, R) array of R prompts' own rates, :func:`measure_acceptance` ``per_row``).
         n_layers: L, to check the length.
     Returns:
-        (L + 1,) float64 in [0, 1]; layers the pass did not trace are filled with the rate of the
+        (L + 1,) (or (L + 1, R)) float64 in [0, 1]; layers the pass did not trace are filled with the rate of the
         closest traced layer below (agreement grows with depth, nearly always).
     """
     from ..analysis.result import AnalysisResult
@@ -242,7 +261,8 @@ def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int
                  gamma: int | None = None, max_gamma: int = MAX_GAMMA, costs: StepCosts | None = None,
                  source: str = "analysis", batch: int = 1, new_tokens: int | None = None) -> DraftChoice:
     """The draft layer k in 1..L-1 and draft length gamma in 1..max_gamma maximising
-    :func:`expected_speedup` with the per-layer ``acceptance`` (L + 1 rates, index = layer) and the
+    :func:`expected_speedup` with the per-layer ``acceptance`` (L + 1 rates, index = layer, or
+    (L + 1, R) per-row rates of R prompts: ``DraftChoice.acceptance`` is then their mean) and the
     cost model's ``costs`` (default :class:`StepCosts`; :func:`~layertrace.lm.speculative.measure_step_costs` calibrates them) at
     ``batch`` rows decoding ``new_tokens`` (``None``: per-round tokens only); a given ``draft_layer``
     or ``gamma`` is kept and only the other one is chosen. With neither given, a best expected speed-up
@@ -260,7 +280,7 @@ def choose_draft(acceptance: Sequence[float], n_layers: int, *, draft_layer: int
     best = max(((expected_speedup(rates[k], k, g, n_layers, costs=costs, batch=batch, new_tokens=new_tokens), -k, -g)
                 for k in ks for g in gs))
     s, k, g = best[0], -best[1], -best[2]
-    return DraftChoice(k, g, float(rates[k]), float(s), source, costs,
+    return DraftChoice(k, g, float(np.mean(rates[k])), float(s), source, costs,
                        full=draft_layer is None and gamma is None and s < 1.0)
 
 

@@ -217,7 +217,7 @@ def _choice(adapter: Any, ids: Tensor, mask: Tensor, draft_layer: int | None, ga
         choice.acceptance, choice.expected_speedup, choice.costs = float("nan"), float("nan"), None
         return choice
     if isinstance(analysis, str) and analysis == "measure":
-        rates, source = measure_acceptance(adapter, ids, mask), "greedy continuation"
+        rates, source = measure_acceptance(adapter, ids, mask, per_row=True), "greedy continuation"
     elif analysis is not None:
         rates, source = acceptance_by_layer(analysis, n_layers), "analysis"
     else:
@@ -267,9 +267,11 @@ def self_speculative_generate(
         draft_layer: k in 1..L-1; ``None`` = chosen by :func:`choose_draft`.
         gamma: drafted tokens per round; ``None`` = chosen by :func:`choose_draft`.
         analysis: where the per-layer acceptance comes from when k or gamma is chosen: an
-            ``AnalysisResult``, its folder / ``analysis.json``, or L + 1 rates; ``"measure"``
-            measures it on the prompts' own greedy continuation (:func:`measure_acceptance`: what
-            drafting meets; the analysis pass reads test text, where agreement is a little lower); ``None``
+            ``AnalysisResult``, its folder / ``analysis.json``, or L + 1 rates (or (L + 1, R) per
+            prompt); ``"measure"`` measures it per prompt on the prompts' own greedy continuation
+            (:func:`measure_acceptance`: what drafting meets, and how much the rows differ, which a
+            batch waiting for its worst row pays; the analysis pass reads test text, where agreement
+            is a little lower); ``None``
             estimates it on the prompts' text (:func:`prompt_acceptance`).
         max_new_tokens, sampling, eos_token_id, pad_token_id: as for ``generate``. Greedy output is
             full greedy decoding's; sampled output has full sampling's distribution (not its random
@@ -541,7 +543,7 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
     measured = isinstance(analysis, str) and analysis == "measure"
     if measured and (draft_layer is None or gamma is None):  # one estimate over all prompts, not per chunk
         analysis = measure_acceptance(adapter, prompts.to(adapter.device), torch.ones_like(prompts).to(adapter.device),
-                                      new_tokens=max_new_tokens)
+                                      new_tokens=max_new_tokens, per_row=True)
     choices = {b: _choice(adapter, c[0], torch.ones_like(c[0]), draft_layer, gamma, analysis, costs, max_new_tokens)
                for b, c in chunks_of.items()}
     if measured:
