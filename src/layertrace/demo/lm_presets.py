@@ -101,9 +101,9 @@ PRESETS: dict[str, LMTrackPreset] = {
     # deeper, narrower model (12 x 96, 1.53M parameters vs quick's 1.41M), 2500 steps, distill 0.15.
     # Measured 2026-12-04 (docs/lm.md, BENCHMARKS.md): aligned perplexity 50.5 (layer 1) -> 32.5 (layer
     # 12), 1.552x; standard 103.0 -> 34.7, 2.97x; self-speculative decoding 1.39-1.40x full decoding at
-    # batch 1 and 1.10-1.11x at batch 8 in two runs; 15 min 46 s end to end on 2 idle cores. With 2000
-    # steps and distill 0.25 (the preset until then) the aligned ratio was 1.505x on one machine and
-    # 1.492x on a faster one: no margin.
+    # batch 1 and 1.06-1.11x at batch 8 for 32 new tokens (1.51x and 1.22-1.25x for 96); 15 min 46 s
+    # end to end on 2 idle cores. With 2000 steps and distill 0.25 (the preset until then) the aligned
+    # ratio was 1.505x on one machine and 1.492x on a faster one: no margin.
     "draft": replace(_QUICK, name="draft", n_layers=12, hidden=96, layer_weights="uniform", distill=0.15,
                      steps=2500),
     # a longer CPU run (~1 h): all the training text, a deeper and wider model, more steps
