@@ -143,9 +143,11 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
         cache = adapter.new_cache()
         adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, n_layers)
 
-        holed = mask.clone()
-        if mask.shape[0] > 1:
-            holed[0, -1] = 0
+        # at batch > 1 a round's blocks meet holes, full decoding's steps do not (see above)
+        batched = mask.shape[0] > 1
+        spec_mask = mask.clone() if batched else mask
+        if batched:
+            spec_mask[0, -1] = 0
 
         def step_inputs(t: int, prompt_mask: Tensor = mask) -> dict[str, Any]:
             return {"input_ids": ids[:, -1:].expand(-1, t), "past_key_values": cache,
@@ -170,11 +172,8 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
             return run
 
         # interleaved (every m once per repeat), so drifting machine load hits every m alike; the
-        # first run is full decoding's step (the unit), the rest the speculative blocks' (holed)
-        spec_mask = holed if mask.shape[0] > 1 else mask
-        runs = [all_blocks(t, spec_mask) for t in range(1, max(2, window) + 1)]
-        if spec_mask is not mask:
-            runs.insert(0, all_blocks(1))
+        # first run is full decoding's step (the unit), then the speculative blocks' (at batch 1 the same)
+        runs = ([all_blocks(1)] if batched else []) + [all_blocks(t, spec_mask) for t in range(1, max(2, window) + 1)]
         times: list[list[float]] = [[] for _ in runs]
         for _ in range(repeats):
             for run, acc in zip(runs, times):
@@ -183,8 +182,7 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
                 acc.append(time.perf_counter() - t0)
         per_block = [statistics.median(acc) / n_layers for acc in times]
         one = per_block[0]
-        if spec_mask is not mask:
-            per_block = per_block[1:]
+        per_block = per_block[1:] if batched else per_block
         inputs = step_inputs(1)
         embed = median_s(lambda: adapter.embed(inputs))
         hidden = adapter.embed(inputs).hidden[:, -1]

@@ -251,9 +251,8 @@ class DecodeStep:
         tables = {rule: window.per_sample[key] for key, rule in window_rules[1].items() if rule[0] == "rotary"}
         # a step's 4-D mask is row j of the window's, its first past + j + 1 columns (the window's
         # causal part lets query j see exactly those; the padding part is the same 2-D mask)
-        masks = {rule: window.per_sample[key] for key, rule in window_rules[1].items()
-                 if rule[0].startswith("mask") and window.per_sample[key].dim() == 4
-                 and window.per_sample[key].shape[-2] == t}
+        masks = {rule: value for key, rule in window_rules[1].items()
+                 if rule[0].startswith("mask") and (value := window.per_sample[key]).dim() == 4 and value.shape[-2] == t}
 
         # every per-step slice made at once (one split per tensor instead of a slice per step)
         pos_steps = pos_w.split(1, dim=1)
