@@ -45,7 +45,7 @@ class GenerateConfig:
         "check": "[0, 1]"})
     analysis: Optional[str] = field(default=None, metadata={
         "help": "analysis.json (or its folder) giving per-layer acceptance (default: the model folder's); "
-                "'measure': measured on the prompts' greedy continuation"})
+                "'measure': measured per prompt on its greedy continuation (a batch waits for its worst prompt)"})
     costs: str = field(default="default", metadata={
         "help": "the cost model choosing k and gamma: default (fixed constants) | measure (time the blocks, "
                 "readout, embed and bookkeeping on this model and batch first, ~1-2 s on the demo LM; "

@@ -33,8 +33,8 @@ batch costs is waiting for its slowest row (:func:`~layertrace.lm.draft_choice.e
 Everything goes through the adapter API (``embed`` / ``block`` / ``readout``, ``new_cache``).
 
 Choosing ``k`` and ``gamma``. A greedy draft token is accepted when the layer-k readout agrees with
-the final prediction: measured on the prompts' greedy continuation (``analysis="measure"``,
-:func:`measure_acceptance`), or the analysis pass's ``final_agreement`` on test text (fraction of
+the final prediction: measured per prompt on its greedy continuation (``analysis="measure"``,
+:func:`measure_acceptance`; a batch waits for its worst prompt), or the analysis pass's ``final_agreement`` on test text (fraction of
 tokens whose layer-k prediction equals the last layer's; older files: ``saturation_cumulative``,
 the fraction settled at layer k for good, a lower bound).
 :func:`choose_draft` picks the (k, gamma) with the best expected speed-up under a cost model
