@@ -116,12 +116,12 @@ def agreement_section(args, adapter, prompts, run_dir) -> str:
 
 
 def acceptance_needed(target: float, k: int, gamma: int, n_layers: int, costs, batch: int, new_tokens: int,
-                      rows=None):
+                      rows=None, lengths=None):
     """The smallest draft acceptance (a 0.01 grid) at which the cost model (``expected_speedup`` with
     these measured ``costs``) expects ``target`` x full decoding at (k, gamma); ``None`` if not even
     acceptance 1 does. ``rows``: the prompts' own layer-k rates (``measure_acceptance(per_row=True)``):
     they move together by the grid's steps (clipped to [0, 1]), and the mean of the first that reaches
-    the target is returned."""
+    the target is returned; ``lengths``: the prompts' tokens before eos (``expected_speedup``'s)."""
     import numpy as np
 
     from layertrace.lm.draft_choice import expected_speedup
@@ -129,7 +129,8 @@ def acceptance_needed(target: float, k: int, gamma: int, n_layers: int, costs, b
     base = np.zeros(1) if rows is None else np.asarray(rows, dtype=np.float64)
     for step in range(0 if rows is None else -100, 101):
         a = np.clip(base + step / 100, 0.0, 1.0)
-        if expected_speedup(a, k, gamma, n_layers, costs=costs, batch=batch, new_tokens=new_tokens) >= target:
+        if expected_speedup(a, k, gamma, n_layers, costs=costs, batch=batch, new_tokens=new_tokens,
+                            lengths=lengths) >= target:
             return float(a.mean())
     return None
 
@@ -223,7 +224,7 @@ def breakdown_section(args, adapter, prompts, run_dir) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep_section(args, adapter, prompts, run_dir) -> str:
+def sweep_section(args, adapter, prompts, run_dir, eos_id: int | None) -> str:
     """The Markdown section of ``--sweep``: measured speed-up of every (k, gamma) against the cost
     model's (what ``choose_draft`` maximises), per batch size, interleaved like the decoders."""
     import statistics
@@ -234,27 +235,34 @@ def sweep_section(args, adapter, prompts, run_dir) -> str:
 
     greedy = SamplingConfig("greedy")
     n = args.new_tokens
+    eos = None if args.no_eos else eos_id
     configs = [tuple(int(x) for x in c.split(",")) for c in args.sweep.split(";")]
-    rates = measure_acceptance(adapter, prompts, torch.ones_like(prompts), new_tokens=n, per_row=True)
+    rates, lengths = measure_acceptance(adapter, prompts, torch.ones_like(prompts), new_tokens=n, per_row=True,
+                                        eos_token_id=eos, with_lengths=True)
+    lengths = lengths if eos is not None else None
     lines = [f"## Sweep of (k, gamma): measured vs the cost model ({args.mode} demo LM)", "",
              f"- command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_speculative.py {' '.join(sys.argv[1:])}`",
              f"- machine: {os.cpu_count()}-core CPU (load average {os.getloadavg()[0]:.1f} "
              f"at the start), torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
              f"- model: {run_dir}; {prompts.shape[0]} test prompts of {prompts.shape[1]} tokens, {n} new tokens "
-             f"(no eos), greedy; median of {args.repeats} interleaved repeats of full decoding and every "
+             f"({'eos ignored: every row decodes all of them' if eos is None else 'eos stops a row'}), greedy; "
+             f"median of {args.repeats} interleaved repeats of full decoding and every "
              "(k, gamma); model = `expected_speedup` with each prompt's acceptance measured on its greedy "
-             "continuation (`measure_acceptance(per_row=True)`; the agreement column is their mean) and the "
-             "costs measured on the first chunk (`measure_step_costs`)",
+             "continuation (`measure_acceptance(per_row=True)`; the agreement column is their mean"
+             + ("" if eos is None else "; with each prompt's length before eos, `lengths`")
+             + ") and the costs measured on the first chunk (`measure_step_costs`)",
              ""]
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         chunks = [prompts[i:i + batch] for i in range(0, prompts.shape[0], batch)]
         costs = measure_step_costs(adapter, chunks[0], torch.ones_like(chunks[0]))
-        choice = choose_draft(rates, adapter.n_layers, costs=costs, batch=batch, new_tokens=n)
+        choice = choose_draft(rates, adapter.n_layers, costs=costs, batch=batch, new_tokens=n, lengths=lengths)
         target = 1.3 if batch == 1 else 1.15  # issue 15's targets
-        fns = {"full": lambda i: generate(adapter, i, torch.ones_like(i), max_new_tokens=n, sampling=greedy)}
+        fns = {"full": lambda i: generate(adapter, i, torch.ones_like(i), max_new_tokens=n, sampling=greedy,
+                                          eos_token_id=eos)}
         for k, g in configs:
             fns[(k, g)] = (lambda k, g: lambda i: self_speculative_generate(
-                adapter, i, torch.ones_like(i), draft_layer=k, gamma=g, max_new_tokens=n, sampling=greedy))(k, g)
+                adapter, i, torch.ones_like(i), draft_layer=k, gamma=g, max_new_tokens=n, sampling=greedy,
+                eos_token_id=eos))(k, g)
         for fn in fns.values():  # warm-up
             fn(chunks[0])
         speeds = {name: [] for name in fns}
@@ -269,10 +277,11 @@ def sweep_section(args, adapter, prompts, run_dir) -> str:
                     totals[name][0] += res.n_generated
                     totals[name][1] += res.seconds
                     if name == "full":
-                        ref = res.new_tokens
+                        ref = res.new_tokens * res.new_mask
                     elif rep == 0:
                         acc[name].append(res.stats["acceptance"])
-                        same[name] += int((res.new_tokens == ref).all(1).sum())
+                        got = (res.new_tokens * res.new_mask)[:, :ref.shape[1]]  # full decoding stops when all rows hit eos
+                        same[name] += int(((got == ref).all(1) & (res.new_mask[:, ref.shape[1]:] == 0).all(1)).sum())
             for name in fns:
                 speeds[name].append(totals[name][0] / totals[name][1])
         lines += [f"### batch size {batch}", "",
@@ -282,8 +291,9 @@ def sweep_section(args, adapter, prompts, run_dir) -> str:
                   f"agreement the model needs for {target:.2f}x |", "|---|---|---|---|---|---|---|"]
         for k, g in configs:
             ratio = statistics.median(a / b for a, b in zip(speeds[(k, g)], speeds["full"]))
-            model = expected_speedup(rates[k], k, g, adapter.n_layers, costs=costs, batch=batch, new_tokens=n)
-            need = acceptance_needed(target, k, g, adapter.n_layers, costs, batch, n, rows=rates[k])
+            model = expected_speedup(rates[k], k, g, adapter.n_layers, costs=costs, batch=batch, new_tokens=n,
+                                     lengths=lengths)
+            need = acceptance_needed(target, k, g, adapter.n_layers, costs, batch, n, rows=rates[k], lengths=lengths)
             lines.append(f"| {k}, {g} | {ratio:.2f}x | {model:.2f}x | {statistics.fmean(acc[(k, g)]):.3f} | "
                          f"{same[(k, g)]}/{prompts.shape[0]} | {rates[k].mean():.3f} | "
                          + (f"{need:.2f}" if need is not None else "none <= 1") + " |")
@@ -317,7 +327,7 @@ def run(args) -> str:
         print(text, flush=True)
         return text
     if args.sweep:
-        return sweep_section(args, adapter, prompts, run_dir)
+        return sweep_section(args, adapter, prompts, run_dir, tok.eos_token_id)
     if args.breakdown:
         return breakdown_section(args, adapter, prompts, run_dir)
     load = os.getloadavg()[0]
@@ -363,7 +373,7 @@ def run(args) -> str:
                       f"{ch['expected_speedup']:.2f}x; costs {co['source']}, in blocks: a block on 1..m new tokens "
                       f"[{blocks}], readout {co['readout_cost']:.2f}, embed {co['embed_cost']:.2f}, draft-step embed "
                       f"{co.get('step_embed_cost', 0):.2f}, loop {co.get('loop_cost', 0):.2f} per token, round "
-                      f"{co.get('round_cost', 0):.2f})")
+                      f"{co.get('round_cost', 0):.2f}, prefill {co.get('prefill_cost', 0):.1f})")
         lines += [f"### batch size {batch}", "", draft + ".", "",
                   "| decoder | tokens/s | speed-up vs full (median of per-repeat ratios) | rows identical to full greedy |",
                   "|---|---|---|---|"]
@@ -401,7 +411,7 @@ def main() -> None:
                          "with the full model's greedy token and their expected speed-up")
     ap.add_argument("--sweep", default=None, metavar="K,G;K,G;...",
                     help="instead of the decoder comparison: these (k, gamma) side by side with full decoding, "
-                         "measured against the cost model")
+                         "measured against the cost model (eos stops a row unless --no-eos)")
     ap.add_argument("--breakdown", action="store_true",
                     help="instead of the decoder comparison: full and self-speculative decoding (--k / --gamma, "
                          "default 1 / 2) timed per adapter call (block by new positions, embed, readout, loop)")

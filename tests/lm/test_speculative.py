@@ -297,6 +297,114 @@ def test_measured_acceptance_is_the_agreement_on_the_greedy_continuation(lm):
     assert bool((rows[-1] == 1.0).all())
 
 
+def test_rows_stopped_by_eos_leave_the_batch_in_the_simulation():
+    """simulate_decoding with per-row lengths: certain drafts of gamma 3 need ceil((n - 1) / 4) rounds
+    and full decoding n - 1 steps; a batch runs until its longest row is done; lengths of
+    new_tokens everywhere are the plain simulation (same draws); lengths belong to per-row rates."""
+    from layertrace.lm.draft_choice import expected_rounds, simulate_decoding
+
+    assert simulate_decoding(1.0, 3, 32, lengths=[9]) == (2.0, 8.0)
+    assert simulate_decoding(0.0, 3, 32, lengths=[9]) == (8.0, 8.0)
+    assert simulate_decoding(1.0, 3, 32, lengths=[40]) == (8.0, 31.0)  # a length past new_tokens is new_tokens
+    # batch 2 drawn from a long row (32 tokens) and a short one (2): both short with probability 1/4
+    rounds, steps = simulate_decoding([1.0, 1.0], 3, 32, batch=2, lengths=[32, 2], trials=8000)
+    assert rounds == pytest.approx(0.75 * 8 + 0.25 * 1, rel=0.03) and steps == pytest.approx(0.75 * 31 + 0.25, rel=0.03)
+    rates = [0.9, 0.4, 0.6]
+    assert simulate_decoding(rates, 2, 32, batch=4, lengths=[32, 32, 32]) == simulate_decoding(rates, 2, 32, batch=4)
+    assert expected_rounds(rates, 2, 32, batch=4) == simulate_decoding(rates, 2, 32, batch=4)[0]
+    with pytest.raises(LayertraceError, match="lengths"):
+        simulate_decoding(rates, 2, 32, lengths=[5, 6])
+
+
+def test_expected_speedup_with_lengths_and_prefill():
+    """With lengths, both decoders stop at the longest row: certain drafts of gamma 3 on a 9-token
+    row take 2 rounds for full decoding's 8 steps; a prefill paid by both pulls the ratio toward 1
+    and never changes which draft is best."""
+    from layertrace.lm.draft_choice import StepCosts
+
+    L = 6
+    costs = StepCosts(position_cost=0.1, readout_cost=0.3, embed_cost=0.2)
+    full = costs.embed_cost + L + costs.readout_cost + costs.loop_cost
+    round_cost = (costs.embed_cost + 4 * 2 * costs.block(1) + 3 * costs.readout_cost
+                  + (L - 2 + costs.readout_cost) * costs.block(4) + costs.round_cost + 2 * costs.step_embed_cost)
+    assert expected_speedup(1.0, 2, 3, L, costs=costs, new_tokens=32, lengths=[9]) == pytest.approx(8 * full / (2 * round_cost))
+    with_prefill = dataclasses.replace(costs, prefill_cost=20.0)
+    assert expected_speedup(1.0, 2, 3, L, costs=with_prefill, new_tokens=32, lengths=[9]) == pytest.approx(
+        (20 + 8 * full) / (20 + 2 * round_cost))
+    rates = np.array([[0.0, 0.0], [0.9, 0.3], [0.95, 0.5], [0.97, 0.6], [0.98, 0.8], [0.99, 0.9], [1.0, 1.0]])
+    for lengths in (None, [32, 4]):
+        plain = choose_draft(rates, L, costs=costs, batch=4, new_tokens=32, lengths=lengths)
+        paid = choose_draft(rates, L, costs=with_prefill, batch=4, new_tokens=32, lengths=lengths)
+        assert (plain.draft_layer, plain.gamma) == (paid.draft_layer, paid.gamma)
+        # between 1 and the steps' ratio (below 1 without lengths: the batch waits for the .3 row)
+        assert (paid.expected_speedup - 1) * (plain.expected_speedup - 1) > 0
+        assert abs(paid.expected_speedup - 1) < abs(plain.expected_speedup - 1)
+    # the long row agrees at .9-.99 and the short one at .3-.9: with the short row stopping at 4
+    # tokens, the batch mostly waits for the long, confident row, and drafts longer
+    waits = choose_draft(rates, L, costs=costs, batch=4, new_tokens=32)
+    stops = choose_draft(rates, L, costs=costs, batch=4, new_tokens=32, lengths=[32, 4])
+    assert stops.expected_speedup > 1.0 > waits.expected_speedup and stops.gamma >= waits.gamma
+
+
+def test_measured_acceptance_stops_rows_at_eos(lm):
+    """With eos, measure_acceptance counts only the positions before each row's eos (a naive loop
+    over the truncated continuation) and returns each row's length, as greedy decoding makes it."""
+    from layertrace.lm.speculative import measure_acceptance
+
+    adapter = adapt(lm)
+    ids = padded_batch(lm.config.vocab_size, "left")["input_ids"][[0, 2]]
+    n = 8
+    free = generate(adapter, ids, max_new_tokens=n, sampling=GREEDY).new_tokens
+    eos = int(free[0, 3])  # row 0 emits it as its 4th token (or earlier): it stops there
+    res = generate(adapter, ids, max_new_tokens=n, sampling=GREEDY, eos_token_id=eos)
+    rates, lengths = measure_acceptance(adapter, ids, torch.ones_like(ids), new_tokens=n, per_row=True,
+                                        eos_token_id=eos, with_lengths=True)
+    assert lengths.tolist() == res.new_mask.sum(1).tolist() and lengths[0] <= 4
+    p = ids.shape[1]
+    for row in range(2):
+        seq = torch.cat([ids[row], res.new_tokens[row, :lengths[row]]])[None]
+        hits, count = np.zeros(adapter.n_layers + 1), 0
+        with torch.no_grad():
+            for t in range(p, p + int(lengths[row]) - 1):  # generated token t - p predicts the next real one
+                prefix = {"input_ids": seq[:, :t + 1]}
+                last = adapter(prefix, upto=adapter.n_layers)[0, -1].argmax()
+                for layer in range(adapter.n_layers + 1):
+                    hits[layer] += int(adapter(prefix, upto=layer)[0, -1].argmax() == last)
+                count += 1
+        if count:
+            assert np.allclose(rates[:, row], hits / count), row
+    plain = measure_acceptance(adapter, ids, torch.ones_like(ids), new_tokens=n)
+    assert plain.shape == (adapter.n_layers + 1,)
+
+
+def test_the_measured_choice_knows_where_eos_stops_rows(monkeypatch):
+    """analysis="measure" with eos: choose_draft gets each prompt's length before eos (a row eos did
+    not stop within the measured tokens: max_new_tokens); compare_decoders measures all prompts'
+    lengths once; without eos no lengths; the output stays full greedy decoding's."""
+    import layertrace.lm.speculative as spec_module
+
+    adapter = adapt(tiny_llama(n_layers=4))
+    ids = padded_batch(adapter.num_outputs, "left")["input_ids"][[0, 2]]
+    free = generate(adapter, ids, max_new_tokens=20, sampling=GREEDY).new_tokens
+    eos = int(free[0, 2])  # row 0 stops at its 3rd token (or earlier)
+    seen = []
+    real_choose = spec_module.choose_draft
+    monkeypatch.setattr(spec_module, "choose_draft", lambda *a, **kw: seen.append(kw.get("lengths")) or real_choose(*a, **kw))
+    res = self_speculative_generate(adapter, ids, analysis="measure", max_new_tokens=20, sampling=GREEDY, eos_token_id=eos)
+    full = generate(adapter, ids, max_new_tokens=20, sampling=GREEDY, eos_token_id=eos)
+    assert torch.equal(res.new_tokens[:, :full.new_tokens.shape[1]] * full.new_mask, full.new_tokens * full.new_mask)
+    stopped = generate(adapter, ids, max_new_tokens=16, sampling=GREEDY, eos_token_id=eos).new_mask.sum(1)
+    expect = [int(n) if n < 16 else 20 for n in stopped]
+    assert list(seen[-1]) == expect and expect[0] <= 3
+    self_speculative_generate(adapter, ids, analysis="measure", max_new_tokens=20, sampling=GREEDY)
+    assert seen[-1] is None
+    prompts = ids[:, -5:]
+    spec_module.compare_decoders(adapter, prompts, analysis="measure", batch_sizes=(2,), repeats=1, max_new_tokens=10,
+                                 hf=False, eos_token_id=eos, costs=None)
+    exact = generate(adapter, prompts, max_new_tokens=10, sampling=GREEDY, eos_token_id=eos).new_mask.sum(1)
+    assert list(seen[-1]) == exact.tolist()
+
+
 def test_rows_that_differ_cost_more_rounds_than_their_mean():
     """A batch waits for its worst row: per-row acceptance [0.9, 0.3] takes more rounds at batch 2
     than every row at their mean 0.6; one repeated rate is the scalar model (up to its draws); at
@@ -342,6 +450,8 @@ def test_measured_step_costs_and_lossless_choice_with_them(lm):
     values = [costs.position_cost, costs.readout_cost, costs.embed_cost, costs.step_embed_cost, costs.loop_cost,
               costs.round_cost, *costs.block_costs]
     assert all(np.isfinite(v) and v >= 0 for v in values) and costs.source.startswith("measured at batch")
+    # the prefill runs every block on all prompt positions: more than one block on one token
+    assert np.isfinite(costs.prefill_cost) and costs.prefill_cost > 1.0
     # batch 4: entry 0 is the draft step (holed mask) relative to full decoding's step, both timed
     assert len(costs.block_costs) == 5 and 0 < costs.block_costs[0] < 10
     res = self_speculative_generate(adapter, batch["input_ids"], batch["attention_mask"], costs="measure",
@@ -490,6 +600,20 @@ def test_cli_generate_speculative_equals_full(tmp_path, capsys):
     assert timed["stats"]["choice"]["costs"]["source"] == "measured at batch 2"
     assert outs["speculative"]["stats"]["choice"]["costs"]["source"] != "measured at batch 2"
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "x", "--decoder", "fast"]) == 2
+    # eos: the tokenizer's eos token made one row 0 emits early; rows stop there (both decoders), or not
+    free = generate(model, tok(["the film"], return_tensors="pt")["input_ids"], max_new_tokens=9, sampling=GREEDY)
+    tok.eos_token = tok.convert_ids_to_tokens(int(free.new_tokens[0, 2]))
+    tok.save_pretrained(str(tmp_path / "m"))
+    stopped = {}
+    for decoder, extra in (("speculative", ["--draft_layer", "1", "--gamma", "2"]), ("full", []),
+                           ("ignored", ["--stop_at_eos", "false"])):
+        assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the film,the plan is",
+                     "--decoder", "full" if decoder == "ignored" else decoder, "--max_new_tokens", "9",
+                     "--out", str(tmp_path / f"eos-{decoder}"), *extra]) == 0
+        stopped[decoder] = read_json(tmp_path / f"eos-{decoder}" / "generate.json")["texts"]
+    assert stopped["speculative"] == stopped["full"]
+    # the eos token itself is special now (skipped in the text): the stopped row is a prefix
+    assert len(stopped["full"][0]) < len(stopped["ignored"][0]) and stopped["ignored"][0].startswith(stopped["full"][0])
 
 
 def test_compare_decoders_side_by_side_on_llama_and_gpt2():

@@ -51,6 +51,8 @@ class GenerateConfig:
                 "readout, embed and bookkeeping on this model and batch first, ~1-2 s on the demo LM; "
                 "worth it for long generations)", "choices": ("default", "measure")})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per prompt", "check": ">= 1"})
+    stop_at_eos: bool = field(default=True, metadata={
+        "help": "a row stops after the tokenizer's eos token (false: every row decodes max_new_tokens)"})
     strategy: str = field(default="greedy", metadata={"help": "greedy | nucleus | top_k | sample",
                                                            "choices": ("greedy", "nucleus", "top_k", "sample")})
     top_p: float = field(default=0.95, metadata={"help": "nucleus mass (nucleus / sample)", "check": "(0, 1]"})
@@ -91,9 +93,10 @@ def generate_from_config(cfg: GenerateConfig) -> dict:
     enc = tok(list(cfg.prompt), return_tensors="pt", padding=True, add_special_tokens=False)
     sampling = SamplingConfig(cfg.strategy, top_p=cfg.top_p, top_k=cfg.top_k, temperature=cfg.temperature,
                               seed=cfg.seed)
+    eos = tok.eos_token_id if cfg.stop_at_eos else None
     if cfg.decoder == "full":
         res = generate(adapter, enc["input_ids"], enc["attention_mask"], max_new_tokens=cfg.max_new_tokens,
-                       sampling=sampling)
+                       sampling=sampling, eos_token_id=eos)
     else:
         analysis = cfg.analysis
         if analysis is None and cfg.draft_layer is None or analysis is None and cfg.gamma is None:
@@ -101,7 +104,7 @@ def generate_from_config(cfg: GenerateConfig) -> dict:
             analysis = str(found) if found.is_file() else None
         res = self_speculative_generate(adapter, enc["input_ids"], enc["attention_mask"], draft_layer=cfg.draft_layer,
                                         gamma=cfg.gamma, analysis=analysis, max_new_tokens=cfg.max_new_tokens,
-                                        sampling=sampling, confidence=cfg.confidence,
+                                        sampling=sampling, confidence=cfg.confidence, eos_token_id=eos,
                                         costs="measure" if cfg.costs == "measure" else None)
     texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(res.new_tokens, res.new_mask)]
     body = {"decoder": cfg.decoder, "prompts": list(cfg.prompt), "texts": texts, "stats": res.stats,

@@ -115,10 +115,11 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
                        new_tokens: int = 12) -> StepCosts:
     """Calibrate the cost model on this model, device and batch: time the pieces of decoding.
 
-    After a prefill of the (B, P) prompts, medians of ``repeats`` timings (interleaved over m) of a
-    cached step of m = 1..``window`` new tokens through all L blocks in order (what a decoding step or
-    a verify pass runs; the cache is cropped back after each), of one cached ``embed`` (one new token), of a draft
-    step's sliced embed and of the readout + argmax of (B, d) hidden states. The bookkeeping of both
+    The prefill of the (B, P) prompts is timed (median of a few, the first a warm-up); after it,
+    medians of ``repeats`` timings (interleaved over m) of a cached step of m = 1..``window`` new
+    tokens through all L blocks in order (what a decoding step or a verify pass runs; the cache is
+    cropped back after each), of one cached ``embed`` (one new token), of a draft step's sliced embed
+    and of the readout + argmax of (B, d) hidden states. The bookkeeping of both
     loops is timed on one short greedy decode each (``new_tokens``; full decoding, and
     self-speculative decoding with k = 1, gamma = 1) as their time outside embed / block / readout.
     At batch > 1 the steps of m = 1..``window`` are timed with a hole in the mask (one masked cached
@@ -140,8 +141,12 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
 
     n_layers = adapter.n_layers
     with torch.no_grad():
-        cache = adapter.new_cache()
-        adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, n_layers)
+        prefills = []
+        for _ in range(max(3, repeats // 4)):
+            cache = adapter.new_cache()
+            t0 = time.perf_counter()
+            adapter.state_at({"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, n_layers)
+            prefills.append(time.perf_counter() - t0)
 
         # at batch > 1 a round's blocks meet holes, full decoding's steps do not (see above)
         batched = mask.shape[0] > 1
@@ -201,21 +206,31 @@ def measure_step_costs(adapter: Any, ids: Tensor, mask: Tensor, window: int = 5,
     return StepCosts(position_cost=max(0.0, (per_block[-1] - per_block[0]) / one / (len(per_block) - 1)),
                      readout_cost=readout / one, embed_cost=embed / one, source=f"measured at batch {ids.shape[0]}",
                      block_costs=tuple(t / one for t in per_block), step_embed_cost=step_embed / one,
-                     loop_cost=full_rest / new_tokens / one, round_cost=spec_rest / max(1, rounds[0]) / one)
+                     loop_cost=full_rest / new_tokens / one, round_cost=spec_rest / max(1, rounds[0]) / one,
+                     prefill_cost=statistics.median(prefills[1:]) / one)
 
 
 # ----------------------------------------------------------------------------- decoding
 def _choice(adapter: Any, ids: Tensor, mask: Tensor, draft_layer: int | None, gamma: int | None, analysis: Any,
-            costs: StepCosts | str | None, new_tokens: int | None = None) -> DraftChoice:
+            costs: StepCosts | str | None, new_tokens: int | None = None, eos_token_id: Any = None,
+            lengths: np.ndarray | None = None) -> DraftChoice:
     """(k, gamma) as given, or chosen from ``analysis`` (else the (B, P) prompts) and ``costs`` for the
-    batch of ``ids`` decoding ``new_tokens``."""
+    batch of ``ids`` decoding ``new_tokens``; ``lengths``: per-row tokens before eos of the per-row
+    rates in ``analysis`` (``analysis="measure"`` measures them where ``eos_token_id`` is given)."""
     n_layers = adapter.n_layers
     if draft_layer is not None and gamma is not None:
         choice = choose_draft(np.ones(n_layers + 1), n_layers, draft_layer=draft_layer, gamma=gamma, source="given")
         choice.acceptance, choice.expected_speedup, choice.costs = float("nan"), float("nan"), None
         return choice
     if isinstance(analysis, str) and analysis == "measure":
-        rates, source = measure_acceptance(adapter, ids, mask, per_row=True), "greedy continuation"
+        measured = 16  # tokens of greedy continuation: enough for the rates, a fraction of a decode's cost
+        rates, lengths = measure_acceptance(adapter, ids, mask, new_tokens=measured, per_row=True,
+                                            eos_token_id=eos_token_id, with_lengths=True)
+        source = "greedy continuation"
+        if eos_token_id is None or new_tokens is None:
+            lengths = None
+        else:  # a row eos did not stop within the measured tokens may decode all of new_tokens
+            lengths = np.where(lengths < measured, np.minimum(lengths, new_tokens), new_tokens)
     elif analysis is not None:
         rates, source = acceptance_by_layer(analysis, n_layers), "analysis"
     else:
@@ -224,8 +239,10 @@ def _choice(adapter: Any, ids: Tensor, mask: Tensor, draft_layer: int | None, ga
         if costs != "measure":
             raise LayertraceError(f"costs={costs!r}: use 'measure', a StepCosts or None (the defaults)")
         costs = measure_step_costs(adapter, ids, mask)
+    if lengths is not None and (rates.ndim != 2 or rates.shape[1] != len(lengths)):
+        lengths = None  # lengths belong to per-row rates of the same prompts
     return choose_draft(rates, n_layers, draft_layer=draft_layer, gamma=gamma, costs=costs, source=source,
-                        batch=int(ids.shape[0]), new_tokens=new_tokens)
+                        batch=int(ids.shape[0]), new_tokens=new_tokens, lengths=lengths)
 
 
 def _draw(probs: Tensor, generator: torch.Generator) -> Tensor:
@@ -293,7 +310,7 @@ def self_speculative_generate(
     n_layers = adapter.n_layers
     sampling = sampling or SamplingConfig()
     ids, mask = prepare_prompt(input_ids, attention_mask, adapter.device)
-    choice = _choice(adapter, ids, mask, draft_layer, gamma, analysis, costs, max_new_tokens)
+    choice = _choice(adapter, ids, mask, draft_layer, gamma, analysis, costs, max_new_tokens, eos_token_id)
     if choice.full:
         return full_decoding_instead(generate(adapter, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling,
                                               eos_token_id=eos_token_id, pad_token_id=pad_token_id), choice)
@@ -539,10 +556,13 @@ def compare_decoders(model: Any, prompts: Tensor, *, draft_layer: int | None = N
     chunks_of = {int(b): [prompts[i:i + int(b)].to(adapter.device) for i in range(0, prompts.shape[0], int(b))]
                  for b in batch_sizes}
     measured = isinstance(analysis, str) and analysis == "measure"
+    lengths = None
     if measured and (draft_layer is None or gamma is None):  # one estimate over all prompts, not per chunk
-        analysis = measure_acceptance(adapter, prompts.to(adapter.device), torch.ones_like(prompts).to(adapter.device),
-                                      new_tokens=max_new_tokens, per_row=True)
-    choices = {b: _choice(adapter, c[0], torch.ones_like(c[0]), draft_layer, gamma, analysis, costs, max_new_tokens)
+        analysis, lengths = measure_acceptance(adapter, prompts.to(adapter.device),
+                                               torch.ones_like(prompts).to(adapter.device), new_tokens=max_new_tokens,
+                                               per_row=True, eos_token_id=eos_token_id, with_lengths=True)
+    choices = {b: _choice(adapter, c[0], torch.ones_like(c[0]), draft_layer, gamma, analysis, costs, max_new_tokens,
+                          eos_token_id, lengths if eos_token_id is not None else None)
                for b, c in chunks_of.items()}
     if measured:
         for c in choices.values():
