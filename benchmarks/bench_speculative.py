@@ -350,7 +350,9 @@ def run(args) -> str:
         ("- draft: k and gamma given with --k / --gamma" if c["source"] == "given" else
          "- draft: k and gamma chosen per batch size by `choose_draft` from the per-layer acceptance ("
          + ("the analysis pass's agreement with the last layer, `final_agreement`"
-            if args.acceptance == "analysis" else "measured per prompt on its greedy continuation, `measure_acceptance(per_row=True)`")
+            if args.acceptance == "analysis" else
+            "measured per prompt on its greedy continuation, `measure_acceptance(per_row=True)`"
+            + ("" if args.no_eos else ", stopped at eos like decoding, with each prompt's length (`lengths`)"))
          + ") and the cost model calibrated on the first chunk of that batch size (`measure_step_costs`)")
         + f"; ours stops drafting below draft confidence {args.confidence} (0 = off); HF gets ours' batch-1 "
         f"k (with its own draft-length schedule and confidence threshold); CALM tau = {res['tau']}",
